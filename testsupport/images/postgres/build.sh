@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds the local PostgreSQL test image for machines whose Docker has no registry to pull from.
+#
+# A Debian root filesystem with PostgreSQL (mmdebstrap, using this machine's own apt configuration for its
+# mirror), imported with `docker import`, plus an entrypoint that behaves like the official image's:
+# it honours POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB, runs /docker-entrypoint-initdb.d/*.sh and *.sql
+# at first start, and reports readiness the same way (temporary server on stdout, final server on stderr),
+# so pgwi-testsupport's container backend works with either image.
+#
+# Usage: build.sh [IMAGE]   (default: pgwi-test-postgres:15). Reuses the image when it already exists;
+# set PGWI_REBUILD_IMAGE=1 to force a rebuild.
+set -euo pipefail
+
+image="${1:-pgwi-test-postgres:15}"
+here="$(cd "$(dirname "$0")" && pwd)"
+suite="${PGWI_IMAGE_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}"
+
+if [[ "${PGWI_REBUILD_IMAGE:-0}" != 1 ]] && docker image inspect "$image" >/dev/null 2>&1; then
+  echo "build.sh: $image already present; reusing it"
+  exit 0
+fi
+
+if ! command -v mmdebstrap >/dev/null; then
+  echo "build.sh: installing mmdebstrap"
+  apt-get install -y -q mmdebstrap >/dev/null
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+echo "build.sh: building a $suite root filesystem with PostgreSQL (takes about half a minute)"
+# No mirror argument: mmdebstrap takes the mirror from this machine's apt sources.
+mmdebstrap --quiet --variant=apt --include=postgresql,ca-certificates \
+  --dpkgopt='path-exclude=/usr/share/doc/*' \
+  --dpkgopt='path-exclude=/usr/share/man/*' \
+  --dpkgopt='path-exclude=/usr/share/locale/*' \
+  --essential-hook='mkdir -p "$1/etc/postgresql-common/createcluster.d" && echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.d/pgwi.conf"' \
+  --customize-hook="upload $here/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh" \
+  --customize-hook='chmod 755 "$1/usr/local/bin/docker-entrypoint.sh"' \
+  --customize-hook='mkdir -p "$1/docker-entrypoint-initdb.d" "$1/var/lib/postgresql/data" "$1/var/run/postgresql"' \
+  --customize-hook='chroot "$1" chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql' \
+  --customize-hook='rm -rf "$1/var/lib/apt/lists/"* "$1/var/cache/apt/"*' \
+  "$suite" "$work/rootfs.tar"
+
+echo "build.sh: importing as $image"
+docker import \
+  --change 'ENV PGDATA=/var/lib/postgresql/data' \
+  --change 'ENV LANG=C.UTF-8' \
+  --change 'EXPOSE 5432' \
+  --change 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' \
+  --change 'CMD ["postgres"]' \
+  "$work/rootfs.tar" "$image" >/dev/null
+docker image ls "$image"

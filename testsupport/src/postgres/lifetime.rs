@@ -1,0 +1,216 @@
+//! Starting the shared server on its own thread and removing it when the test binary exits.
+//!
+//! libtest never drops statics, so a container or cluster kept in one would outlive the process. The server
+//! lives on a dedicated thread with its own runtime; an `atexit` handler asks that thread to stop the server
+//! and waits (bounded) for it to finish.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{Sender, channel};
+use std::time::Duration;
+
+use testcontainers::ContainerAsync;
+use testcontainers_modules::postgres::Postgres;
+
+use super::{Backend, Requested, Started, TestPostgres, container, native};
+use crate::{TestCertificates, TestSupportError, announce};
+
+/// What keeps a started server alive; stopping it removes the server.
+pub(crate) enum Keepalive {
+    Container(Box<ContainerAsync<Postgres>>),
+    Native(Box<pgtemp::PgTempDB>),
+    External,
+}
+
+impl Keepalive {
+    async fn stop(self) {
+        match self {
+            Keepalive::Container(container) => {
+                if let Err(e) = container.rm().await {
+                    announce(&format!(
+                        "could not remove the test PostgreSQL container: {e}"
+                    ));
+                }
+            }
+            Keepalive::Native(cluster) => cluster.shutdown(),
+            Keepalive::External => {}
+        }
+    }
+}
+
+type StopRequest = Sender<()>;
+static STOP: Mutex<Option<Sender<StopRequest>>> = Mutex::new(None);
+
+/// Starts the backend `PGWI_TEST_POSTGRES` asks for and returns the ready server.
+pub(crate) fn start_shared() -> Result<TestPostgres, TestSupportError> {
+    let requested = Requested::parse(std::env::var("PGWI_TEST_POSTGRES").ok().as_deref())?;
+    let certs = TestCertificates::generate()?;
+    let workdir = tempfile::Builder::new()
+        .prefix("pgwi-test-postgres-")
+        .tempdir()
+        .map_err(TestSupportError::io("creating a temporary directory"))?;
+    {
+        // The native server runs as the `postgres` user when we are root: it must reach its files.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(workdir.path(), std::fs::Permissions::from_mode(0o755)).map_err(
+            TestSupportError::io("opening the temporary directory to the postgres user"),
+        )?;
+    }
+    let ca_file = workdir.path().join("ca.crt");
+    std::fs::write(&ca_file, &certs.ca_pem).map_err(TestSupportError::io(format!(
+        "writing {}",
+        ca_file.display()
+    )))?;
+
+    let (ready_tx, ready_rx) = channel();
+    let (stop_tx, stop_rx) = channel::<StopRequest>();
+    std::thread::Builder::new()
+        .name("pgwi-test-postgres".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(TestSupportError::io("starting a tokio runtime")(e)));
+                    return;
+                }
+            };
+            let started = runtime.block_on(async {
+                let (backend, started) = start_backend(requested, &certs, workdir.path()).await?;
+                TestPostgres::prepare(backend, started, certs.ca_pem.clone(), ca_file).await
+            });
+            match started {
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+                Ok((server, keepalive)) => {
+                    let _ = ready_tx.send(Ok(server));
+                    if let Ok(done) = stop_rx.recv() {
+                        runtime.block_on(keepalive.stop());
+                        drop(workdir);
+                        let _ = done.send(());
+                    }
+                }
+            }
+        })
+        .map_err(TestSupportError::io("spawning the test PostgreSQL thread"))?;
+
+    let server = ready_rx.recv().map_err(|_| {
+        TestSupportError::NoPostgres("the test PostgreSQL thread ended before it reported".into())
+    })??;
+    stop_at_exit(stop_tx);
+    announce(&format!(
+        "PostgreSQL backend: {:?} at {}:{} ({}); TLS on (verify-full with the run's CA), password auth only",
+        server.backend(),
+        server.host(),
+        server.port(),
+        server.description()
+    ));
+    Ok(server)
+}
+
+async fn start_backend(
+    requested: Requested,
+    certs: &TestCertificates,
+    workdir: &std::path::Path,
+) -> Result<(Backend, Started), TestSupportError> {
+    match requested {
+        Requested::Only(Backend::Container) => {
+            Ok((Backend::Container, container::start(certs).await?))
+        }
+        Requested::Only(Backend::Native) => Ok((Backend::Native, native::start(certs, workdir)?)),
+        Requested::Only(Backend::External) => Ok((Backend::External, external_from_env()?)),
+        Requested::Auto => match container::start(certs).await {
+            Ok(mut started) => {
+                started.how = format!("PGWI_TEST_POSTGRES=auto: Docker answered; {}", started.how);
+                Ok((Backend::Container, started))
+            }
+            Err(container_error) => {
+                announce(&format!(
+                    "PGWI_TEST_POSTGRES=auto: no container ({container_error}); trying native PostgreSQL"
+                ));
+                match native::start(certs, workdir) {
+                    Ok(mut started) => {
+                        started.how = format!(
+                            "PGWI_TEST_POSTGRES=auto: container unavailable, so native; {}",
+                            started.how
+                        );
+                        Ok((Backend::Native, started))
+                    }
+                    Err(native_error) => Err(TestSupportError::NoPostgres(format!(
+                        "no PostgreSQL for the tests.\n  container: {container_error}\n  native: {native_error}\n\
+                         Fix one of: start Docker and make the image available (`docker pull {image}`, or build \
+                         the local one with `testsupport/images/postgres/build.sh` and set \
+                         PGWI_TEST_POSTGRES_IMAGE); install PostgreSQL's server binaries (`apt-get install \
+                         postgresql`); or set PGWI_TEST_POSTGRES=external with PGWI_TEST_DATABASE_URL.",
+                        image = container::image_name()
+                    ))),
+                }
+            }
+        },
+    }
+}
+
+/// The `external` backend: a server someone else runs, reached with an admin URL over verified TLS.
+fn external_from_env() -> Result<Started, TestSupportError> {
+    use std::str::FromStr as _;
+    let missing = |var: &str, what: &str| {
+        TestSupportError::Config(format!("PGWI_TEST_POSTGRES=external needs {var}: {what}"))
+    };
+    let url = std::env::var("PGWI_TEST_DATABASE_URL").map_err(|_| {
+        missing(
+            "PGWI_TEST_DATABASE_URL",
+            "a superuser URL such as postgres://admin:secret@localhost:5432/postgres",
+        )
+    })?;
+    let ca_file = std::env::var("PGWI_TEST_DATABASE_CA_FILE").map_err(|_| {
+        missing(
+            "PGWI_TEST_DATABASE_CA_FILE",
+            "the PEM file of the CA that signed the server's certificate (the bench always uses verify-full)",
+        )
+    })?;
+    let admin = sea_orm::sqlx::postgres::PgConnectOptions::from_str(&url)
+        .map_err(|e| {
+            TestSupportError::Config(format!(
+                "PGWI_TEST_DATABASE_URL is not a PostgreSQL URL ({e}); expected postgres://user:password@host:port/db"
+            ))
+        })?
+        .ssl_mode(sea_orm::sqlx::postgres::PgSslMode::VerifyFull)
+        .ssl_root_cert(&ca_file);
+    let ca_pem = std::fs::read_to_string(&ca_file).map_err(|e| {
+        TestSupportError::Config(format!(
+            "PGWI_TEST_DATABASE_CA_FILE={ca_file}: cannot read it: {e}"
+        ))
+    })?;
+    Ok(Started {
+        admin,
+        how: format!("PGWI_TEST_DATABASE_URL with CA {ca_file}"),
+        keepalive: Keepalive::External,
+        foreign_ca: Some((ca_pem, ca_file.into())),
+    })
+}
+
+fn stop_at_exit(stop: Sender<StopRequest>) {
+    if let Ok(mut slot) = STOP.lock() {
+        *slot = Some(stop);
+    }
+    // SAFETY: `atexit` only records a function pointer; the handler is a plain `extern "C" fn` that never
+    // unwinds (it uses no panicking operations) and touches only a static.
+    #[allow(unsafe_code)]
+    let registered = unsafe { libc::atexit(stop_shared_server) };
+    if registered != 0 {
+        announce("could not register the exit hook; the test PostgreSQL may outlive this process");
+    }
+}
+
+extern "C" fn stop_shared_server() {
+    let Some(stop) = STOP.lock().ok().and_then(|mut slot| slot.take()) else {
+        return;
+    };
+    let (done_tx, done_rx) = channel();
+    if stop.send(done_tx).is_ok() {
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,430 @@
+//! One disposable, real PostgreSQL per test binary, and a fresh database per test.
+//!
+//! The server always runs with TLS (a certificate from a CA made for the run, so clients can use
+//! `verify-full` against `127.0.0.1` or `localhost`) and password authentication: `scram-sha-256` for every
+//! role, or cleartext `password` (what Azure's Entra login asks for) for roles in the group
+//! [`CLEARTEXT_GROUP`]. Connections without TLS are rejected. Nothing is ever `trust`.
+//!
+//! Backends, chosen by `PGWI_TEST_POSTGRES`:
+//! - `container`: testcontainers-modules' Postgres, image from `PGWI_TEST_POSTGRES_IMAGE`
+//!   (default [`DEFAULT_IMAGE`]);
+//! - `native`: a throwaway cluster from the `initdb`/`postgres` binaries (`PGWI_TEST_POSTGRES_BIN`, else
+//!   `/usr/lib/postgresql/<newest>/bin`, else `PATH`), started with `pgtemp`;
+//! - `external`: an admin URL in `PGWI_TEST_DATABASE_URL` and its CA in `PGWI_TEST_DATABASE_CA_FILE`;
+//! - `auto` (default): container when Docker answers and the image is present or can be pulled, else native.
+//!
+//! The server is started on a dedicated thread with its own runtime (containers and pools are tied to the
+//! runtime that made them) and removed when the test binary exits.
+
+mod container;
+mod lifetime;
+mod native;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sea_orm::sqlx::{self, ConnectOptions as _, Connection as _, PgPool};
+
+use crate::{TestCertificates, TestSupportError, random_alphanumeric};
+
+/// The image the `container` backend uses unless `PGWI_TEST_POSTGRES_IMAGE` names another.
+pub const DEFAULT_IMAGE: &str = "postgres:16-alpine";
+/// Roles in this group authenticate with cleartext `password` (over TLS), like Azure's Entra login.
+pub const CLEARTEXT_GROUP: &str = "pgwi_cleartext";
+/// The superuser the bench creates on servers it starts.
+const ADMIN_USER: &str = "pgwi_admin";
+
+/// The `pg_hba.conf` every started server uses: TLS only, passwords only.
+const PG_HBA: &str = "\
+# pgwi test bench: TLS and passwords only, never trust.
+local     all  all                  scram-sha-256
+hostssl   all  +pgwi_cleartext all  password
+hostssl   all  all             all  scram-sha-256
+hostnossl all  all             all  reject
+";
+
+/// Which kind of server serves this test binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A container started by testcontainers.
+    Container,
+    /// A cluster started from local PostgreSQL binaries.
+    Native,
+    /// A server someone else runs.
+    External,
+}
+
+/// What `PGWI_TEST_POSTGRES` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    /// Container if possible, else native.
+    Auto,
+    /// Exactly this backend, or fail.
+    Only(Backend),
+}
+
+impl Requested {
+    /// Parses the value of `PGWI_TEST_POSTGRES` (unset or empty means `auto`).
+    pub fn parse(value: Option<&str>) -> Result<Self, TestSupportError> {
+        match value.map(str::trim) {
+            None | Some("") | Some("auto") => Ok(Self::Auto),
+            Some("container") => Ok(Self::Only(Backend::Container)),
+            Some("native") => Ok(Self::Only(Backend::Native)),
+            Some("external") => Ok(Self::Only(Backend::External)),
+            Some(other) => Err(TestSupportError::Config(format!(
+                "PGWI_TEST_POSTGRES={other:?} is not a test PostgreSQL backend; \
+                 use one of auto, container, native, external (or leave it unset for auto)"
+            ))),
+        }
+    }
+}
+
+/// Where a started server listens and how its administrator logs in.
+pub(crate) struct Started {
+    admin: PgConnectOptions,
+    how: String,
+    keepalive: lifetime::Keepalive,
+    /// The CA (PEM and file) of a server whose certificate the bench did not make.
+    foreign_ca: Option<(String, PathBuf)>,
+}
+
+/// The test binary's shared PostgreSQL server.
+pub struct TestPostgres {
+    backend: Backend,
+    how: String,
+    admin: PgConnectOptions,
+    ca_pem: String,
+    ca_file: PathBuf,
+}
+
+impl std::fmt::Debug for TestPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestPostgres")
+            .field("backend", &self.backend)
+            .field("host", &self.host())
+            .field("port", &self.port())
+            .field("how", &self.how)
+            .finish_non_exhaustive()
+    }
+}
+
+static SHARED: OnceLock<Result<TestPostgres, String>> = OnceLock::new();
+
+impl TestPostgres {
+    /// The server of this test binary, started on first call and removed when the process exits.
+    pub fn shared() -> Result<&'static TestPostgres, TestSupportError> {
+        SHARED
+            .get_or_init(|| lifetime::start_shared().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| TestSupportError::NoPostgres(e.clone()))
+    }
+
+    /// Which backend serves the tests.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// How the backend was chosen and started, for logs.
+    pub fn description(&self) -> &str {
+        &self.how
+    }
+
+    /// The host clients connect to (an IP address on this machine, covered by the server certificate).
+    pub fn host(&self) -> &str {
+        self.admin.get_host()
+    }
+
+    /// The server's TCP port.
+    pub fn port(&self) -> u16 {
+        self.admin.get_port()
+    }
+
+    /// The PEM of the CA that signed the server certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A file holding [`Self::ca_pem`], for programs configured with a path (`ssl_root_cert`).
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// Options for the administrator, connected to `database`, with statement logging off (the bench's SQL
+    /// carries passwords).
+    pub fn admin_options(&self, database: &str) -> PgConnectOptions {
+        self.admin
+            .clone()
+            .database(database)
+            .log_statements(tracing::log::LevelFilter::Off)
+    }
+
+    /// Options for `user`/`password` on `database`, over TLS with `verify-full` against the run's CA.
+    pub fn connect_options(&self, database: &str, user: &str, password: &str) -> PgConnectOptions {
+        PgConnectOptions::new_without_pgpass()
+            .host(self.host())
+            .port(self.port())
+            .database(database)
+            .username(user)
+            .password(password)
+            .ssl_mode(PgSslMode::VerifyFull)
+            .ssl_root_cert_from_pem(self.ca_pem.as_bytes().to_vec())
+            .log_statements(tracing::log::LevelFilter::Off)
+    }
+
+    /// Creates a database for one test and returns it with an admin pool connected to it.
+    pub async fn fresh_database(&'static self) -> Result<TestDatabase, TestSupportError> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "pgwi_t{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            random_alphanumeric(6).to_lowercase()
+        );
+        let mut maintenance = sqlx::PgConnection::connect_with(&self.admin_options("postgres"))
+            .await
+            .map_err(TestSupportError::sql(
+                "connecting to the test server as admin",
+            ))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {}",
+            quote_ident(&name)
+        )))
+        .execute(&mut maintenance)
+        .await
+        .map_err(TestSupportError::sql(format!(
+            "creating test database {name}"
+        )))?;
+        let admin = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(self.admin_options(&name))
+            .await
+            .map_err(TestSupportError::sql(format!(
+                "connecting to test database {name}"
+            )))?;
+        Ok(TestDatabase {
+            server: self,
+            name,
+            admin,
+        })
+    }
+
+    /// Finishes a freshly started server: waits until the admin can log in over verified TLS, then creates
+    /// the roles the bench relies on.
+    async fn prepare(
+        backend: Backend,
+        started: Started,
+        ca_pem: String,
+        ca_file: PathBuf,
+    ) -> Result<(Self, lifetime::Keepalive), TestSupportError> {
+        let (ca_pem, ca_file) = started.foreign_ca.unwrap_or((ca_pem, ca_file));
+        let server = Self {
+            backend,
+            how: started.how,
+            admin: started.admin,
+            ca_pem,
+            ca_file,
+        };
+        let mut conn = server.wait_until_ready(Duration::from_secs(60)).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{CLEARTEXT_GROUP}') THEN
+                 CREATE ROLE {CLEARTEXT_GROUP} NOLOGIN;
+               END IF;
+             END $$"
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(TestSupportError::sql(
+            "creating the cleartext-password group role",
+        ))?;
+        Ok((server, started.keepalive))
+    }
+
+    async fn wait_until_ready(
+        &self,
+        limit: Duration,
+    ) -> Result<sqlx::PgConnection, TestSupportError> {
+        let deadline = Instant::now() + limit;
+        let options = self.admin_options("postgres");
+        loop {
+            match sqlx::PgConnection::connect_with(&options).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "test PostgreSQL not ready yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(TestSupportError::sql(format!(
+                        "the test PostgreSQL ({}) did not accept the admin over verify-full TLS within {}s",
+                        self.how,
+                        limit.as_secs()
+                    ))(e));
+                }
+            }
+        }
+    }
+}
+
+/// How a test role proves its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordAuth {
+    /// SCRAM-SHA-256, PostgreSQL's default.
+    Scram,
+    /// Cleartext `password` over TLS, as Azure Database for PostgreSQL asks of Entra tokens.
+    Cleartext,
+}
+
+/// A login role made for one test.
+#[derive(Clone)]
+pub struct TestRole {
+    /// The role's name.
+    pub name: String,
+    /// Its current password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for TestRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestRole")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A database that belongs to one test.
+pub struct TestDatabase {
+    server: &'static TestPostgres,
+    name: String,
+    admin: PgPool,
+}
+
+impl std::fmt::Debug for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDatabase")
+            .field("name", &self.name)
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+impl TestDatabase {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server it lives on.
+    pub fn server(&self) -> &'static TestPostgres {
+        self.server
+    }
+
+    /// A superuser pool connected to this database, for fixtures and `ALTER ROLE`.
+    pub fn admin(&self) -> &PgPool {
+        &self.admin
+    }
+
+    /// Options for `user`/`password` on this database over `verify-full` TLS.
+    pub fn connect_options(&self, user: &str, password: &str) -> PgConnectOptions {
+        self.server.connect_options(&self.name, user, password)
+    }
+
+    /// Creates a login role with a random password that may use this database and create in its `public`
+    /// schema. Role names are unique across the server.
+    pub async fn create_role(&self, auth: PasswordAuth) -> Result<TestRole, TestSupportError> {
+        let role = TestRole {
+            name: format!("{}_r{}", self.name, random_alphanumeric(4).to_lowercase()),
+            password: random_alphanumeric(24),
+        };
+        self.create_named_role(&role.name, &role.password, auth)
+            .await?;
+        Ok(role)
+    }
+
+    /// Creates a login role with the given name and password (names are server-wide: pick unique ones).
+    pub async fn create_named_role(
+        &self,
+        name: &str,
+        password: &str,
+        auth: PasswordAuth,
+    ) -> Result<(), TestSupportError> {
+        let ident = quote_ident(name);
+        let mut sql = format!(
+            "CREATE ROLE {ident} LOGIN PASSWORD {};
+             GRANT ALL ON DATABASE {} TO {ident};
+             GRANT ALL ON SCHEMA public TO {ident};",
+            quote_literal(password),
+            quote_ident(&self.name)
+        );
+        if auth == PasswordAuth::Cleartext {
+            sql.push_str(&format!("GRANT {CLEARTEXT_GROUP} TO {ident};"));
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&self.admin)
+            .await
+            .map_err(TestSupportError::sql(format!("creating test role {name}")))?;
+        Ok(())
+    }
+
+    /// Changes a role's password, as Azure does when a new token becomes valid.
+    pub async fn set_password(&self, role: &str, password: &str) -> Result<(), TestSupportError> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER ROLE {} PASSWORD {}",
+            quote_ident(role),
+            quote_literal(password)
+        )))
+        .execute(&self.admin)
+        .await
+        .map_err(TestSupportError::sql(format!(
+            "changing the password of {role}"
+        )))?;
+        Ok(())
+    }
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Writes the server's TLS material and `pg_hba.conf` into `dir` and returns their paths
+/// (certificate, key, hba file).
+pub(crate) fn write_server_files(
+    certs: &TestCertificates,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf, PathBuf), TestSupportError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)
+        .map_err(TestSupportError::io(format!("creating {}", dir.display())))?;
+    let write = |name: &str, contents: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)))
+            .map_err(TestSupportError::io(format!("writing {}", path.display())))?;
+        Ok::<_, TestSupportError>(path)
+    };
+    Ok((
+        write("server.crt", &certs.server_cert_pem, 0o644)?,
+        write("server.key", &certs.server_key_pem, 0o600)?,
+        write("pg_hba.conf", PG_HBA, 0o644)?,
+    ))
+}
+
+/// Prints, past the test harness's capture, that `server` served a test: CI's log shows which backend
+/// really authenticated a client.
+pub fn announce_served(server: &TestPostgres, what: &str) {
+    crate::announce(&format!(
+        "[{:?} {}:{}] {what}",
+        server.backend(),
+        server.host(),
+        server.port()
+    ));
+}

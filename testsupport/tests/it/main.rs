@@ -1,0 +1,4 @@
+//! The test bench's own tests: the shared server really authenticates with passwords over verified TLS,
+//! refuses what it should, and gives each test its own database.
+
+mod postgres;
