@@ -1,1 +1,68 @@
-//! placeholder
+//! Token sources that yield PostgreSQL passwords: Microsoft Entra ID access tokens from AKS workload
+//! identity or the Azure CLI, or a static password — selected by name from configuration.
+//!
+//! - [`TokenSource`]: the trait; [`Token`]: a secret plus an optional expiry.
+//! - [`SourceRegistry`]: maps `credential.kind` to a constructor; applications may register their own.
+//! - [`CachedTokenSource`]: single-flight cache with refresh ahead of expiry and last-good-token fallback.
+//! - Each built-in source lives in [`sources`], behind a default-on cargo feature.
+//!
+//! This is the only pgwi crate that reads Azure's environment variables or talks to Entra ID and `az`.
+//!
+//! # Example
+//!
+//! ```
+//! use pgwi_credentials::{CredentialConfig, Environment, SourceContext, SourceRegistry, TokenSource};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), pgwi_credentials::CredentialError> {
+//! let mut config = CredentialConfig::default();
+//! config.kind = "static-password".into();
+//! // Read variables from a fixed set here; `Environment::process()` (the default) reads the real ones.
+//! let ctx = SourceContext {
+//!     env: Environment::from_pairs([("PGPASSWORD", "local-dev-password")]),
+//!     ..SourceContext::default()
+//! };
+//! let source = SourceRegistry::default().build_cached(&config, &ctx)?;
+//! let token = source.token().await?;
+//! assert_eq!(token.secret().expose(), "local-dev-password");
+//! assert!(token.expires_at().is_none());
+//! assert!(!format!("{token:?}").contains("local-dev-password"));
+//! # Ok(())
+//! # }
+//! ```
+
+mod cache;
+mod config;
+#[cfg(any(feature = "workload-identity", feature = "az-cli"))]
+pub mod entra;
+mod environment;
+mod error;
+mod registry;
+mod secret;
+mod source;
+pub mod sources;
+mod token;
+
+pub use cache::{CacheOptions, CacheStats, CachedTokenSource};
+pub use config::{
+    AzCliConfig, CredentialConfig, POSTGRES_SCOPE, StaticPasswordConfig, WorkloadIdentityConfig,
+};
+pub use environment::Environment;
+pub use error::{CredentialError, ErrorKind};
+pub use registry::{AUTO, SourceContext, SourceFactory, SourceRegistry, auto_choice};
+pub use secret::SecretString;
+pub use source::{SourceInfo, TokenSource};
+pub use token::{Claims, Token};
+
+impl CredentialConfig {
+    /// The `credential.<kind>` table of a registered source (with `-` in `kind` written as `_`).
+    pub fn custom_section(&self, kind: &str) -> Option<&serde_json::Value> {
+        self.custom.get(&kind.replace('-', "_"))
+    }
+}
+
+/// Installs `ring` as the process's TLS crypto provider unless one is installed already. The Azure SDK's
+/// HTTP client is built without a provider of its own so that the process has one (sqlx uses `ring` too).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

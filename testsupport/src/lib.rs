@@ -4,7 +4,11 @@
 //! The PostgreSQL backend is chosen by `PGWI_TEST_POSTGRES` (`auto`, `container`, `native`, `external`); see
 //! [`postgres`] and the README's "Testing" section.
 
+pub mod az;
+pub mod entra;
 pub mod fixtures;
+pub mod jwt;
+pub mod logs;
 pub mod postgres;
 pub mod tls;
 

@@ -1,0 +1,174 @@
+//! Turning the Azure SDK's errors into [`CredentialError`]s that say what to fix, with Entra ID's well-known
+//! `AADSTS` codes explained.
+
+use std::path::Path;
+
+use azure_core::error::ErrorKind as SdkErrorKind;
+
+use crate::{Claims, CredentialError, ErrorKind};
+
+/// Audience a federated credential for AKS workload identity must have.
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// What Entra said, dug out of an SDK error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntraFailure {
+    /// HTTP status of the token endpoint's answer, if there was one.
+    pub status: Option<u16>,
+    /// The `AADSTS` codes, comma-separated (e.g. `70021`).
+    pub codes: Option<String>,
+    /// Entra's `error_description`, or the SDK's message.
+    pub description: String,
+}
+
+impl EntraFailure {
+    /// Walks the error and its sources for an HTTP answer from the token endpoint.
+    pub fn from_sdk(error: &azure_core::Error) -> Self {
+        let mut failure = Self {
+            description: error.to_string(),
+            ..Self::default()
+        };
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = current {
+            if let Some(sdk) = e.downcast_ref::<azure_core::Error>()
+                && let SdkErrorKind::HttpResponse {
+                    status, error_code, ..
+                } = sdk.kind()
+            {
+                failure.status = Some(u16::from(*status));
+                failure.codes = error_code.clone();
+                failure.description = sdk.to_string();
+                break;
+            }
+            current = e.source();
+        }
+        failure
+    }
+
+    fn has_code(&self, code: &str) -> bool {
+        self.codes
+            .as_deref()
+            .is_some_and(|codes| codes.split(',').any(|c| c.trim() == code))
+    }
+}
+
+/// What the workload-identity source knows when Entra refuses it, to explain the refusal.
+pub(crate) struct WorkloadContext<'a> {
+    pub client_id: &'a str,
+    pub tenant_id: &'a str,
+    pub token_file: &'a Path,
+    pub authority_host: &'a str,
+}
+
+/// The fix for a federated-credential mismatch: the projected token's claims, and the federated credential
+/// they require.
+pub fn federated_credential_hint(token_file: &Path) -> String {
+    let claims = std::fs::read_to_string(token_file)
+        .ok()
+        .and_then(|jwt| Claims::decode_unverified(&jwt));
+    match claims {
+        Some(claims) => {
+            let claim = |name: &str| claims.get(name).unwrap_or_else(|| "<missing>".into());
+            format!(
+                "the projected token (from {}) has iss={}, sub={}, aud={}; the managed identity needs a \
+                 federated credential with exactly issuer={} subject={} audience={TOKEN_EXCHANGE_AUDIENCE} \
+                 (matching is case-sensitive: the issuer is the cluster's OIDC issuer URL, the subject is \
+                 system:serviceaccount:<namespace>:<serviceaccount>)",
+                token_file.display(),
+                claim("iss"),
+                claim("sub"),
+                claim("aud"),
+                claim("iss"),
+                claim("sub"),
+            )
+        }
+        None => format!(
+            "create a federated credential on the managed identity with issuer = the cluster's OIDC issuer \
+             URL, subject = system:serviceaccount:<namespace>:<serviceaccount>, audience = \
+             {TOKEN_EXCHANGE_AUDIENCE} (the token in {} could not be decoded to show its claims)",
+            token_file.display()
+        ),
+    }
+}
+
+pub(crate) fn workload_identity_error(
+    error: &azure_core::Error,
+    ctx: &WorkloadContext<'_>,
+) -> CredentialError {
+    let failure = EntraFailure::from_sdk(error);
+    let source = "workload-identity";
+    let code = failure.codes.clone();
+    let (kind, fix) = if failure.has_code("70021")
+        || failure.has_code("700213")
+        || failure.has_code("700211")
+    {
+        (ErrorKind::Entra, federated_credential_hint(ctx.token_file))
+    } else if failure.has_code("700016") {
+        (
+            ErrorKind::Entra,
+            format!(
+                "client id {} is not an application or managed identity in tenant {}: set AZURE_CLIENT_ID (the \
+                 ServiceAccount's azure.workload.identity/client-id annotation) or \
+                 credential.workload_identity.client_id to the identity's client id (terraform output), and \
+                 check the tenant",
+                ctx.client_id, ctx.tenant_id
+            ),
+        )
+    } else if failure.has_code("90002") {
+        (
+            ErrorKind::Entra,
+            format!(
+                "tenant {} was not found at {}: set AZURE_TENANT_ID or credential.workload_identity.tenant_id \
+                 to your directory's tenant id (az account show --query tenantId), and check the authority \
+                 host for your cloud",
+                ctx.tenant_id, ctx.authority_host
+            ),
+        )
+    } else if failure.status == Some(429) {
+        (
+            ErrorKind::Throttled,
+            "Entra ID is throttling token requests; pgwi retries with backoff. Share one token source per \
+             process (its cache makes one request per token lifetime) and avoid restarting in a loop"
+                .to_owned(),
+        )
+    } else if let Some(codes) = &failure.codes {
+        (
+            ErrorKind::Entra,
+            format!(
+                "look up AADSTS{codes} in Microsoft's Entra ID error reference; check the identity's client \
+                 id, tenant and federated credential"
+            ),
+        )
+    } else if failure.status.is_some() {
+        (
+            ErrorKind::Upstream,
+            format!(
+                "the token endpoint at {} answered with an error; check that the authority host is Entra ID \
+                 for your cloud and retry",
+                ctx.authority_host
+            ),
+        )
+    } else {
+        (
+            ErrorKind::Upstream,
+            format!(
+                "could not get a token from {}: check the network path to Entra ID (egress, proxy, DNS) and \
+                 that the authority host is right",
+                ctx.authority_host
+            ),
+        )
+    };
+    let problem = match (&failure.status, &code) {
+        (Some(status), Some(code)) => format!(
+            "Entra ID refused the token request (HTTP {status}, AADSTS{code}): {}",
+            failure.description
+        ),
+        (Some(status), None) => format!("Entra ID answered HTTP {status}: {}", failure.description),
+        _ => format!("no token from Entra ID: {}", failure.description),
+    };
+    let error = CredentialError::new(kind, source, problem, fix);
+    match code {
+        Some(code) => error.with_code(code),
+        None => error,
+    }
+}

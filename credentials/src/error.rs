@@ -1,0 +1,107 @@
+//! The one error type of this crate: what went wrong, where it came from, and how to fix it.
+
+use std::fmt;
+
+/// What kind of failure a [`CredentialError`] is, for callers that react differently (exit status, retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The configuration is wrong or incomplete (a missing variable, an unknown kind, a bad value).
+    Configuration,
+    /// An input the source reads at run time is missing or unusable (token file, password file).
+    MissingInput,
+    /// The `az` executable is not installed or not on `PATH`.
+    AzCliMissing,
+    /// `az` is installed but not logged in.
+    AzCliNotLoggedIn,
+    /// `az` did not answer in time and was killed.
+    AzCliTimeout,
+    /// Entra ID refused the request with an `AADSTS` code.
+    Entra,
+    /// Entra ID is throttling requests (HTTP 429).
+    Throttled,
+    /// Any other failure to obtain a token (network, malformed answer, `az` failing otherwise).
+    Upstream,
+}
+
+/// A failure to produce a password, with the fix. Never contains a token, password or service-account token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct CredentialError {
+    kind: ErrorKind,
+    source_name: String,
+    problem: String,
+    fix: String,
+    code: Option<String>,
+}
+
+impl CredentialError {
+    /// A new error for `source_name` (e.g. `workload-identity`).
+    pub fn new(
+        kind: ErrorKind,
+        source_name: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            source_name: source_name.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+            code: None,
+        }
+    }
+
+    /// A configuration error (exit status 2 in the `pgwi` binary).
+    pub fn configuration(
+        source_name: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self::new(ErrorKind::Configuration, source_name, problem, fix)
+    }
+
+    pub(crate) fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// True when fixing the configuration (not retrying) is what helps.
+    pub fn is_configuration(&self) -> bool {
+        self.kind == ErrorKind::Configuration
+    }
+
+    /// The token source that failed (`workload-identity`, `az-cli`, ...).
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    /// What went wrong.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+
+    /// How to fix it.
+    pub fn fix(&self) -> &str {
+        &self.fix
+    }
+
+    /// The service's error code, when it gave one (Entra's `AADSTS` number, e.g. `70021`).
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+}
+
+impl fmt::Display for CredentialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}; fix: {}",
+            self.source_name, self.problem, self.fix
+        )
+    }
+}

@@ -1,0 +1,211 @@
+//! `az-cli`: a developer's own identity, through `azure_identity::AzureCliCredential`.
+//!
+//! The SDK runs `az account get-access-token` with no timeout; we run it through an executor that kills the
+//! whole process group when `timeout_secs` expires, and turn the usual failures into fixes.
+
+use std::ffi::OsStr;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential as _;
+use azure_identity::{AzureCliCredential, AzureCliCredentialOptions, Executor};
+
+use crate::{
+    CredentialConfig, CredentialError, Environment, ErrorKind, SourceContext, SourceInfo, Token,
+    TokenSource,
+};
+
+/// The kind's name in configuration.
+pub const KIND: &str = "az-cli";
+
+/// Runs `az` with a deadline, in its own process group so the shell and `az` die together.
+#[derive(Debug)]
+struct DeadlineExecutor {
+    timeout: Duration,
+    env: Environment,
+}
+
+#[async_trait]
+impl Executor for DeadlineExecutor {
+    async fn run(&self, program: &OsStr, args: &[&OsStr]) -> std::io::Result<Output> {
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if self.env.is_fixed()
+            && let Some(path) = self.env.get("PATH")
+        {
+            command.env("PATH", path);
+        }
+        let child = command.spawn()?;
+        let group = child.id();
+        match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(output) => output,
+            Err(_) => {
+                if let Some(pid) = group {
+                    // The shell's children (az and its Python) are in the same group: end them all.
+                    let _ = std::process::Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{pid}")])
+                        .status();
+                }
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "az did not answer within {}s and was killed",
+                        self.timeout.as_secs()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Tokens for whoever is logged in to the Azure CLI.
+pub struct AzCliSource {
+    credential: Arc<AzureCliCredential>,
+    scope: String,
+    tenant_id: Option<String>,
+    subscription: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for AzCliSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzCliSource")
+            .field("tenant_id", &self.tenant_id)
+            .field("subscription", &self.subscription)
+            .field("timeout", &self.timeout)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AzCliSource {
+    /// Builds the source; `az` itself is first run when a token is asked for.
+    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
+        let az = &config.az_cli;
+        if az.timeout_secs == 0 {
+            return Err(CredentialError::configuration(
+                KIND,
+                "credential.az_cli.timeout_secs is 0",
+                "set it to the seconds az may take, e.g. 30",
+            ));
+        }
+        let timeout = Duration::from_secs(az.timeout_secs);
+        let credential = AzureCliCredential::new(Some(AzureCliCredentialOptions {
+            subscription: az.subscription.clone(),
+            tenant_id: az.tenant_id.clone(),
+            executor: Some(Arc::new(DeadlineExecutor {
+                timeout,
+                env: ctx.env.clone(),
+            })),
+        }))
+        .map_err(|e| {
+            CredentialError::configuration(
+                KIND,
+                format!("the Azure SDK rejected the settings: {e}"),
+                "check credential.az_cli.tenant_id and credential.az_cli.subscription (letters, digits, '.', '-', '_' and spaces only)",
+            )
+        })?;
+        Ok(Self {
+            credential,
+            scope: config.scope.clone(),
+            tenant_id: az.tenant_id.clone(),
+            subscription: az.subscription.clone(),
+            timeout,
+        })
+    }
+
+    fn explain(&self, error: &azure_core::Error) -> CredentialError {
+        let message = error.to_string();
+        let timed_out = {
+            let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+            let mut found = false;
+            while let Some(e) = current {
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                {
+                    found = true;
+                }
+                current = e.source();
+            }
+            found || message.contains("did not answer within")
+        };
+        if timed_out {
+            CredentialError::new(
+                ErrorKind::AzCliTimeout,
+                KIND,
+                format!(
+                    "`az account get-access-token` did not answer within {}s and was killed",
+                    self.timeout.as_secs()
+                ),
+                "run `az account get-access-token --scope https://ossrdbms-aad.database.windows.net/.default` by \
+                 hand to see what it waits for (login prompt, proxy, network); raise \
+                 credential.az_cli.timeout_secs if it is merely slow",
+            )
+        } else if message.contains("not found on PATH") || message.contains("wasn't found on PATH")
+        {
+            CredentialError::new(
+                ErrorKind::AzCliMissing,
+                KIND,
+                "the Azure CLI (`az`) is not installed or not on PATH",
+                "install the Azure CLI (https://learn.microsoft.com/cli/azure/install-azure-cli) and run `az login`, \
+                 or choose another credential.kind (workload-identity in AKS, static-password locally)",
+            )
+        } else if message.contains("az login") {
+            CredentialError::new(
+                ErrorKind::AzCliNotLoggedIn,
+                KIND,
+                "the Azure CLI is not logged in",
+                match &self.tenant_id {
+                    Some(tenant) => format!("run `az login --tenant {tenant}`"),
+                    None => {
+                        "run `az login` (add --tenant <tenant id> for another directory)".to_owned()
+                    }
+                },
+            )
+        } else {
+            CredentialError::new(
+                ErrorKind::Upstream,
+                KIND,
+                format!("`az account get-access-token` failed: {}", message.trim()),
+                "run `az account get-access-token --scope https://ossrdbms-aad.database.windows.net/.default` by \
+                 hand; Azure CLI 2.54 or newer is needed",
+            )
+        }
+    }
+}
+
+#[async_trait]
+impl TokenSource for AzCliSource {
+    async fn token(&self) -> Result<Token, CredentialError> {
+        match self
+            .credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+        {
+            Ok(access) => Ok(Token::new(
+                access.token.secret().to_owned(),
+                Some(access.expires_on),
+            )),
+            Err(e) => Err(self.explain(&e)),
+        }
+    }
+
+    fn info(&self) -> SourceInfo {
+        let mut info = SourceInfo::new(KIND);
+        if let Some(tenant) = &self.tenant_id {
+            info = info.with("tenant_id", tenant);
+        }
+        if let Some(subscription) = &self.subscription {
+            info = info.with("subscription", subscription);
+        }
+        info
+    }
+}

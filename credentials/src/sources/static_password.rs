@@ -1,0 +1,124 @@
+//! `static-password`: a password from an environment variable (default `PGPASSWORD`), from a file re-read
+//! for every new connection (Kubernetes Secret rotation), or inline in configuration (with a warning).
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::{
+    CredentialConfig, CredentialError, Environment, ErrorKind, SecretString, SourceContext,
+    SourceInfo, Token, TokenSource,
+};
+
+/// The kind's name in configuration.
+pub const KIND: &str = "static-password";
+
+#[derive(Debug)]
+enum Origin {
+    Variable(String),
+    File(PathBuf),
+    Inline(SecretString),
+}
+
+/// A password that does not expire.
+#[derive(Debug)]
+pub struct StaticPasswordSource {
+    origin: Origin,
+    env: Environment,
+}
+
+/// True when a password is configured or its variable is set: what `auto` checks.
+pub fn is_configured(config: &CredentialConfig, ctx: &SourceContext) -> bool {
+    let sp = &config.static_password;
+    sp.password_file.is_some() || sp.password.is_some() || ctx.env.get(&sp.password_env).is_some()
+}
+
+impl StaticPasswordSource {
+    /// Chooses the password's origin: `password_file`, else inline `password`, else `password_env`.
+    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
+        let sp = &config.static_password;
+        let origin = match (&sp.password_file, &sp.password) {
+            (Some(_), Some(_)) => {
+                return Err(CredentialError::configuration(
+                    KIND,
+                    "both credential.static_password.password_file and credential.static_password.password are set",
+                    "keep one: a file (preferred, e.g. a mounted Kubernetes Secret) or the inline password",
+                ));
+            }
+            (Some(file), None) => Origin::File(file.clone()),
+            (None, Some(password)) => {
+                tracing::warn!(
+                    "credential.static_password.password is set inline in configuration; prefer \
+                     password_file or the {} variable",
+                    sp.password_env
+                );
+                Origin::Inline(password.clone())
+            }
+            (None, None) if sp.password_env.trim().is_empty() => {
+                return Err(CredentialError::configuration(
+                    KIND,
+                    "credential.static_password.password_env is empty",
+                    "name the variable that holds the password (default PGPASSWORD), or set password_file",
+                ));
+            }
+            (None, None) => Origin::Variable(sp.password_env.clone()),
+        };
+        Ok(Self {
+            origin,
+            env: ctx.env.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl TokenSource for StaticPasswordSource {
+    async fn token(&self) -> Result<Token, CredentialError> {
+        let password = match &self.origin {
+            Origin::Inline(password) => password.clone(),
+            Origin::Variable(var) => self.env.get(var).map(SecretString::new).ok_or_else(|| {
+                CredentialError::new(
+                    ErrorKind::MissingInput,
+                    KIND,
+                    format!(
+                        "the variable {var} (credential.static_password.password_env) is not set"
+                    ),
+                    format!(
+                        "export {var}=<password>, or set credential.static_password.password_file"
+                    ),
+                )
+            })?,
+            Origin::File(path) => {
+                let contents = tokio::fs::read_to_string(path).await.map_err(|e| {
+                    CredentialError::new(
+                        ErrorKind::MissingInput,
+                        KIND,
+                        format!(
+                            "cannot read the password file {} (credential.static_password.password_file): {e}",
+                            path.display()
+                        ),
+                        "check the path and that this user may read it (for a Kubernetes Secret, its volume mount)",
+                    )
+                })?;
+                SecretString::new(contents.trim_end_matches(['\r', '\n']))
+            }
+        };
+        if password.is_blank() {
+            return Err(CredentialError::new(
+                ErrorKind::MissingInput,
+                KIND,
+                format!("the password from {} is empty", self.info().details[0].1),
+                "put the database password there",
+            ));
+        }
+        Ok(Token::new(password, None))
+    }
+
+    fn info(&self) -> SourceInfo {
+        let info = SourceInfo::new(KIND);
+        match &self.origin {
+            Origin::Variable(var) => info.with("variable", var),
+            Origin::File(path) => info.with("file", path.display().to_string()),
+            Origin::Inline(_) => info.with("inline", "configuration"),
+        }
+    }
+}

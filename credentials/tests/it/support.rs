@@ -1,0 +1,46 @@
+//! Shared set-up: an Entra stand-in with a projected token file, and contexts that point sources at it.
+
+use pgwi_credentials::{CredentialConfig, Environment, SourceContext};
+use pgwi_testsupport::entra::{EntraOptions, EntraStandIn, write_token_file};
+use pgwi_testsupport::jwt::ServiceAccountToken;
+
+/// A pod as AKS would run it: a projected token on disk, the webhook's variables, and Entra to talk to.
+pub(crate) struct Pod {
+    pub(crate) entra: EntraStandIn,
+    pub(crate) sa_token: String,
+    pub(crate) token_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pod {
+    pub(crate) async fn start() -> Self {
+        pgwi_testsupport::init_test_logging();
+        let sa_token = ServiceAccountToken::default().encode();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token_file = write_token_file(dir.path(), &sa_token).expect("token file");
+        let entra = EntraStandIn::start(EntraOptions::new(sa_token.clone()))
+            .await
+            .expect("Entra stand-in");
+        Self {
+            entra,
+            sa_token,
+            token_file,
+            _dir: dir,
+        }
+    }
+
+    /// The webhook's variables, and SDK options that trust the stand-in.
+    pub(crate) fn context(&self) -> SourceContext {
+        SourceContext {
+            env: Environment::from_pairs(self.entra.webhook_environment(&self.token_file)),
+            azure_client_options: Some(self.entra.azure_client_options().expect("client options")),
+        }
+    }
+
+    pub(crate) fn config(&self) -> CredentialConfig {
+        CredentialConfig {
+            kind: "workload-identity".into(),
+            ..CredentialConfig::default()
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! A local stand-in for Entra ID's token endpoint, served over HTTPS from 127.0.0.1 with a test CA.
+//!
+//! Implements `POST /{tenant}/oauth2/v2.0/token` for the client-assertion grant that workload identity uses:
+//! it checks the tenant, client id, assertion (equal to the projected token), assertion type, grant type and
+//! scope; issues distinct JWT-shaped tokens with a configurable lifetime; counts requests; and injects faults
+//! on demand. In-process tests reach it through [`EntraStandIn::azure_client_options`]; a child process
+//! through `AZURE_AUTHORITY_HOST` = [`EntraStandIn::authority_host`] and `SSL_CERT_FILE` =
+//! [`EntraStandIn::ca_file`].
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::jwt;
+use crate::{TestCertificates, TestSupportError, random_alphanumeric};
+
+/// The scope pgwi asks for by default.
+pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A failure the stand-in can be told to produce.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// HTTP 429 with Entra's throttling body.
+    Throttled,
+    /// HTTP 500 with an Entra error body.
+    ServerError,
+    /// HTTP 400 with this AADSTS code and description.
+    Aadsts(u32, String),
+    /// Answer correctly, but only after this delay.
+    Delay(Duration),
+    /// HTTP 200 with a body that is not JSON.
+    Malformed,
+}
+
+/// What the stand-in accepts and issues.
+#[derive(Debug, Clone)]
+pub struct EntraOptions {
+    /// The tenant in the URL path.
+    pub tenant_id: String,
+    /// The identity's client id.
+    pub client_id: String,
+    /// The projected service-account token it expects as `client_assertion`.
+    pub expected_assertion: String,
+    /// The scope it expects.
+    pub scope: String,
+    /// Lifetime of issued tokens.
+    pub token_lifetime: Duration,
+    /// The managed identity's name, put into `xms_mirid`.
+    pub identity_name: String,
+    /// The identity's object id (`oid`).
+    pub object_id: String,
+}
+
+impl EntraOptions {
+    /// Options for a fresh identity, expecting `assertion`.
+    pub fn new(assertion: impl Into<String>) -> Self {
+        Self {
+            tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            client_id: "5a7bd1c0-3f12-4c8e-9d1e-0123456789ab".into(),
+            expected_assertion: assertion.into(),
+            scope: POSTGRES_SCOPE.into(),
+            token_lifetime: Duration::from_secs(3600),
+            identity_name: "pgwi-app".into(),
+            object_id: "0b5d2c47-9a0e-4b6f-8f55-a1b2c3d4e5f6".into(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Recorded {
+    requests: usize,
+    issued: Vec<String>,
+    next_faults: VecDeque<Fault>,
+    persistent_fault: Option<Fault>,
+    rejections: Vec<String>,
+}
+
+struct Shared {
+    options: Mutex<EntraOptions>,
+    recorded: Mutex<Recorded>,
+}
+
+/// The running stand-in. Stops when dropped.
+pub struct EntraStandIn {
+    shared: Arc<Shared>,
+    port: u16,
+    certs: TestCertificates,
+    ca_file: tempfile::NamedTempFile,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for EntraStandIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraStandIn")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EntraStandIn {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl EntraStandIn {
+    /// Starts serving HTTPS on a free port of 127.0.0.1, in the current tokio runtime.
+    pub async fn start(options: EntraOptions) -> Result<Self, TestSupportError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = TestCertificates::generate()?;
+        let tls = server_tls_config(&certs)?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(TestSupportError::io("binding the Entra stand-in"))?;
+        let port = listener
+            .local_addr()
+            .map_err(TestSupportError::io("reading the Entra stand-in's port"))?
+            .port();
+        let mut ca_file = tempfile::Builder::new()
+            .prefix("pgwi-entra-ca-")
+            .suffix(".pem")
+            .tempfile()
+            .map_err(TestSupportError::io("creating the CA file"))?;
+        std::io::Write::write_all(&mut ca_file, certs.ca_pem.as_bytes())
+            .map_err(TestSupportError::io("writing the CA file"))?;
+        let shared = Arc::new(Shared {
+            options: Mutex::new(options),
+            recorded: Mutex::new(Recorded::default()),
+        });
+        let app = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+            .with_state(shared.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Ok(Self {
+            shared,
+            port,
+            certs,
+            ca_file,
+            server,
+        })
+    }
+
+    /// `https://127.0.0.1:<port>/`, for `AZURE_AUTHORITY_HOST`.
+    pub fn authority_host(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.port)
+    }
+
+    /// The CA that signed the stand-in's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.certs.ca_pem
+    }
+
+    /// A file with [`Self::ca_pem`], for a child process's `SSL_CERT_FILE`.
+    pub fn ca_file(&self) -> &Path {
+        self.ca_file.path()
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> EntraOptions {
+        lock(&self.shared.options).clone()
+    }
+
+    /// Changes the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        lock(&self.shared.options).token_lifetime = lifetime;
+    }
+
+    /// Token requests received so far (including refused ones).
+    pub fn request_count(&self) -> usize {
+        lock(&self.shared.recorded).requests
+    }
+
+    /// Every token issued so far, oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.shared.recorded).issued.clone()
+    }
+
+    /// Why requests were refused (for assertions and debugging).
+    pub fn rejections(&self) -> Vec<String> {
+        lock(&self.shared.recorded).rejections.clone()
+    }
+
+    /// Answers the next request with `fault` (queued after earlier ones).
+    pub fn push_fault(&self, fault: Fault) {
+        lock(&self.shared.recorded).next_faults.push_back(fault);
+    }
+
+    /// Answers every request with `fault` until set to `None`.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        lock(&self.shared.recorded).persistent_fault = fault;
+    }
+
+    /// Azure SDK client options for in-process tests: HTTPS trusting only the stand-in's CA, no retries.
+    pub fn azure_client_options(
+        &self,
+    ) -> Result<azure_core::http::ClientOptions, TestSupportError> {
+        let ca = reqwest::Certificate::from_pem(self.certs.ca_pem.as_bytes())
+            .map_err(|e| TestSupportError::Tls(e.to_string()))?;
+        let client = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .build()
+            .map_err(|e| TestSupportError::Tls(e.to_string()))?;
+        Ok(azure_core::http::ClientOptions {
+            transport: Some(azure_core::http::Transport::new(Arc::new(client))),
+            retry: azure_core::http::RetryOptions::none(),
+            ..Default::default()
+        })
+    }
+
+    /// Environment a workload-identity pod gets from the AKS webhook, pointing at this stand-in.
+    pub fn webhook_environment(&self, token_file: &Path) -> Vec<(String, String)> {
+        let options = self.options();
+        vec![
+            ("AZURE_CLIENT_ID".into(), options.client_id),
+            ("AZURE_TENANT_ID".into(), options.tenant_id),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE".into(),
+                token_file.display().to_string(),
+            ),
+            ("AZURE_AUTHORITY_HOST".into(), self.authority_host()),
+        ]
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn server_tls_config(certs: &TestCertificates) -> Result<rustls::ServerConfig, TestSupportError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |e: &dyn std::fmt::Display| TestSupportError::Tls(e.to_string());
+    let cert =
+        CertificateDer::from_pem_slice(certs.server_cert_pem.as_bytes()).map_err(|e| tls(&e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(certs.server_key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| tls(&e))
+}
+
+fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let body = json!({
+        "error": error,
+        "error_description": format!("AADSTS{code}: {description} Trace ID: {} Correlation ID: {} Timestamp: 2026-11-28 00:00:00Z", random_alphanumeric(8), random_alphanumeric(8)),
+        "error_codes": [code],
+        "timestamp": "2026-11-28 00:00:00Z",
+        "trace_id": random_alphanumeric(8),
+        "correlation_id": random_alphanumeric(8),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn token_endpoint(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(tenant): UrlPath<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let fault = {
+        let mut recorded = lock(&shared.recorded);
+        recorded.requests += 1;
+        recorded
+            .next_faults
+            .pop_front()
+            .or_else(|| recorded.persistent_fault.clone())
+    };
+    match fault {
+        Some(Fault::Throttled) => {
+            return entra_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                50196,
+                "The server is busy; too many requests.",
+            );
+        }
+        Some(Fault::ServerError) => {
+            return entra_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                50000,
+                "There was an error issuing a token.",
+            );
+        }
+        Some(Fault::Aadsts(code, description)) => {
+            return entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                code,
+                &description,
+            );
+        }
+        Some(Fault::Malformed) => {
+            return (StatusCode::OK, "<html>proxy error</html>").into_response();
+        }
+        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+        None => {}
+    }
+    let options = lock(&shared.options).clone();
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    let refuse = |reason: String, response: Response| {
+        lock(&shared.recorded).rejections.push(reason);
+        response
+    };
+    if tenant != options.tenant_id {
+        return refuse(
+            format!("tenant {tenant}"),
+            entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                90002,
+                &format!("Tenant '{tenant}' not found."),
+            ),
+        );
+    }
+    if field("client_id") != options.client_id {
+        return refuse(
+            format!("client_id {}", field("client_id")),
+            entra_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                700016,
+                &format!(
+                    "Application with identifier '{}' was not found in the directory.",
+                    field("client_id")
+                ),
+            ),
+        );
+    }
+    if field("grant_type") != "client_credentials" {
+        return refuse(
+            format!("grant_type {}", field("grant_type")),
+            entra_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                70003,
+                "The grant type is not supported.",
+            ),
+        );
+    }
+    if field("client_assertion_type") != ASSERTION_TYPE {
+        return refuse(
+            "client_assertion_type".into(),
+            entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                50027,
+                "Invalid client assertion type.",
+            ),
+        );
+    }
+    if field("scope") != options.scope {
+        return refuse(
+            format!("scope {}", field("scope")),
+            entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                70011,
+                "The provided value for scope is not valid.",
+            ),
+        );
+    }
+    if field("client_assertion") != options.expected_assertion {
+        return refuse(
+            "client_assertion".into(),
+            entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_client",
+                70021,
+                "No matching federated identity record found for presented assertion.",
+            ),
+        );
+    }
+    let lifetime = options.token_lifetime.as_secs().max(1) as i64;
+    let now = jwt::unix_now();
+    let token = jwt::encode(&json!({
+        "aud": "https://ossrdbms-aad.database.windows.net",
+        "iss": format!("https://sts.windows.net/{}/", options.tenant_id),
+        "iat": now, "nbf": now, "exp": now + lifetime,
+        "appid": options.client_id,
+        "oid": options.object_id,
+        "sub": options.object_id,
+        "tid": options.tenant_id,
+        "idtyp": "app",
+        "xms_mirid": format!(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/pgwi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            options.identity_name
+        ),
+        "uti": random_alphanumeric(22),
+    }));
+    lock(&shared.recorded).issued.push(token.clone());
+    Json(json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": token,
+    }))
+    .into_response()
+}
+
+/// Writes a projected service-account token to a file in `dir` and returns its path.
+pub fn write_token_file(dir: &Path, token: &str) -> Result<PathBuf, TestSupportError> {
+    let path = dir.join("azure-identity-token");
+    std::fs::write(&path, token)
+        .map_err(TestSupportError::io(format!("writing {}", path.display())))?;
+    Ok(path)
+}
