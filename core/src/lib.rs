@@ -1,1 +1,29 @@
-//! placeholder
+//! pgwi-core: configuration profiles, and a SeaORM connection whose pool always authenticates new connections
+//! with a fresh token.
+//!
+//! # Example
+//!
+//! A local PostgreSQL with a static password; the same code runs with workload identity in AKS by changing
+//! `credential.kind` (or by nothing at all: `auto` picks it when the webhook's variables are present).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use pgwi_core::config::{self, ConfigSources};
+//! use sea_orm::ConnectionTrait as _;
+//!
+//! // defaults < pgwi.toml profile < DBHOST/DBNAME/DBUSER/SSL_MODE < PGWI_* < flags
+//! let loaded = config::load(&ConfigSources::default())?;
+//! let db = pgwi_core::connect(&loaded.config).await?;
+//! db.connection().execute_unprepared("SELECT 1").await?;
+//! db.close().await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod connect;
+pub mod telemetry;
+
+pub use config::{Config, ConfigError, LoadedConfig};
+pub use connect::{
+    AuthenticationFailure, ConnectError, Database, RotationStats, connect, connect_with,
+};

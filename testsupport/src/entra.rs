@@ -59,7 +59,37 @@ pub struct EntraOptions {
     pub identity_name: String,
     /// The identity's object id (`oid`).
     pub object_id: String,
+    /// Give every token its own identity name (`<identity_name>-<n>`), so a test can make one role per
+    /// token: PostgreSQL holds one password per role, while Azure accepts every unexpired token.
+    pub identity_per_token: bool,
 }
+
+/// A token the stand-in issued, as seen by an [`IssueHook`].
+#[derive(Clone)]
+pub struct IssuedToken {
+    /// The access token.
+    pub token: String,
+    /// The identity name in its `xms_mirid` claim.
+    pub identity_name: String,
+    /// Its `exp`, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("identity_name", &self.identity_name)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs before an issued token is returned: the place to make "the server" accept it.
+pub type IssueHook = Arc<
+    dyn Fn(IssuedToken) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl EntraOptions {
     /// Options for a fresh identity, expecting `assertion`.
@@ -72,6 +102,7 @@ impl EntraOptions {
             token_lifetime: Duration::from_secs(3600),
             identity_name: "pgwi-app".into(),
             object_id: "0b5d2c47-9a0e-4b6f-8f55-a1b2c3d4e5f6".into(),
+            identity_per_token: false,
         }
     }
 }
@@ -88,6 +119,7 @@ struct Recorded {
 struct Shared {
     options: Mutex<EntraOptions>,
     recorded: Mutex<Recorded>,
+    on_issue: Mutex<Option<IssueHook>>,
 }
 
 /// The running stand-in. Stops when dropped.
@@ -136,6 +168,7 @@ impl EntraStandIn {
         let shared = Arc::new(Shared {
             options: Mutex::new(options),
             recorded: Mutex::new(Recorded::default()),
+            on_issue: Mutex::new(None),
         });
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
@@ -190,6 +223,11 @@ impl EntraStandIn {
     /// Changes the lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         lock(&self.shared.options).token_lifetime = lifetime;
+    }
+
+    /// Runs `hook` for every issued token before it is returned.
+    pub fn set_on_issue(&self, hook: IssueHook) {
+        *lock(&self.shared.on_issue) = Some(hook);
     }
 
     /// Token requests received so far (including refused ones).
@@ -404,6 +442,15 @@ async fn token_endpoint(
     }
     let lifetime = options.token_lifetime.as_secs().max(1) as i64;
     let now = jwt::unix_now();
+    let identity_name = if options.identity_per_token {
+        format!(
+            "{}-{}",
+            options.identity_name,
+            lock(&shared.recorded).issued.len() + 1
+        )
+    } else {
+        options.identity_name.clone()
+    };
     let token = jwt::encode(&json!({
         "aud": "https://ossrdbms-aad.database.windows.net",
         "iss": format!("https://sts.windows.net/{}/", options.tenant_id),
@@ -415,10 +462,19 @@ async fn token_endpoint(
         "idtyp": "app",
         "xms_mirid": format!(
             "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/pgwi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
-            options.identity_name
+            identity_name
         ),
         "uti": random_alphanumeric(22),
     }));
+    let hook = lock(&shared.on_issue).clone();
+    if let Some(hook) = hook {
+        hook(IssuedToken {
+            token: token.clone(),
+            identity_name,
+            expires_at: now + lifetime,
+        })
+        .await;
+    }
     lock(&shared.recorded).issued.push(token.clone());
     Json(json!({
         "token_type": "Bearer",

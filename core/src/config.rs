@@ -1,0 +1,524 @@
+//! pgwi's configuration: built-in defaults, then a profile of `pgwi.toml`, then the original demo's variables
+//! (`DBHOST`, `DBNAME`, `DBUSER`, `SSL_MODE`), then `PGWI_*` variables (`__` between levels), then
+//! command-line flags. Every error names the key, the layer it came from, and what was expected.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::{Figment, Profile};
+use pgwi_credentials::CredentialConfig;
+use serde::{Deserialize, Serialize};
+
+/// The file read when neither `--config` nor `PGWI_CONFIG` names one (only if it exists).
+pub const DEFAULT_CONFIG_FILE: &str = "pgwi.toml";
+/// The profile used when neither `--profile` nor `PGWI_PROFILE` names one.
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// All of pgwi's settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where and how to connect.
+    pub database: DatabaseConfig,
+    /// Where passwords come from.
+    pub credential: CredentialConfig,
+}
+
+/// TLS requirements for the connection, as libpq names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// No TLS. Refused for non-local hosts unless `allow_insecure`.
+    Disable,
+    /// TLS if the server offers it, else plaintext. Refused for non-local hosts unless `allow_insecure`.
+    Prefer,
+    /// TLS without checking the certificate.
+    Require,
+    /// TLS with the certificate checked against trusted CAs, not the host name.
+    VerifyCa,
+    /// TLS with the certificate and the host name checked. The default.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// True for modes that may send the password in the clear.
+    pub fn is_below_require(self) -> bool {
+        matches!(self, SslMode::Disable | SslMode::Prefer)
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+/// The `database` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Server host name (`host` or `host:port`; the demo's `DBHOST`).
+    #[serde(deserialize_with = "text::optional")]
+    pub host: Option<String>,
+    /// Server port. Default 5432.
+    pub port: u16,
+    /// Database name (the demo's `DBNAME`).
+    #[serde(deserialize_with = "text::optional")]
+    pub name: Option<String>,
+    /// Database user (the demo's `DBUSER`): the managed identity's NAME, or `auto` to derive it from the
+    /// access token's claims.
+    #[serde(deserialize_with = "text::optional")]
+    pub user: Option<String>,
+    /// TLS mode (the demo's `SSL_MODE`). Default `verify-full`.
+    pub sslmode: SslMode,
+    /// A PEM file of CAs trusted in addition to the built-in roots.
+    pub ssl_root_cert: Option<PathBuf>,
+    /// Shown in `pg_stat_activity`. Default `pgwi`.
+    pub application_name: String,
+    /// Pool size. Default 5.
+    pub max_connections: u32,
+    /// How long connecting may take, retries included. Default 30.
+    pub connect_timeout_secs: u64,
+    /// `statement_timeout` for every connection, in seconds (0: none). Default 60.
+    pub statement_timeout_secs: u64,
+    /// Close connections older than this (it is also kept below the token's lifetime). Default 1800.
+    pub max_lifetime_secs: u64,
+    /// Allow `sslmode` below `require` against a host that is not local. Default false.
+    pub allow_insecure: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 5432,
+            name: None,
+            user: None,
+            sslmode: SslMode::VerifyFull,
+            ssl_root_cert: None,
+            application_name: "pgwi".into(),
+            max_connections: 5,
+            connect_timeout_secs: 30,
+            statement_timeout_secs: 60,
+            max_lifetime_secs: 1800,
+            allow_insecure: false,
+        }
+    }
+}
+
+/// Accepts strings and, because environment values are parsed, numbers and booleans as text.
+mod text {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+
+    pub(super) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<Loose>::deserialize(d)?.map(|v| match v {
+            Loose::Text(s) => s,
+            Loose::Int(i) => i.to_string(),
+            Loose::Float(f) => f.to_string(),
+            Loose::Bool(b) => b.to_string(),
+        }))
+    }
+}
+
+/// Command-line flags that override configuration (`None`: not given).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--host`.
+    pub host: Option<String>,
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--database`.
+    pub name: Option<String>,
+    /// `--user`.
+    pub user: Option<String>,
+    /// `--sslmode`.
+    pub sslmode: Option<SslMode>,
+    /// `--credential`.
+    pub credential_kind: Option<String>,
+}
+
+/// Where to look for configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// `--config`: a file that must exist. Else `PGWI_CONFIG`, else `./pgwi.toml` if present.
+    pub file: Option<PathBuf>,
+    /// `--profile`. Else `PGWI_PROFILE`, else `default`.
+    pub profile: Option<String>,
+    /// Command-line flags.
+    pub overrides: Overrides,
+}
+
+/// A configuration error: which key, from which layer, what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value could not be read as the type the key needs.
+    #[error("configuration: {message}{}", context(.file, .profile))]
+    Invalid {
+        /// figment's message (key, layer, expected type).
+        message: String,
+        /// The file in use, if any.
+        file: Option<PathBuf>,
+        /// The selected profile.
+        profile: String,
+    },
+    /// A named file or profile does not exist.
+    #[error("configuration: {0}")]
+    NotFound(String),
+    /// A value is present but not acceptable.
+    #[error("configuration: {key} {problem} (from {origin}); fix: {fix}")]
+    Rejected {
+        /// The key, e.g. `database.host`.
+        key: String,
+        /// Where its value came from (file, variable, flag, default).
+        origin: String,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
+}
+
+fn context(file: &Option<PathBuf>, profile: &str) -> String {
+    match file {
+        Some(file) => format!(" (config file {}, profile {profile})", file.display()),
+        None => format!(" (no config file, profile {profile})"),
+    }
+}
+
+/// Configuration with the provenance of each value.
+pub struct LoadedConfig {
+    /// The resolved settings.
+    pub config: Config,
+    /// The selected profile.
+    pub profile: String,
+    /// The configuration file that was read, if any.
+    pub file: Option<PathBuf>,
+    figment: Figment,
+}
+
+impl fmt::Debug for LoadedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedConfig")
+            .field("config", &self.config)
+            .field("profile", &self.profile)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedConfig {
+    /// Where the value of `key` (e.g. `database.host`) came from: a file, a variable, a flag or the
+    /// defaults.
+    pub fn origin(&self, key: &str) -> String {
+        origin(&self.figment, &self.profile, key)
+    }
+}
+
+fn origin(figment: &Figment, profile: &str, key: &str) -> String {
+    match figment.find_metadata(key) {
+        Some(metadata) => describe_layer(metadata, profile, key),
+        None => "nowhere (not set)".into(),
+    }
+}
+
+/// Names the layer a value came from: the variable, the file, the flags or the defaults.
+fn describe_layer(metadata: &figment::Metadata, profile: &str, key: &str) -> String {
+    let key = key.to_ascii_lowercase();
+    if metadata.name.contains("PGWI_") {
+        return format!(
+            "environment variable PGWI_{}",
+            key.replace('.', "__").to_ascii_uppercase()
+        );
+    }
+    if metadata.name.contains("environment") {
+        return match DEMO_VARIABLES.iter().find(|(_, k)| *k == key) {
+            Some((var, _)) => format!("environment variable {var} (the original demo's)"),
+            None => "environment".into(),
+        };
+    }
+    match &metadata.source {
+        Some(source) => format!("{source} (profile {profile})"),
+        None => metadata.name.to_string(),
+    }
+}
+
+fn describe_error(error: figment::Error, profile: &str) -> String {
+    let key = error.path.join(".").to_ascii_lowercase();
+    let layer = error
+        .metadata
+        .as_ref()
+        .map(|m| describe_layer(m, profile, &key))
+        .unwrap_or_else(|| "configuration".into());
+    if key.is_empty() {
+        format!("{} (from {layer})", error.kind)
+    } else {
+        format!("{key}: {} (from {layer})", error.kind)
+    }
+}
+
+/// The demo's variables, mapped onto pgwi's keys.
+const DEMO_VARIABLES: [(&str, &str); 4] = [
+    ("DBHOST", "database.host"),
+    ("DBNAME", "database.name"),
+    ("DBUSER", "database.user"),
+    ("SSL_MODE", "database.sslmode"),
+];
+
+/// Resolves configuration from all layers, then checks it.
+pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
+    let profile = sources
+        .profile
+        .clone()
+        .or_else(|| Env::var("PGWI_PROFILE"))
+        .filter(|p| !p.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
+    let file = match (&sources.file, Env::var("PGWI_CONFIG")) {
+        (Some(path), _) => Some(require_file(path, "--config")?),
+        (None, Some(path)) => Some(require_file(Path::new(&path), "PGWI_CONFIG")?),
+        (None, None) => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+    };
+
+    let mut figment = Figment::from(Defaults);
+    if let Some(file) = &file {
+        figment = figment.merge(Toml::file_exact(file).nested());
+    }
+    figment = figment
+        .merge(
+            Env::raw()
+                .only(&DEMO_VARIABLES.map(|(var, _)| var))
+                .map(|var| {
+                    DEMO_VARIABLES
+                        .iter()
+                        .find(|(v, _)| var.as_str().eq_ignore_ascii_case(v))
+                        .map_or(var.into(), |(_, key)| (*key).into())
+                })
+                .global(),
+        )
+        .merge(
+            Env::prefixed("PGWI_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__")
+                .global(),
+        )
+        .merge(Flags(overrides_tree(&sources.overrides)));
+
+    if profile != DEFAULT_PROFILE
+        && file.is_some()
+        && !figment
+            .profiles()
+            .any(|p| p.as_str().as_str().eq_ignore_ascii_case(&profile))
+    {
+        let known: Vec<String> = figment
+            .profiles()
+            .filter(|p| *p != Profile::Global)
+            .map(|p| p.as_str().to_string())
+            .collect();
+        return Err(ConfigError::NotFound(format!(
+            "profile {profile:?} (from --profile or PGWI_PROFILE) is not in {}; profiles there: {}",
+            file.as_deref()
+                .map_or_else(String::new, |f| f.display().to_string()),
+            known.join(", ")
+        )));
+    }
+    let figment = figment.select(profile.as_str());
+    let config: Config = figment.extract().map_err(|e| ConfigError::Invalid {
+        message: describe_error(e, &profile),
+        file: file.clone(),
+        profile: profile.clone(),
+    })?;
+    let loaded = LoadedConfig {
+        config,
+        profile,
+        file,
+        figment,
+    };
+    validate(&loaded)?;
+    Ok(loaded)
+}
+
+/// The built-in defaults as a named figment layer.
+struct Defaults;
+
+impl figment::Provider for Defaults {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("built-in defaults")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
+        Serialized::defaults(Config::default()).data()
+    }
+}
+
+/// Command-line flags as a figment layer, named so errors and `origin` say where a value came from.
+struct Flags(serde_json::Value);
+
+impl figment::Provider for Flags {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("command-line flags")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
+        Serialized::globals(&self.0).data()
+    }
+}
+
+fn overrides_tree(overrides: &Overrides) -> serde_json::Value {
+    let mut database = serde_json::Map::new();
+    let mut put = |key: &str, value: Option<serde_json::Value>| {
+        if let Some(value) = value {
+            database.insert(key.into(), value);
+        }
+    };
+    put("host", overrides.host.clone().map(Into::into));
+    put("port", overrides.port.map(Into::into));
+    put("name", overrides.name.clone().map(Into::into));
+    put("user", overrides.user.clone().map(Into::into));
+    put("sslmode", overrides.sslmode.map(|m| m.to_string().into()));
+    let mut tree = serde_json::Map::new();
+    if !database.is_empty() {
+        tree.insert("database".into(), database.into());
+    }
+    if let Some(kind) = &overrides.credential_kind {
+        tree.insert("credential".into(), serde_json::json!({ "kind": kind }));
+    }
+    tree.into()
+}
+
+fn require_file(path: &Path, from: &str) -> Result<PathBuf, ConfigError> {
+    if path.is_file() {
+        Ok(path.to_owned())
+    } else {
+        Err(ConfigError::NotFound(format!(
+            "the configuration file {} (from {from}) does not exist; create it (see pgwi.example.toml) or \
+             point {from} at the right path",
+            path.display()
+        )))
+    }
+}
+
+/// True for host names that never leave this machine.
+pub fn is_local_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.starts_with('/')
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
+    let db = &loaded.config.database;
+    let reject = |key: &str, problem: String, fix: &str| ConfigError::Rejected {
+        key: key.into(),
+        origin: loaded.origin(key),
+        problem,
+        fix: fix.into(),
+    };
+    let missing = |key: &str, demo: &str, env: &str| ConfigError::Rejected {
+        key: key.into(),
+        origin: "nowhere".into(),
+        problem: "is not set".into(),
+        fix: format!(
+            "set {demo}, {env}, or `{}` in the [{}] profile of pgwi.toml",
+            key.rsplit('.').next().unwrap_or(key),
+            loaded.profile
+        ),
+    };
+    let host = db
+        .host
+        .as_deref()
+        .filter(|h| !h.trim().is_empty())
+        .ok_or_else(|| missing("database.host", "DBHOST", "PGWI_DATABASE__HOST"))?;
+    if db.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
+        return Err(missing("database.name", "DBNAME", "PGWI_DATABASE__NAME"));
+    }
+    if db.user.as_deref().is_none_or(|u| u.trim().is_empty()) {
+        return Err(missing("database.user", "DBUSER", "PGWI_DATABASE__USER"));
+    }
+    let (host, _) = split_host_port(host)
+        .map_err(|problem| reject("database.host", problem, "write host or host:port"))?;
+    if db.sslmode.is_below_require() && !is_local_host(&host) {
+        if !db.allow_insecure {
+            return Err(reject(
+                "database.sslmode",
+                format!(
+                    "is {} against {host}, which may send the password or token in the clear",
+                    db.sslmode
+                ),
+                "use verify-full (Azure Database for PostgreSQL requires TLS), or set database.allow_insecure = true if you really mean it",
+            ));
+        }
+        tracing::warn!(sslmode = %db.sslmode, host, "TLS is not required for a non-local host (database.allow_insecure = true)");
+    }
+    if db.max_connections == 0 {
+        return Err(reject(
+            "database.max_connections",
+            "is 0".into(),
+            "set it to 1 or more",
+        ));
+    }
+    if db.connect_timeout_secs == 0 {
+        return Err(reject(
+            "database.connect_timeout_secs",
+            "is 0".into(),
+            "set the seconds connecting may take, e.g. 30",
+        ));
+    }
+    if let Some(ca) = &db.ssl_root_cert
+        && !ca.is_file()
+    {
+        return Err(reject(
+            "database.ssl_root_cert",
+            format!("names {}, which does not exist", ca.display()),
+            "point it at a PEM file of CA certificates",
+        ));
+    }
+    Ok(())
+}
+
+/// Splits `host:port` (the demo's `DBHOST` form). IPv6 literals need brackets to carry a port.
+pub fn split_host_port(host: &str) -> Result<(String, Option<u16>), String> {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        let (addr, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{host:?} has an unclosed '['"))?;
+        return match tail.strip_prefix(':') {
+            Some(port) => Ok((
+                addr.to_owned(),
+                Some(
+                    port.parse()
+                        .map_err(|_| format!("{host:?} has a port that is not a number"))?,
+                ),
+            )),
+            None if tail.is_empty() => Ok((addr.to_owned(), None)),
+            None => Err(format!("{host:?} has text after ']'")),
+        };
+    }
+    match host.split_once(':') {
+        Some((name, port)) if !port.contains(':') => Ok((
+            name.to_owned(),
+            Some(
+                port.parse()
+                    .map_err(|_| format!("{host:?} has a port that is not a number"))?,
+            ),
+        )),
+        _ => Ok((host.to_owned(), None)),
+    }
+}

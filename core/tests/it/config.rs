@@ -1,0 +1,326 @@
+//! Layered configuration: each layer overrides the one below, and each bad value gets one clear error.
+
+use figment::Jail;
+use pgwi_core::config::{self, ConfigSources, Overrides, SslMode};
+
+const FILE: &str = r#"
+[default.database]
+host = "file-default.example.com"
+name = "app"
+user = "pgwi-app"
+
+[aks.database]
+host = "aks.postgres.database.azure.com"
+port = 6432
+
+[aks.credential]
+kind = "workload-identity"
+"#;
+
+fn load(sources: &ConfigSources) -> Result<config::LoadedConfig, String> {
+    config::load(sources).map_err(|e| e.to_string())
+}
+
+#[test]
+fn each_layer_overrides_the_one_below() {
+    // Scenario: defaults < file's default profile < selected profile < demo variables < PGWI_* < flags,
+    // and `origin` names the layer each value came from.
+    Jail::expect_with(|jail| {
+        jail.create_file("pgwi.toml", FILE)?;
+        let sources = ConfigSources {
+            profile: Some("aks".into()),
+            ..ConfigSources::default()
+        };
+
+        let base = load(&ConfigSources::default())?;
+        assert_eq!(
+            base.config.database.host.as_deref(),
+            Some("file-default.example.com")
+        );
+        assert_eq!(base.config.database.port, 5432, "built-in default");
+        assert_eq!(
+            base.config.database.sslmode,
+            SslMode::VerifyFull,
+            "built-in default"
+        );
+        assert_eq!(base.origin("database.port"), "built-in defaults");
+
+        let profile = load(&sources)?;
+        assert_eq!(
+            profile.config.database.host.as_deref(),
+            Some("aks.postgres.database.azure.com")
+        );
+        assert_eq!(profile.config.database.port, 6432);
+        assert_eq!(
+            profile.config.database.name.as_deref(),
+            Some("app"),
+            "inherited from default"
+        );
+        assert_eq!(profile.config.credential.kind, "workload-identity");
+        assert!(
+            profile.origin("database.host").contains("pgwi.toml"),
+            "{}",
+            profile.origin("database.host")
+        );
+
+        jail.set_env("DBHOST", "demo-host.example.com:5433");
+        let demo = load(&sources)?;
+        assert_eq!(
+            demo.config.database.host.as_deref(),
+            Some("demo-host.example.com:5433")
+        );
+        assert!(
+            demo.origin("database.host").contains("DBHOST"),
+            "{}",
+            demo.origin("database.host")
+        );
+
+        jail.set_env("PGWI_DATABASE__HOST", "pgwi-env.example.com");
+        jail.set_env("PGWI_CREDENTIAL__KIND", "az-cli");
+        let env = load(&sources)?;
+        assert_eq!(
+            env.config.database.host.as_deref(),
+            Some("pgwi-env.example.com")
+        );
+        assert_eq!(env.config.credential.kind, "az-cli");
+        assert!(
+            env.origin("database.host").contains("PGWI_DATABASE__HOST"),
+            "{}",
+            env.origin("database.host")
+        );
+
+        let flags = load(&ConfigSources {
+            overrides: Overrides {
+                host: Some("flag.example.com".into()),
+                credential_kind: Some("static-password".into()),
+                ..Overrides::default()
+            },
+            ..sources.clone()
+        })?;
+        assert_eq!(
+            flags.config.database.host.as_deref(),
+            Some("flag.example.com")
+        );
+        assert_eq!(flags.config.credential.kind, "static-password");
+        assert!(
+            flags.origin("database.host").contains("command-line"),
+            "{}",
+            flags.origin("database.host")
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn the_profile_comes_from_pgwi_profile_and_the_file_from_pgwi_config() {
+    // Scenario: PGWI_PROFILE selects the profile and PGWI_CONFIG names a file outside the working directory.
+    Jail::expect_with(|jail| {
+        jail.create_dir("etc")?;
+        jail.create_file("etc/custom.toml", FILE)?;
+        jail.set_env("PGWI_CONFIG", "etc/custom.toml");
+        jail.set_env("PGWI_PROFILE", "aks");
+
+        let loaded = load(&ConfigSources::default())?;
+
+        assert_eq!(loaded.profile, "aks");
+        assert_eq!(loaded.config.database.port, 6432);
+        assert_eq!(
+            loaded.file.as_deref(),
+            Some(std::path::Path::new("etc/custom.toml"))
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn demo_variables_alone_are_a_complete_configuration() {
+    // Scenario: the original CronJob's DBHOST, DBNAME, DBUSER, SSL_MODE with no file are enough.
+    Jail::expect_with(|jail| {
+        jail.set_env("DBHOST", "psql-demo.postgres.database.azure.com");
+        jail.set_env("DBNAME", "app");
+        jail.set_env("DBUSER", "pgwi-app");
+        jail.set_env("SSL_MODE", "require");
+
+        let loaded = load(&ConfigSources::default())?;
+
+        let db = &loaded.config.database;
+        assert_eq!(
+            db.host.as_deref(),
+            Some("psql-demo.postgres.database.azure.com")
+        );
+        assert_eq!(db.name.as_deref(), Some("app"));
+        assert_eq!(db.user.as_deref(), Some("pgwi-app"));
+        assert_eq!(db.sslmode, SslMode::Require);
+        Ok(())
+    });
+}
+
+fn error_with(
+    setup: impl FnOnce(&mut Jail) -> figment::error::Result<()>,
+    sources: ConfigSources,
+) -> String {
+    let mut message = String::new();
+    Jail::expect_with(|jail| {
+        setup(jail)?;
+        message = load(&sources).expect_err("loading must fail");
+        Ok(())
+    });
+    message
+}
+
+fn complete_env(jail: &mut Jail) {
+    jail.set_env("DBHOST", "db.example.com");
+    jail.set_env("DBNAME", "app");
+    jail.set_env("DBUSER", "pgwi-app");
+}
+
+#[test]
+fn a_non_numeric_port_names_the_variable_and_the_type() {
+    // Scenario: PGWI_DATABASE__PORT=abc is refused, naming the key, the variable and the expected type.
+    let message = error_with(
+        |jail| {
+            complete_env(jail);
+            jail.set_env("PGWI_DATABASE__PORT", "abc");
+            Ok(())
+        },
+        ConfigSources::default(),
+    );
+    assert!(message.contains("database.port"), "{message}");
+    assert!(message.contains("PGWI_DATABASE__PORT"), "{message}");
+    assert!(message.contains("u16"), "{message}");
+}
+
+#[test]
+fn a_bad_value_in_the_file_names_the_file() {
+    // Scenario: a port written as text in pgwi.toml is refused, naming the file and the key.
+    let message = error_with(
+        |jail| {
+            jail.create_file(
+                "pgwi.toml",
+                "[default.database]\nhost = \"h\"\nname = \"n\"\nuser = \"u\"\nport = \"five\"\n",
+            )?;
+            Ok(())
+        },
+        ConfigSources::default(),
+    );
+    assert!(message.contains("pgwi.toml"), "{message}");
+    assert!(message.contains("database.port"), "{message}");
+}
+
+#[test]
+fn an_unknown_key_is_refused() {
+    // Scenario: a misspelt key (hostname for host) is an error, not silently ignored.
+    let message = error_with(
+        |jail| {
+            jail.create_file("pgwi.toml", "[default.database]\nhostname = \"h\"\n")?;
+            Ok(())
+        },
+        ConfigSources::default(),
+    );
+    assert!(message.contains("hostname"), "{message}");
+}
+
+#[test]
+fn a_missing_host_says_where_to_set_it() {
+    // Scenario: no host anywhere; the error names DBHOST and PGWI_DATABASE__HOST.
+    let message = error_with(|_| Ok(()), ConfigSources::default());
+    assert!(message.contains("database.host"), "{message}");
+    assert!(message.contains("DBHOST"), "{message}");
+    assert!(message.contains("PGWI_DATABASE__HOST"), "{message}");
+}
+
+#[test]
+fn an_unknown_sslmode_lists_the_modes() {
+    // Scenario: SSL_MODE=allow (not supported) is refused with the accepted values.
+    let message = error_with(
+        |jail| {
+            complete_env(jail);
+            jail.set_env("SSL_MODE", "allow");
+            Ok(())
+        },
+        ConfigSources::default(),
+    );
+    assert!(message.contains("database.sslmode"), "{message}");
+    assert!(message.contains("verify-full"), "{message}");
+}
+
+#[test]
+fn weak_tls_to_a_remote_host_needs_allow_insecure() {
+    // Scenario: sslmode=disable against a non-local host is refused unless allow_insecure = true; against
+    // localhost it is allowed.
+    let refused = error_with(
+        |jail| {
+            complete_env(jail);
+            jail.set_env("SSL_MODE", "disable");
+            Ok(())
+        },
+        ConfigSources::default(),
+    );
+    assert!(refused.contains("allow_insecure"), "{refused}");
+    assert!(refused.contains("SSL_MODE"), "{refused}");
+
+    Jail::expect_with(|jail| {
+        complete_env(jail);
+        jail.set_env("SSL_MODE", "disable");
+        jail.set_env("PGWI_DATABASE__ALLOW_INSECURE", "true");
+        assert_eq!(
+            load(&ConfigSources::default())?.config.database.sslmode,
+            SslMode::Disable
+        );
+        jail.set_env("PGWI_DATABASE__ALLOW_INSECURE", "false");
+        jail.set_env("DBHOST", "localhost");
+        assert_eq!(
+            load(&ConfigSources::default())?.config.database.sslmode,
+            SslMode::Disable
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_missing_profile_or_config_file_is_named() {
+    // Scenario: --profile naming no profile lists the ones there; --config naming no file says so.
+    let profile = error_with(
+        |jail| {
+            jail.create_file("pgwi.toml", FILE)?;
+            Ok(())
+        },
+        ConfigSources {
+            profile: Some("staging".into()),
+            ..ConfigSources::default()
+        },
+    );
+    assert!(profile.contains("\"staging\""), "{profile}");
+    assert!(profile.contains("aks"), "{profile}");
+
+    let file = error_with(
+        |_| Ok(()),
+        ConfigSources {
+            file: Some("missing.toml".into()),
+            ..ConfigSources::default()
+        },
+    );
+    assert!(
+        file.contains("missing.toml") && file.contains("--config"),
+        "{file}"
+    );
+}
+
+#[test]
+fn the_example_configuration_loads_in_every_profile() {
+    // Scenario: the checked-in pgwi.example.toml is valid for each of its profiles.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../pgwi.example.toml"))
+            .expect("pgwi.example.toml");
+    for profile in ["local", "aks", "admin"] {
+        Jail::expect_with(|jail| {
+            jail.create_file("pgwi.toml", &example)?;
+            let loaded = load(&ConfigSources {
+                profile: Some(profile.into()),
+                ..ConfigSources::default()
+            })?;
+            assert!(loaded.config.database.host.is_some(), "{profile}");
+            Ok(())
+        });
+    }
+}
