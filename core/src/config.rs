@@ -23,6 +23,20 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Where passwords come from.
     pub credential: CredentialConfig,
+    /// What `pgwi admin bootstrap` sets up.
+    pub admin: AdminConfig,
+}
+
+/// The `admin` section: the application identity that `pgwi admin bootstrap` creates on the server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The application's managed identity NAME (the role to create).
+    pub identity_name: Option<String>,
+    /// Its object (principal) id.
+    pub object_id: Option<String>,
+    /// The application database to create, owned by that role.
+    pub app_database: Option<String>,
 }
 
 /// TLS requirements for the connection, as libpq names them.
@@ -280,8 +294,16 @@ const DEMO_VARIABLES: [(&str, &str); 4] = [
     ("SSL_MODE", "database.sslmode"),
 ];
 
-/// Resolves configuration from all layers, then checks it.
+/// Resolves configuration from all layers, then checks that it can connect somewhere.
 pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
+    let loaded = load_unchecked(sources)?;
+    validate(&loaded)?;
+    Ok(loaded)
+}
+
+/// Resolves configuration from all layers with type checks only: for commands that do not connect (such as
+/// `pgwi token`), where a missing host is no error.
+pub fn load_unchecked(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
     let profile = sources
         .profile
         .clone()
@@ -342,14 +364,12 @@ pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
         file: file.clone(),
         profile: profile.clone(),
     })?;
-    let loaded = LoadedConfig {
+    Ok(LoadedConfig {
         config,
         profile,
         file,
         figment,
-    };
-    validate(&loaded)?;
-    Ok(loaded)
+    })
 }
 
 /// The built-in defaults as a named figment layer.

@@ -66,6 +66,14 @@ impl Executor for DeadlineExecutor {
     }
 }
 
+/// Where `az` is on the `PATH` the source will use, if anywhere: what `pgwi doctor` shows.
+pub fn locate(ctx: &SourceContext) -> Option<std::path::PathBuf> {
+    let path = ctx.env.get("PATH").or_else(|| std::env::var("PATH").ok())?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("az"))
+        .find(|az| az.is_file())
+}
+
 /// Tokens for whoever is logged in to the Azure CLI.
 pub struct AzCliSource {
     credential: Arc<AzureCliCredential>,

@@ -57,53 +57,95 @@ pub fn is_configured(config: &CredentialConfig, ctx: &SourceContext) -> bool {
     wi.token_file.is_some() || ctx.env.get("AZURE_FEDERATED_TOKEN_FILE").is_some()
 }
 
+/// The settings the source will use, resolved from configuration and the environment (no secret).
+#[derive(Debug, Clone)]
+pub struct WorkloadInputs {
+    /// The identity's client id, and where it came from.
+    pub client_id: (String, &'static str),
+    /// The tenant id, and where it came from.
+    pub tenant_id: (String, &'static str),
+    /// The projected token file, and where its path came from.
+    pub token_file: (PathBuf, &'static str),
+    /// Entra ID's base URL.
+    pub authority_host: String,
+    /// The projected token's claims (decoded, not verified).
+    pub token_claims: Option<crate::Claims>,
+}
+
+/// Resolves and checks the source's inputs without contacting Entra ID: what `pgwi doctor` shows.
+pub fn inspect(
+    config: &CredentialConfig,
+    ctx: &SourceContext,
+) -> Result<WorkloadInputs, CredentialError> {
+    let wi = &config.workload_identity;
+    let setting = |configured: &Option<String>, var: &'static str, key: &str, what: &str| {
+        if let Some(value) = configured {
+            return Ok((value.clone(), "configuration"));
+        }
+        ctx.env.get(var).map(|v| (v, var)).ok_or_else(|| {
+            CredentialError::configuration(
+                KIND,
+                format!("{var} is not set and credential.workload_identity.{key} is not configured ({what})"),
+                format!("{WEBHOOK_FIX}; outside AKS set credential.workload_identity.{key}"),
+            )
+        })
+    };
+    let client_id = setting(
+        &wi.client_id,
+        "AZURE_CLIENT_ID",
+        "client_id",
+        "the identity's client id",
+    )?;
+    let tenant_id = setting(
+        &wi.tenant_id,
+        "AZURE_TENANT_ID",
+        "tenant_id",
+        "the Entra tenant id",
+    )?;
+    let (token_file, from) = setting(
+        &wi.token_file.as_ref().map(|p| p.display().to_string()),
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "token_file",
+        "the projected service-account token",
+    )?;
+    let token_file = PathBuf::from(token_file);
+    check_token_file(&token_file)?;
+    let authority_host = wi
+        .authority_host
+        .clone()
+        .or_else(|| ctx.env.get("AZURE_AUTHORITY_HOST"))
+        .unwrap_or_else(|| PUBLIC_AUTHORITY_HOST.to_owned());
+    if !authority_host.starts_with("https://") {
+        return Err(CredentialError::configuration(
+            KIND,
+            format!(
+                "authority host {authority_host:?} (AZURE_AUTHORITY_HOST or credential.workload_identity.authority_host) is not an https:// URL"
+            ),
+            format!("use Entra ID's https URL for your cloud, e.g. {PUBLIC_AUTHORITY_HOST}"),
+        ));
+    }
+    let token_claims = std::fs::read_to_string(&token_file)
+        .ok()
+        .and_then(|jwt| crate::Claims::decode_unverified(&jwt));
+    Ok(WorkloadInputs {
+        client_id,
+        tenant_id,
+        token_file: (token_file, from),
+        authority_host,
+        token_claims,
+    })
+}
+
 impl WorkloadIdentitySource {
     /// Resolves the settings (configuration first, then the environment) and checks the token file.
     pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
-        let wi = &config.workload_identity;
-        let setting = |configured: &Option<String>, var: &str, key: &str, what: &str| {
-            configured.clone().or_else(|| ctx.env.get(var)).ok_or_else(|| {
-                CredentialError::configuration(
-                    KIND,
-                    format!("{var} is not set and credential.workload_identity.{key} is not configured ({what})"),
-                    format!("{WEBHOOK_FIX}; outside AKS set credential.workload_identity.{key}"),
-                )
-            })
-        };
-        let client_id = setting(
-            &wi.client_id,
-            "AZURE_CLIENT_ID",
-            "client_id",
-            "the identity's client id",
-        )?;
-        let tenant_id = setting(
-            &wi.tenant_id,
-            "AZURE_TENANT_ID",
-            "tenant_id",
-            "the Entra tenant id",
-        )?;
-        let token_file = setting(
-            &wi.token_file.as_ref().map(|p| p.display().to_string()),
-            "AZURE_FEDERATED_TOKEN_FILE",
-            "token_file",
-            "the projected service-account token",
-        )?;
-        let token_file = PathBuf::from(token_file);
-        check_token_file(&token_file)?;
-        let authority_host = wi
-            .authority_host
-            .clone()
-            .or_else(|| ctx.env.get("AZURE_AUTHORITY_HOST"))
-            .unwrap_or_else(|| PUBLIC_AUTHORITY_HOST.to_owned());
-        if !authority_host.starts_with("https://") {
-            return Err(CredentialError::configuration(
-                KIND,
-                format!(
-                    "authority host {authority_host:?} (AZURE_AUTHORITY_HOST or credential.workload_identity.authority_host) is not an https:// URL"
-                ),
-                format!("use Entra ID's https URL for your cloud, e.g. {PUBLIC_AUTHORITY_HOST}"),
-            ));
-        }
+        let inputs = inspect(config, ctx)?;
+        let (client_id, tenant_id, token_file, authority_host) = (
+            inputs.client_id.0,
+            inputs.tenant_id.0,
+            inputs.token_file.0,
+            inputs.authority_host,
+        );
         if config.scope.trim().is_empty() {
             return Err(CredentialError::configuration(
                 KIND,

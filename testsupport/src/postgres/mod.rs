@@ -369,6 +369,47 @@ impl TestDatabase {
         Ok(())
     }
 
+    /// Creates the role, or sets its password if it exists.
+    pub async fn ensure_role(
+        &self,
+        name: &str,
+        password: &str,
+        auth: PasswordAuth,
+    ) -> Result<(), TestSupportError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+                .bind(name)
+                .fetch_one(&self.admin)
+                .await
+                .map_err(TestSupportError::sql(format!("looking up role {name}")))?;
+        if exists {
+            self.set_password(name, password).await
+        } else {
+            self.create_named_role(name, password, auth).await
+        }
+    }
+
+    /// Installs a stand-in for Azure's `pgaadauth_create_principal_with_oid` into this database. Vanilla
+    /// PostgreSQL has no `pgaadauth` extension; this function of the same name and signature creates a login
+    /// role that authenticates with cleartext `password` (as Entra tokens do) and records the object id and
+    /// type in the role's comment, so the bootstrap's SQL path runs unchanged.
+    pub async fn install_pgaadauth_stand_in(&self) -> Result<(), TestSupportError> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE OR REPLACE FUNCTION pgaadauth_create_principal_with_oid(
+                 rolename text, objectid text, objecttype text, isadmin boolean, ismfa boolean)
+             RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN
+               EXECUTE format('CREATE ROLE %I LOGIN IN ROLE {CLEARTEXT_GROUP}', rolename);
+               EXECUTE format('COMMENT ON ROLE %I IS %L', rolename, 'aad:' || objecttype || ':' || objectid);
+               RETURN 'Created role for ' || rolename;
+             END $$;"
+        )))
+        .execute(&self.admin)
+        .await
+        .map_err(TestSupportError::sql("installing the pgaadauth stand-in"))?;
+        Ok(())
+    }
+
     /// Changes a role's password, as Azure does when a new token becomes valid.
     pub async fn set_password(&self, role: &str, password: &str) -> Result<(), TestSupportError> {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

@@ -1,0 +1,433 @@
+//! `pgwi doctor`: walks the whole chain — configuration, the credential's inputs, a token, DNS, TCP, TLS,
+//! authentication, privileges — and prints one line per check with the fix for each failure. It keeps going
+//! where it can and never prints a secret.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwi_core::config::{ConfigSources, LoadedConfig, split_host_port};
+use pgwi_core::{ConnectError, connect_with};
+use pgwi_credentials::{
+    CacheOptions, CachedTokenSource, SourceContext, SourceRegistry, TokenSource as _, auto_choice,
+};
+use sea_orm::sqlx;
+use serde::Serialize;
+
+/// How a check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It passed.
+    Ok,
+    /// It failed; see the fix.
+    Failed,
+    /// It could not run because an earlier check failed.
+    Skipped,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// How it ended.
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// How to fix a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// True when no check failed.
+    pub ok: bool,
+}
+
+impl Report {
+    fn push(
+        &mut self,
+        name: &'static str,
+        status: Status,
+        detail: impl Into<String>,
+        fix: Option<String>,
+    ) {
+        if status == Status::Failed {
+            self.ok = false;
+        }
+        self.checks.push(Check {
+            name,
+            status,
+            detail: detail.into(),
+            fix,
+        });
+    }
+
+    fn skip(&mut self, names: &[&'static str], why: &str) {
+        for name in names {
+            self.push(name, Status::Skipped, why, None);
+        }
+    }
+
+    /// One line per check (✓, ✗ or –), with the fix under each failure.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for check in &self.checks {
+            let mark = match check.status {
+                Status::Ok => "✓",
+                Status::Failed => "✗",
+                Status::Skipped => "–",
+            };
+            out.push_str(&format!("{mark} {}: {}\n", check.name, check.detail));
+            if let Some(fix) = &check.fix {
+                out.push_str(&format!("    fix: {fix}\n"));
+            }
+        }
+        out
+    }
+}
+
+const AFTER_CONFIG: [&str; 8] = [
+    "credential inputs",
+    "token",
+    "dns",
+    "tcp",
+    "tls",
+    "authentication",
+    "database",
+    "privileges",
+];
+
+/// Runs every check.
+pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
+    let mut report = Report {
+        checks: Vec::new(),
+        ok: true,
+    };
+    let loaded = match pgwi_core::config::load(sources) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            report.push(
+                "configuration",
+                Status::Failed,
+                e.to_string(),
+                Some("fix the value named above (pgwi.example.toml documents every key)".into()),
+            );
+            report.skip(&AFTER_CONFIG, "needs a valid configuration");
+            return report;
+        }
+    };
+    report.push("configuration", Status::Ok, describe_config(&loaded), None);
+    let config = &loaded.config;
+
+    let kind = match config.credential.kind.as_str() {
+        "auto" => auto_choice(&config.credential, ctx).0.to_owned(),
+        other => other.to_owned(),
+    };
+    match inputs(&kind, &loaded, ctx) {
+        Ok(detail) => report.push("credential inputs", Status::Ok, detail, None),
+        Err(e) => report.push(
+            "credential inputs",
+            Status::Failed,
+            e.problem(),
+            Some(e.fix().to_owned()),
+        ),
+    }
+
+    let source = match SourceRegistry::default().build(&config.credential, ctx) {
+        Ok(source) => source,
+        Err(e) => {
+            report.push(
+                "token",
+                Status::Failed,
+                e.problem(),
+                Some(e.fix().to_owned()),
+            );
+            return network_checks(report, &loaded, None).await;
+        }
+    };
+    let credential = Arc::new(CachedTokenSource::new(source, CacheOptions::default()));
+    match credential.token().await {
+        Ok(token) => {
+            let detail = match (
+                token.expires_at(),
+                token.claims().and_then(|c| c.database_user()),
+            ) {
+                (Some(expiry), Some(name)) => format!(
+                    "from {}, expires {expiry}, identity {name}",
+                    credential.info()
+                ),
+                (Some(expiry), None) => format!("from {}, expires {expiry}", credential.info()),
+                _ => format!("a static password from {}", credential.info()),
+            };
+            report.push("token", Status::Ok, detail, None);
+            network_checks(report, &loaded, Some(credential)).await
+        }
+        Err(e) => {
+            let detail = match e.code() {
+                Some(code) => format!("{} [AADSTS{code}]", e.problem()),
+                None => e.problem().to_owned(),
+            };
+            report.push("token", Status::Failed, detail, Some(e.fix().to_owned()));
+            network_checks(report, &loaded, None).await
+        }
+    }
+}
+
+fn describe_config(loaded: &LoadedConfig) -> String {
+    let db = &loaded.config.database;
+    format!(
+        "profile {} ({}); host {} from {}; database {} from {}; user {} from {}; sslmode {}; credential.kind {} from {}",
+        loaded.profile,
+        loaded.file.as_ref().map_or_else(
+            || "no config file".to_owned(),
+            |f| format!("file {}", f.display())
+        ),
+        db.host.as_deref().unwrap_or_default(),
+        loaded.origin("database.host"),
+        db.name.as_deref().unwrap_or_default(),
+        loaded.origin("database.name"),
+        db.user.as_deref().unwrap_or_default(),
+        loaded.origin("database.user"),
+        db.sslmode,
+        loaded.config.credential.kind,
+        loaded.origin("credential.kind"),
+    )
+}
+
+fn inputs(
+    kind: &str,
+    loaded: &LoadedConfig,
+    ctx: &SourceContext,
+) -> Result<String, pgwi_credentials::CredentialError> {
+    let credential = &loaded.config.credential;
+    match kind {
+        "workload-identity" => {
+            let inputs = pgwi_credentials::sources::workload_identity::inspect(credential, ctx)?;
+            let mut detail = format!(
+                "client id {} (from {}), tenant {} (from {}), token file {} (from {}), authority {}",
+                inputs.client_id.0,
+                inputs.client_id.1,
+                inputs.tenant_id.0,
+                inputs.tenant_id.1,
+                inputs.token_file.0.display(),
+                inputs.token_file.1,
+                inputs.authority_host
+            );
+            if let Some(claims) = &inputs.token_claims {
+                let claim = |n: &str| claims.get(n).unwrap_or_else(|| "?".into());
+                let expired = claims
+                    .expires_at()
+                    .is_some_and(|e| e <= time::OffsetDateTime::now_utc());
+                detail.push_str(&format!(
+                    "; projected token iss={} sub={} aud={} exp={}{}; the identity's federated credential must have issuer={} subject={} audience=api://AzureADTokenExchange",
+                    claim("iss"),
+                    claim("sub"),
+                    claim("aud"),
+                    claims.expires_at().map_or_else(|| "?".into(), |e| e.to_string()),
+                    if expired { " (EXPIRED: the kubelet refreshes it; is the pod's clock right?)" } else { "" },
+                    claim("iss"),
+                    claim("sub"),
+                ));
+            }
+            Ok(detail)
+        }
+        "az-cli" => match pgwi_credentials::sources::az_cli::locate(ctx) {
+            Some(az) => Ok(format!("az found at {}", az.display())),
+            None => Err(pgwi_credentials::CredentialError::new(
+                pgwi_credentials::ErrorKind::AzCliMissing,
+                "az-cli",
+                "`az` is not on PATH",
+                "install the Azure CLI and run `az login`, or choose another credential.kind",
+            )),
+        },
+        "static-password" => {
+            let sp = &credential.static_password;
+            Ok(match (&sp.password_file, &sp.password) {
+                (Some(file), _) => format!("password file {}", file.display()),
+                (None, Some(_)) => "inline password in configuration".to_owned(),
+                (None, None) => format!("variable {}", sp.password_env),
+            })
+        }
+        other => Ok(format!("registered kind {other}: no generic input check")),
+    }
+}
+
+async fn network_checks(
+    mut report: Report,
+    loaded: &LoadedConfig,
+    credential: Option<Arc<CachedTokenSource>>,
+) -> Report {
+    let db = &loaded.config.database;
+    let (host, port) = match split_host_port(db.host.as_deref().unwrap_or_default()) {
+        Ok((host, port)) => (host, port.unwrap_or(db.port)),
+        Err(e) => {
+            report.push(
+                "dns",
+                Status::Failed,
+                e,
+                Some("write database.host as host or host:port".into()),
+            );
+            report.skip(
+                &["tcp", "tls", "authentication", "database", "privileges"],
+                "needs a host",
+            );
+            return report;
+        }
+    };
+    let addresses: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host.as_str(), port))
+        .await
+    {
+        Ok(addresses) => addresses.collect(),
+        Err(e) => {
+            report.push(
+                "dns",
+                Status::Failed,
+                format!("{host} does not resolve: {e}"),
+                Some("check database.host; for a private server, that the private DNS zone is linked to this network".into()),
+            );
+            report.skip(
+                &["tcp", "tls", "authentication", "database", "privileges"],
+                "needs a resolvable host",
+            );
+            return report;
+        }
+    };
+    report.push(
+        "dns",
+        Status::Ok,
+        format!(
+            "{host} resolves to {}",
+            addresses
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None,
+    );
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&addresses[..]),
+    )
+    .await
+    {
+        Ok(Ok(_)) => report.push(
+            "tcp",
+            Status::Ok,
+            format!("connected to {host}:{port}"),
+            None,
+        ),
+        Ok(Err(e)) => {
+            report.push("tcp", Status::Failed, format!("{host}:{port}: {e}"), Some("check database.port, that the server runs, and firewall rules / NSGs / private access between here and the server".into()));
+            report.skip(
+                &["tls", "authentication", "database", "privileges"],
+                "needs a TCP connection",
+            );
+            return report;
+        }
+        Err(_) => {
+            report.push("tcp", Status::Failed, format!("{host}:{port}: no answer within 5s"), Some("a firewall or NSG is probably dropping packets; check network rules and private access".into()));
+            report.skip(
+                &["tls", "authentication", "database", "privileges"],
+                "needs a TCP connection",
+            );
+            return report;
+        }
+    }
+    let Some(credential) = credential else {
+        report.skip(
+            &["tls", "authentication", "database", "privileges"],
+            "needs a token",
+        );
+        return report;
+    };
+    let mut config = loaded.config.clone();
+    config.database.max_connections = 1;
+    config.database.connect_timeout_secs = config.database.connect_timeout_secs.min(10);
+    match connect_with(&config, credential).await {
+        Ok(database) => {
+            report.push(
+                "tls",
+                Status::Ok,
+                format!("handshake done with sslmode={}", db.sslmode),
+                None,
+            );
+            report.push(
+                "authentication",
+                Status::Ok,
+                format!("logged in as {}", database.user()),
+                None,
+            );
+            let row: Result<(String, bool, bool), sqlx::Error> = sqlx::query_as(
+                "SELECT current_database()::text, has_database_privilege(current_database(), 'CONNECT'), has_schema_privilege('public', 'CREATE')",
+            )
+            .fetch_one(database.pool())
+            .await;
+            match row {
+                Ok((name, true, can_create)) => {
+                    report.push("database", Status::Ok, format!("connected to {name}"), None);
+                    if can_create {
+                        report.push(
+                            "privileges",
+                            Status::Ok,
+                            format!("{} may create in schema public", database.user()),
+                            None,
+                        );
+                    } else {
+                        report.push("privileges", Status::Failed, format!("{} may not create in schema public", database.user()), Some("run `pgwi admin bootstrap` (it makes the identity owner of schema public)".into()));
+                    }
+                }
+                Ok((name, false, _)) => report.push(
+                    "database",
+                    Status::Failed,
+                    format!("no CONNECT privilege on {name}"),
+                    Some("run `pgwi admin bootstrap`".into()),
+                ),
+                Err(e) => report.push(
+                    "database",
+                    Status::Failed,
+                    e.to_string(),
+                    Some("run `pgwi admin bootstrap`".into()),
+                ),
+            }
+            database.close().await;
+        }
+        Err(ConnectError::Tls { detail, .. }) => {
+            report.push("tls", Status::Failed, detail, Some(format!("with sslmode={} the certificate must chain to a trusted CA (database.ssl_root_cert adds one) and name {host}", db.sslmode)));
+            report.skip(&["authentication", "database", "privileges"], "needs TLS");
+        }
+        Err(ConnectError::Authentication(failure)) => {
+            report.push(
+                "tls",
+                Status::Ok,
+                format!("handshake done with sslmode={}", db.sslmode),
+                None,
+            );
+            report.push(
+                "authentication",
+                Status::Failed,
+                format!("{}: {} (user {:?})", failure.code, failure.message, failure.user),
+                Some("the user must be the managed identity's NAME (not its client id; `user = \"auto\"` derives it); the role must exist (`pgwi admin bootstrap`); for a static password, check it".into()),
+            );
+            report.skip(&["database", "privileges"], "needs a login");
+        }
+        Err(e) => {
+            report.push(
+                "tls",
+                Status::Failed,
+                e.to_string(),
+                Some("see the message above".into()),
+            );
+            report.skip(
+                &["authentication", "database", "privileges"],
+                "needs a connection",
+            );
+        }
+    }
+    report
+}

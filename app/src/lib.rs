@@ -1,0 +1,11 @@
+//! The `pgwi` program's library: the CronJob's job, migrations, and the token, doctor, admin bootstrap and
+//! demo commands. The binary (`main.rs`) only parses arguments and calls [`cli::dispatch`].
+
+pub mod bootstrap;
+pub mod cli;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod doctor;
+pub mod job;
+pub mod migration;
+pub mod token;
