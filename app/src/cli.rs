@@ -193,7 +193,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 () = &mut cancelled => anyhow::bail!(job::RunError::Cancelled),
             };
             let result = job::run(&db, cancelled).await;
-            db.close().await;
+            if tokio::time::timeout(std::time::Duration::from_secs(5), db.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("connections did not close within 5 s; exiting anyway");
+            }
             result?;
             Ok(ExitCode::SUCCESS)
         }

@@ -44,15 +44,20 @@ pub async fn run(
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let pending = Migrator::get_pending_migrations(db.connection())
-        .await
-        .context("reading migrations")?
-        .len();
+    // Under the lock: a concurrent job may be creating the migrations table itself.
+    let pending = with_migration_lock(db, async {
+        let pending = Migrator::get_pending_migrations(db.connection())
+            .await?
+            .len();
+        if pending > 0 {
+            Migrator::up(db.connection(), None).await?;
+        }
+        Ok(pending)
+    })
+    .instrument(tracing::info_span!("migrate"))
+    .await
+    .context("applying migrations")?;
     if pending > 0 {
-        with_migration_lock(db, Migrator::up(db.connection(), None))
-            .instrument(tracing::info_span!("migrate", pending))
-            .await
-            .context("applying migrations")?;
         tracing::info!(applied = pending, "migrations applied");
     }
     let credential_kind = db.credential().info().kind;
@@ -92,9 +97,10 @@ pub async fn run(
             Err(RunError::Failed(e)),
         ),
         None => {
-            // The transaction future was dropped: its connection is closed, so the server rolls back. Cancel
-            // the statement too, so a lock wait does not outlive us.
-            drop(conn);
+            // The transaction future was dropped mid-statement. Close its connection outright (returning it
+            // to the pool would wait on the statement): the server rolls the transaction back. Cancel the
+            // statement too, so a lock wait does not outlive us.
+            drop(conn.detach());
             let _ = sqlx::query("SELECT pg_cancel_backend($1)")
                 .bind(backend_pid)
                 .execute(db.pool())

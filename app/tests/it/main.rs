@@ -1,1 +1,7 @@
-//! placeholder
+//! The `pgwi` binary run as a child process against the test bench and the local stand-ins.
+
+mod admin;
+mod commands;
+mod doctor;
+mod run;
+mod support;

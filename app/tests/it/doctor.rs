@@ -1,0 +1,209 @@
+//! `pgwi doctor`: ✗ with the right fix for each broken link, ✓ on a good set-up.
+
+use std::sync::Arc;
+
+use pgwi_testsupport::entra::Fault;
+use pgwi_testsupport::fixtures::fresh_db;
+use pgwi_testsupport::{PasswordAuth, TestCertificates, TestDatabase};
+use rstest::rstest;
+
+use crate::support::{Pgwi, WorkloadIdentity, assert_success, text};
+
+/// The line of `check` in doctor's text output, and the fix line under it.
+fn line<'a>(stdout: &'a str, check: &str) -> (&'a str, &'a str) {
+    let mut lines = stdout.lines();
+    let found = lines
+        .by_ref()
+        .find(|l| l[l.find(' ').map_or(0, |i| i + 1)..].starts_with(&format!("{check}:")))
+        .unwrap_or_else(|| panic!("no {check} line in:\n{stdout}"));
+    let fix = lines
+        .next()
+        .filter(|l| l.trim_start().starts_with("fix:"))
+        .unwrap_or("");
+    (found, fix)
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_good_workload_identity_setup_passes_every_check(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: everything is right; every check is ✓ and the exit status is 0; --json agrees.
+    let db = Arc::new(fresh_db);
+    let wi = WorkloadIdentity::start(db.clone()).await;
+    // The identity's role must exist and may create in public before doctor's token arrives.
+    db.create_named_role(&wi.identity, "placeholder", PasswordAuth::Cleartext)
+        .await
+        .expect("role");
+
+    let output = Pgwi::new(&["doctor"])
+        .database(&db, &wi.identity)
+        .envs(wi.env())
+        .output()
+        .await;
+    let json = Pgwi::new(&["doctor", "--json"])
+        .database(&db, &wi.identity)
+        .envs(wi.env())
+        .output()
+        .await;
+
+    assert_success(&output);
+    let stdout = text(&output.stdout);
+    for check in [
+        "configuration",
+        "credential inputs",
+        "token",
+        "dns",
+        "tcp",
+        "tls",
+        "authentication",
+        "database",
+        "privileges",
+    ] {
+        assert!(
+            line(&stdout, check).0.starts_with('✓'),
+            "{check} is not ✓:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("subject=system:serviceaccount:app:app"),
+        "{stdout}"
+    );
+    assert_success(&json);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(report["ok"], true);
+    for secret in wi.entra.issued_tokens().iter().chain([&wi.sa_token]) {
+        assert!(
+            !stdout.contains(secret.as_str()) && !text(&output.stderr).contains(secret.as_str())
+        );
+    }
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_missing_token_file_is_reported_with_the_webhook_fix(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: AZURE_FEDERATED_TOKEN_FILE points nowhere: credential inputs ✗ with the pod label and
+    // ServiceAccount annotation in the fix; exit status 1.
+    let db = Arc::new(fresh_db);
+    let wi = WorkloadIdentity::start(db.clone()).await;
+    let env = wi.env().into_iter().map(|(k, v)| {
+        if k == "AZURE_FEDERATED_TOKEN_FILE" {
+            (k, "/var/run/secrets/azure/tokens/missing".to_owned())
+        } else {
+            (k, v)
+        }
+    });
+
+    let output = Pgwi::new(&["doctor"])
+        .database(&db, &wi.identity)
+        .envs(env)
+        .output()
+        .await;
+
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    let (found, fix) = line(&stdout, "credential inputs");
+    assert!(
+        found.starts_with('✗') && found.contains("/var/run/secrets/azure/tokens/missing"),
+        "{stdout}"
+    );
+    assert!(
+        fix.contains("azure.workload.identity/use")
+            && fix.contains("azure.workload.identity/client-id"),
+        "{stdout}"
+    );
+}
+
+#[rstest]
+#[tokio::test]
+async fn aadsts70021_is_translated(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: Entra answers AADSTS70021: the token check is ✗ and its fix names the federated credential
+    // that would match the projected token.
+    let db = Arc::new(fresh_db);
+    let wi = WorkloadIdentity::start(db.clone()).await;
+    wi.entra.set_fault(Some(Fault::Aadsts(
+        70021,
+        "No matching federated identity record found for presented assertion.".into(),
+    )));
+
+    let output = Pgwi::new(&["doctor"])
+        .database(&db, &wi.identity)
+        .envs(wi.env())
+        .output()
+        .await;
+
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    let (found, fix) = line(&stdout, "token");
+    assert!(
+        found.starts_with('✗') && found.contains("AADSTS70021"),
+        "{stdout}"
+    );
+    assert!(
+        fix.contains("subject=system:serviceaccount:app:app")
+            && fix.contains("audience=api://AzureADTokenExchange"),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, "tcp").0.starts_with('✓'),
+        "doctor keeps going where it can:\n{stdout}"
+    );
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_wrong_password_fails_authentication_with_its_causes(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: a static password that is wrong: TLS ✓, authentication ✗ explaining 28P01.
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+
+    let output = Pgwi::new(&["doctor"])
+        .database(&fresh_db, &role.name)
+        .env("PGPASSWORD", "wrong")
+        .output()
+        .await;
+
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    assert!(line(&stdout, "tls").0.starts_with('✓'), "{stdout}");
+    let (found, fix) = line(&stdout, "authentication");
+    assert!(
+        found.starts_with('✗') && found.contains("28P01"),
+        "{stdout}"
+    );
+    assert!(fix.contains("managed identity's NAME"), "{stdout}");
+}
+
+#[rstest]
+#[tokio::test]
+async fn an_untrusted_certificate_fails_tls(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: ssl_root_cert is a CA that did not sign the server's certificate: tls ✗ with the fix.
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+    let dir = tempfile::tempdir().expect("dir");
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, TestCertificates::generate().expect("CA").ca_pem).expect("write");
+
+    let output = Pgwi::new(&["doctor"])
+        .database(&fresh_db, &role.name)
+        .env("PGPASSWORD", &role.password)
+        .env("PGWI_DATABASE__SSL_ROOT_CERT", other.display().to_string())
+        .output()
+        .await;
+
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    let (found, fix) = line(&stdout, "tls");
+    assert!(found.starts_with('✗'), "{stdout}");
+    assert!(fix.contains("ssl_root_cert"), "{stdout}");
+    assert!(
+        line(&stdout, "authentication").0.starts_with('–'),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,242 @@
+//! `pgwi run` with each source, concurrently, and interrupted by SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwi_testsupport::az::{AzBehaviour, FakeAz};
+use pgwi_testsupport::fixtures::fresh_db;
+use pgwi_testsupport::{PasswordAuth, TestDatabase, jwt};
+use rstest::rstest;
+use sea_orm::sqlx::{self, Connection as _};
+
+use crate::support::{Pgwi, WorkloadIdentity, assert_success, demo_rows, inventory, runs, text};
+
+#[rstest]
+#[tokio::test]
+async fn run_with_a_static_password_twice_leaves_three_rows(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: the CronJob's variables plus PGPASSWORD; two runs leave exactly the three rows, two run
+    // records, and JSON log lines without the password.
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+    for _ in 0..2 {
+        let output = Pgwi::new(&["run"])
+            .database(&fresh_db, &role.name)
+            .env("PGPASSWORD", &role.password)
+            .output()
+            .await;
+        assert_success(&output);
+        let stderr = text(&output.stderr);
+        assert!(
+            !stderr.contains(&role.password),
+            "the password reached the logs"
+        );
+        let summary = stderr
+            .lines()
+            .find(|l| l.contains("run succeeded"))
+            .expect("a summary line");
+        let json: serde_json::Value = serde_json::from_str(summary).expect("JSON log lines");
+        assert_eq!(json["fields"]["rows_written"], 3);
+    }
+
+    assert_eq!(inventory(&fresh_db).await, demo_rows());
+    let runs = runs(&fresh_db).await;
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs.iter()
+            .all(|(outcome, rows, kind)| outcome == "succeeded"
+                && *rows == 3
+                && kind == "static-password")
+    );
+}
+
+#[rstest]
+#[tokio::test]
+async fn run_with_workload_identity_through_the_https_stand_in(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: only what AKS injects (AZURE_* and the projected token) plus DBHOST/DBNAME/DBUSER/SSL_MODE;
+    // pgwi picks workload identity, gets a token over HTTPS, and writes the rows. No token or
+    // service-account token appears in its output.
+    let db = Arc::new(fresh_db);
+    let wi = WorkloadIdentity::start(db.clone()).await;
+
+    let output = Pgwi::new(&["run"])
+        .database(&db, &wi.identity)
+        .envs(wi.env())
+        .output()
+        .await;
+
+    assert_success(&output);
+    assert_eq!(inventory(&db).await, demo_rows());
+    assert_eq!(
+        runs(&db).await,
+        vec![("succeeded".into(), 3, "workload-identity".into())]
+    );
+    let all = text(&output.stdout) + &text(&output.stderr);
+    for secret in wi.entra.issued_tokens().iter().chain([&wi.sa_token]) {
+        assert!(
+            !all.contains(secret.as_str()),
+            "a secret reached pgwi's output"
+        );
+    }
+    assert_eq!(wi.entra.issued_tokens().len(), 1);
+}
+
+#[rstest]
+#[tokio::test]
+async fn run_with_az_cli_through_the_fake_az(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: a developer logged in to az; pgwi runs az for a token and writes the rows.
+    let token =
+        jwt::encode(&serde_json::json!({"upn": "dev@example.com", "exp": jwt::unix_now() + 3600}));
+    let user = format!("{}_dev", fresh_db.name());
+    fresh_db
+        .create_named_role(&user, &token, PasswordAuth::Cleartext)
+        .await
+        .expect("role");
+    let az = FakeAz::install(AzBehaviour::Token {
+        access_token: token.clone(),
+        expires_on: jwt::unix_now() + 3600,
+    })
+    .expect("fake az");
+
+    let output = Pgwi::new(&["run", "--credential", "az-cli"])
+        .database(&fresh_db, &user)
+        .env("PATH", az.path_env())
+        .output()
+        .await;
+
+    assert_success(&output);
+    assert_eq!(inventory(&fresh_db).await, demo_rows());
+    assert_eq!(
+        runs(&fresh_db).await,
+        vec![("succeeded".into(), 3, "az-cli".into())]
+    );
+    assert_eq!(az.calls().len(), 1);
+    assert!(!text(&output.stderr).contains(&token));
+}
+
+#[rstest]
+#[tokio::test]
+async fn two_concurrent_runs_leave_three_rows_and_two_records(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: two jobs start at the same moment on a fresh database (both apply migrations and write);
+    // the result is exactly three rows and two succeeded runs.
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+    let start = || {
+        Pgwi::new(&["run"])
+            .database(&fresh_db, &role.name)
+            .env("PGPASSWORD", &role.password)
+            .spawn()
+    };
+    let (first, second) = (start(), start());
+
+    let outputs =
+        tokio::task::spawn_blocking(move || [first.wait_with_output(), second.wait_with_output()])
+            .await
+            .expect("join");
+
+    for output in outputs {
+        assert_success(&output.expect("output"));
+    }
+    assert_eq!(inventory(&fresh_db).await, demo_rows());
+    let runs = runs(&fresh_db).await;
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs.iter()
+            .all(|(outcome, rows, _)| outcome == "succeeded" && *rows == 3)
+    );
+}
+
+#[rstest]
+#[tokio::test]
+async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: the job's transaction is blocked (another session holds a lock on inventory) when
+    // Kubernetes sends SIGTERM; pgwi exits promptly with a non-zero status, nothing is committed, and the run
+    // is recorded as cancelled.
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+    let migrate = Pgwi::new(&["migrate", "up"])
+        .database(&fresh_db, &role.name)
+        .env("PGPASSWORD", &role.password)
+        .output()
+        .await;
+    assert_success(&migrate);
+    let mut blocker =
+        sqlx::PgConnection::connect_with(&fresh_db.server().admin_options(fresh_db.name()))
+            .await
+            .expect("admin");
+    sqlx::raw_sql("BEGIN; LOCK TABLE inventory IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .expect("lock");
+
+    let child = Pgwi::new(&["run"])
+        .database(&fresh_db, &role.name)
+        .env("PGPASSWORD", &role.password)
+        .spawn();
+    let pid = child.id();
+    let mut waited = Duration::ZERO;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&role.name)
+        .fetch_one(fresh_db.admin())
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            waited < Duration::from_secs(30),
+            "pgwi never reached the transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    let exited_after = started.elapsed();
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .expect("unlock");
+
+    assert!(!output.status.success(), "a cancelled run must not exit 0");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        exited_after < Duration::from_secs(10),
+        "took {exited_after:?} to stop"
+    );
+    assert!(
+        text(&output.stderr).contains("SIGTERM"),
+        "{}",
+        text(&output.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        inventory(&fresh_db).await,
+        vec![],
+        "nothing may be committed"
+    );
+    assert_eq!(
+        runs(&fresh_db).await,
+        vec![("cancelled".into(), 0, "static-password".into())]
+    );
+}

@@ -1,0 +1,153 @@
+//! Running the built `pgwi` with exactly the environment a test gives it.
+
+use std::process::{Command, Output, Stdio};
+
+use pgwi_testsupport::entra::{EntraOptions, EntraStandIn, IssuedToken, write_token_file};
+use pgwi_testsupport::jwt::ServiceAccountToken;
+use pgwi_testsupport::{PasswordAuth, TestDatabase};
+use sea_orm::sqlx;
+use std::sync::Arc;
+
+/// `pgwi` with a clean environment: PATH, JSON logs, and the variables added with [`Pgwi::env`].
+pub(crate) struct Pgwi {
+    command: Command,
+}
+
+impl Pgwi {
+    pub(crate) fn new(args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pgwi"));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PGWI_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null());
+        Self { command }
+    }
+
+    pub(crate) fn env(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        self.command.env(name.as_ref(), value.as_ref());
+        self
+    }
+
+    pub(crate) fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.command.envs(vars);
+        self
+    }
+
+    /// The original CronJob's variables for `db` as `user`, verify-full against the bench's CA.
+    pub(crate) fn database(self, db: &TestDatabase, user: &str) -> Self {
+        self.env("DBHOST", format!("127.0.0.1:{}", db.server().port()))
+            .env("DBNAME", db.name())
+            .env("DBUSER", user)
+            .env("SSL_MODE", "verify-full")
+            .env(
+                "PGWI_DATABASE__SSL_ROOT_CERT",
+                db.server().ca_file().display().to_string(),
+            )
+    }
+
+    pub(crate) async fn output(mut self) -> Output {
+        tokio::task::spawn_blocking(move || self.command.output().expect("run pgwi"))
+            .await
+            .expect("join")
+    }
+
+    pub(crate) fn spawn(mut self) -> std::process::Child {
+        self.command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pgwi")
+    }
+}
+
+pub(crate) fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Fails with both streams when `output` is not a success.
+pub(crate) fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "pgwi failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+}
+
+pub(crate) async fn inventory(db: &TestDatabase) -> Vec<(String, i32)> {
+    sqlx::query_as("SELECT name::text, quantity FROM inventory ORDER BY name")
+        .fetch_all(db.admin())
+        .await
+        .expect("inventory")
+}
+
+pub(crate) async fn runs(db: &TestDatabase) -> Vec<(String, i32, String)> {
+    sqlx::query_as("SELECT outcome, rows_written, credential_kind FROM job_runs ORDER BY id")
+        .fetch_all(db.admin())
+        .await
+        .expect("job_runs")
+}
+
+pub(crate) fn demo_rows() -> Vec<(String, i32)> {
+    vec![
+        ("apple".into(), 100),
+        ("banana".into(), 150),
+        ("orange".into(), 154),
+    ]
+}
+
+/// An Entra stand-in over HTTPS whose tokens become the identity's password on `db`, plus the projected
+/// token file: what a workload-identity pod sees.
+pub(crate) struct WorkloadIdentity {
+    pub(crate) entra: EntraStandIn,
+    pub(crate) identity: String,
+    pub(crate) sa_token: String,
+    pub(crate) token_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkloadIdentity {
+    pub(crate) async fn start(db: Arc<TestDatabase>) -> Self {
+        let sa_token = ServiceAccountToken::default().encode();
+        let dir = tempfile::tempdir().expect("dir");
+        let token_file = write_token_file(dir.path(), &sa_token).expect("token file");
+        let mut options = EntraOptions::new(sa_token.clone());
+        options.identity_name = format!("{}_app", db.name());
+        let identity = options.identity_name.clone();
+        let entra = EntraStandIn::start(options).await.expect("entra");
+        entra.set_on_issue(Arc::new(move |issued: IssuedToken| {
+            let db = db.clone();
+            Box::pin(async move {
+                db.ensure_role(
+                    &issued.identity_name,
+                    &issued.token,
+                    PasswordAuth::Cleartext,
+                )
+                .await
+                .expect("accept the token");
+            })
+        }));
+        Self {
+            entra,
+            identity,
+            sa_token,
+            token_file,
+            _dir: dir,
+        }
+    }
+
+    /// The webhook's variables plus the CA that makes the HTTPS stand-in trusted.
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.entra.webhook_environment(&self.token_file);
+        env.push((
+            "SSL_CERT_FILE".into(),
+            self.entra.ca_file().display().to_string(),
+        ));
+        env
+    }
+}
