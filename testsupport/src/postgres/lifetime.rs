@@ -18,6 +18,10 @@ use crate::{TestCertificates, TestSupportError, announce};
 pub(crate) enum Keepalive {
     Container(Box<ContainerAsync<Postgres>>),
     Native(Box<pgtemp::PgTempDB>),
+    PgCtl {
+        pg_ctl: std::path::PathBuf,
+        data: std::path::PathBuf,
+    },
     External,
 }
 
@@ -32,6 +36,7 @@ impl Keepalive {
                 }
             }
             Keepalive::Native(cluster) => cluster.shutdown(),
+            Keepalive::PgCtl { pg_ctl, data } => native::stop_pg_ctl(&pg_ctl, &data),
             Keepalive::External => {}
         }
     }

@@ -1,7 +1,9 @@
 //! The `native` backend: a throwaway cluster from local PostgreSQL binaries, started with `pgtemp`.
 //!
 //! PostgreSQL refuses to run as root, so as root pgtemp runs `initdb` and `postgres` through
-//! `sudo -u postgres`; we check for both before starting and turn pgtemp's panics into a clear error.
+//! `sudo -u postgres`; we turn pgtemp's panics into a clear error. A fresh machine of this project's kind
+//! runs as root without `sudo`: there the cluster is started with `runuser -u postgres` and `pg_ctl`
+//! instead (util-linux's `runuser` is always present on Debian), and stopped at exit.
 
 use std::path::{Path, PathBuf};
 
@@ -64,18 +66,11 @@ fn running_as_root() -> Result<bool, TestSupportError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
-/// As root, the server runs as `postgres`: check that it can, and give it its key.
-fn prepare_for_root(key: &Path) -> Result<(), TestSupportError> {
-    if !on_path("sudo") {
-        return Err(TestSupportError::NoPostgres(
-            "running as root, the native backend starts PostgreSQL as the `postgres` user through `sudo`, \
-             which is not installed; `apt-get install sudo`, or run the tests as a normal user"
-                .into(),
-        ));
-    }
+/// As root, the server runs as `postgres`: give it `path`.
+fn give_to_postgres(path: &Path) -> Result<(), TestSupportError> {
     let chown = std::process::Command::new("chown")
         .arg("postgres:")
-        .arg(key)
+        .arg(path)
         .output()
         .map_err(TestSupportError::io("running chown"))?;
     if !chown.status.success() {
@@ -91,10 +86,13 @@ fn prepare_for_root(key: &Path) -> Result<(), TestSupportError> {
 pub(crate) fn start(certs: &TestCertificates, workdir: &Path) -> Result<Started, TestSupportError> {
     let bin = find_bin_dir()?;
     let (cert, key, hba) = write_server_files(certs, &workdir.join("tls"))?;
-    if running_as_root()? {
-        prepare_for_root(&key)?;
-    }
     let password = random_alphanumeric(24);
+    if running_as_root()? {
+        give_to_postgres(&key)?;
+        if !on_path("sudo") {
+            return start_with_runuser(&bin, workdir, &password, certs, [&cert, &key, &hba]);
+        }
+    }
     let path = |p: &Path| p.display().to_string();
     let builder = pgtemp::PgTempDB::builder()
         .with_bin_path(&bin)
@@ -135,4 +133,127 @@ pub(crate) fn start(certs: &TestCertificates, workdir: &Path) -> Result<Started,
         keepalive: Keepalive::Native(Box::new(cluster)),
         foreign_ca: None,
     })
+}
+
+fn run_as_postgres(program: &Path, args: &[String]) -> Result<(), TestSupportError> {
+    let output = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(program)
+        .args(args)
+        .output()
+        .map_err(TestSupportError::io(format!(
+            "running {} as postgres",
+            program.display()
+        )))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(TestSupportError::NoPostgres(format!(
+            "{} failed: {}{}; {INSTALL_HINT}",
+            program.display(),
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// Root without `sudo`: initdb and pg_ctl through `runuser -u postgres`.
+fn start_with_runuser(
+    bin: &Path,
+    workdir: &Path,
+    password: &str,
+    certs: &TestCertificates,
+    [cert, key, hba]: [&PathBuf; 3],
+) -> Result<Started, TestSupportError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = workdir.join("data");
+    let pwfile = workdir.join("admin-password");
+    std::fs::create_dir_all(&data).map_err(TestSupportError::io("creating the data directory"))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+        .map_err(TestSupportError::io("protecting the data directory"))?;
+    std::fs::write(&pwfile, password).map_err(TestSupportError::io("writing the password file"))?;
+    std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600))
+        .map_err(TestSupportError::io("protecting the password file"))?;
+    give_to_postgres(&data)?;
+    give_to_postgres(&pwfile)?;
+    let path = |p: &Path| p.display().to_string();
+    run_as_postgres(
+        &bin.join("initdb"),
+        &[
+            "-D".into(),
+            path(&data),
+            "-N".into(),
+            "--username".into(),
+            ADMIN_USER.into(),
+            "--pwfile".into(),
+            path(&pwfile),
+            "--auth".into(),
+            "scram-sha-256".into(),
+        ],
+    )?;
+    let _ = std::fs::remove_file(&pwfile);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(TestSupportError::io("finding a free port"))?
+        .port();
+    let options = [
+        format!("-c port={port}"),
+        "-c listen_addresses=127.0.0.1".into(),
+        format!("-c unix_socket_directories={}", path(&data)),
+        "-c ssl=on".into(),
+        format!("-c ssl_cert_file={}", path(cert)),
+        format!("-c ssl_key_file={}", path(key)),
+        format!("-c hba_file={}", path(hba)),
+        "-c fsync=off".into(),
+        "-c synchronous_commit=off".into(),
+    ]
+    .join(" ");
+    run_as_postgres(
+        &bin.join("pg_ctl"),
+        &[
+            "-D".into(),
+            path(&data),
+            "-l".into(),
+            path(&data.join("server.log")),
+            "-w".into(),
+            "-t".into(),
+            "60".into(),
+            "-o".into(),
+            options,
+            "start".into(),
+        ],
+    )?;
+    let admin = PgConnectOptions::new_without_pgpass()
+        .host("127.0.0.1")
+        .port(port)
+        .username(ADMIN_USER)
+        .password(password)
+        .ssl_mode(PgSslMode::VerifyFull)
+        .ssl_root_cert_from_pem(certs.ca_pem.as_bytes().to_vec());
+    Ok(Started {
+        admin,
+        how: format!(
+            "cluster from {} started with runuser (root without sudo)",
+            bin.display()
+        ),
+        keepalive: Keepalive::PgCtl {
+            pg_ctl: bin.join("pg_ctl"),
+            data,
+        },
+        foreign_ca: None,
+    })
+}
+
+/// Stops a cluster started by [`start_with_runuser`].
+pub(crate) fn stop_pg_ctl(pg_ctl: &Path, data: &Path) {
+    let _ = run_as_postgres(
+        pg_ctl,
+        &[
+            "-D".into(),
+            data.display().to_string(),
+            "-m".into(),
+            "immediate".into(),
+            "stop".into(),
+        ],
+    );
 }
