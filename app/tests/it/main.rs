@@ -2,6 +2,8 @@
 
 mod admin;
 mod commands;
+mod deploy;
 mod doctor;
+mod image;
 mod run;
 mod support;

@@ -97,6 +97,7 @@ pub(crate) async fn start(certs: &TestCertificates) -> Result<Started, TestSuppo
             "testcontainers, image {image}, container {}",
             container.id()
         ),
+        container_id: Some(container.id().to_owned()),
         keepalive: Keepalive::Container(Box::new(container)),
         foreign_ca: None,
     })

@@ -194,6 +194,7 @@ fn external_from_env() -> Result<Started, TestSupportError> {
         how: format!("PGWI_TEST_DATABASE_URL with CA {ca_file}"),
         keepalive: Keepalive::External,
         foreign_ca: Some((ca_pem, ca_file.into())),
+        container_id: None,
     })
 }
 

@@ -89,11 +89,14 @@ pub(crate) struct Started {
     keepalive: lifetime::Keepalive,
     /// The CA (PEM and file) of a server whose certificate the bench did not make.
     foreign_ca: Option<(String, PathBuf)>,
+    /// The container's id, for the `container` backend.
+    container_id: Option<String>,
 }
 
 /// The test binary's shared PostgreSQL server.
 pub struct TestPostgres {
     backend: Backend,
+    container_id: Option<String>,
     how: String,
     admin: PgConnectOptions,
     ca_pem: String,
@@ -125,6 +128,12 @@ impl TestPostgres {
     /// Which backend serves the tests.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The container's id when the `container` backend serves the tests: other containers can join its
+    /// network namespace (`--network container:<id>`) and reach the server at 127.0.0.1:5432.
+    pub fn container_id(&self) -> Option<&str> {
+        self.container_id.as_deref()
     }
 
     /// How the backend was chosen and started, for logs.
@@ -222,6 +231,7 @@ impl TestPostgres {
         let (ca_pem, ca_file) = started.foreign_ca.unwrap_or((ca_pem, ca_file));
         let server = Self {
             backend,
+            container_id: started.container_id,
             how: started.how,
             admin: started.admin,
             ca_pem,

@@ -132,6 +132,7 @@ pub(crate) fn start(certs: &TestCertificates, workdir: &Path) -> Result<Started,
         how: format!("pgtemp cluster from {}", bin.display()),
         keepalive: Keepalive::Native(Box::new(cluster)),
         foreign_ca: None,
+        container_id: None,
     })
 }
 
@@ -241,6 +242,7 @@ fn start_with_runuser(
             data,
         },
         foreign_ca: None,
+        container_id: None,
     })
 }
 

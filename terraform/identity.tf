@@ -1,0 +1,35 @@
+# The application's identity: what the CronJob's pods become through workload identity. Its NAME is the
+# database user (pgwi admin bootstrap creates the role from it).
+resource "azurerm_user_assigned_identity" "app" {
+  name                = "id-${var.name}-app"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = var.tags
+}
+
+resource "azurerm_federated_identity_credential" "app" {
+  name                = "aks-${var.k8s_namespace}-${var.k8s_service_account}"
+  resource_group_name = azurerm_resource_group.main.name
+  parent_id           = azurerm_user_assigned_identity.app.id
+  issuer              = azurerm_kubernetes_cluster.main.oidc_issuer_url
+  subject             = "system:serviceaccount:${var.k8s_namespace}:${var.k8s_service_account}"
+  audience            = ["api://AzureADTokenExchange"]
+}
+
+# The server's Entra administrator: a service principal (managed identity) federated with the bootstrap
+# Job's ServiceAccount, so the original's manual SQL runs in-cluster with no person's token.
+resource "azurerm_user_assigned_identity" "admin" {
+  name                = "id-${var.name}-admin"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  tags                = var.tags
+}
+
+resource "azurerm_federated_identity_credential" "admin" {
+  name                = "aks-${var.k8s_namespace}-${var.k8s_admin_service_account}"
+  resource_group_name = azurerm_resource_group.main.name
+  parent_id           = azurerm_user_assigned_identity.admin.id
+  issuer              = azurerm_kubernetes_cluster.main.oidc_issuer_url
+  subject             = "system:serviceaccount:${var.k8s_namespace}:${var.k8s_admin_service_account}"
+  audience            = ["api://AzureADTokenExchange"]
+}

@@ -1,0 +1,61 @@
+# Everything the deployment needs; `task kube:values` turns these into deploy/k8s/azure.env.
+output "resource_group" {
+  value = azurerm_resource_group.main.name
+}
+
+output "aks_name" {
+  value = azurerm_kubernetes_cluster.main.name
+}
+
+output "oidc_issuer_url" {
+  value = azurerm_kubernetes_cluster.main.oidc_issuer_url
+}
+
+output "acr_login_server" {
+  value = azurerm_container_registry.main.login_server
+}
+
+output "acr_name" {
+  value = azurerm_container_registry.main.name
+}
+
+output "postgres_host" {
+  value = azurerm_postgresql_flexible_server.main.fqdn
+}
+
+output "postgres_database" {
+  value = var.postgres_database
+}
+
+output "app_identity_name" {
+  description = "The database user of the CronJob."
+  value       = azurerm_user_assigned_identity.app.name
+}
+
+output "app_client_id" {
+  value = azurerm_user_assigned_identity.app.client_id
+}
+
+output "app_object_id" {
+  value = azurerm_user_assigned_identity.app.principal_id
+}
+
+output "admin_identity_name" {
+  value = azurerm_user_assigned_identity.admin.name
+}
+
+output "admin_client_id" {
+  value = azurerm_user_assigned_identity.admin.client_id
+}
+
+output "k8s_namespace" {
+  value = var.k8s_namespace
+}
+
+output "k8s_service_account" {
+  value = var.k8s_service_account
+}
+
+output "bastion_public_ip" {
+  value = var.enable_bastion ? azurerm_public_ip.bastion[0].ip_address : null
+}

@@ -1,0 +1,98 @@
+variable "subscription_id" {
+  description = "Azure subscription to deploy into."
+  type        = string
+}
+
+variable "location" {
+  description = "Azure region."
+  type        = string
+  default     = "westeurope"
+}
+
+variable "name" {
+  description = "Short name used in every resource name (letters and digits)."
+  type        = string
+  default     = "pgwi"
+  validation {
+    condition     = can(regex("^[a-z0-9]{3,12}$", var.name))
+    error_message = "name must be 3-12 lowercase letters or digits."
+  }
+}
+
+variable "vnet_cidr" {
+  description = "Address space of the virtual network."
+  type        = string
+  default     = "10.0.0.0/22"
+}
+
+variable "aks_node_size" {
+  description = "VM size of the AKS system node pool."
+  type        = string
+  default     = "Standard_D2s_v5"
+}
+
+variable "aks_node_count" {
+  description = "Nodes in the AKS system pool."
+  type        = number
+  default     = 1
+}
+
+variable "aks_api_authorized_ip_ranges" {
+  description = "CIDRs allowed to reach the AKS API server (your workstation, CI). Empty: unrestricted."
+  type        = list(string)
+  default     = []
+}
+
+variable "postgres_sku" {
+  description = "SKU of the PostgreSQL Flexible Server."
+  type        = string
+  default     = "B_Standard_B1ms"
+}
+
+variable "postgres_database" {
+  description = "The application database (created by `pgwi admin bootstrap`)."
+  type        = string
+  default     = "app"
+}
+
+variable "k8s_namespace" {
+  description = "Namespace of the CronJob; must match deploy/k8s/kustomization.yaml."
+  type        = string
+  default     = "app"
+}
+
+variable "k8s_service_account" {
+  description = "ServiceAccount of the CronJob; must match deploy/k8s/serviceaccounts.yaml."
+  type        = string
+  default     = "app"
+}
+
+variable "k8s_admin_service_account" {
+  description = "ServiceAccount of the bootstrap Job; must match deploy/k8s/serviceaccounts.yaml."
+  type        = string
+  default     = "pgwi-admin"
+}
+
+variable "enable_bastion" {
+  description = "Create a bastion VM with a public IP and SSH (not needed: pgwi needs no manual SQL)."
+  type        = bool
+  default     = false
+}
+
+variable "bastion_ssh_public_key" {
+  description = "SSH public key for the bastion (only with enable_bastion)."
+  type        = string
+  default     = ""
+}
+
+variable "bastion_allowed_cidr" {
+  description = "CIDR allowed to SSH to the bastion (only with enable_bastion)."
+  type        = string
+  default     = "203.0.113.0/32"
+}
+
+variable "tags" {
+  description = "Tags on every resource."
+  type        = map(string)
+  default     = { project = "pgwi" }
+}
