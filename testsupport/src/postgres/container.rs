@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
 use testcontainers::CopyTargetOptions;
 use testcontainers::runners::AsyncRunner as _;
 use testcontainers::{ContainerRequest, ImageExt as _};
 use testcontainers_modules::postgres::Postgres;
 
-use super::{ADMIN_USER, DEFAULT_IMAGE, PG_HBA, Started, lifetime::Keepalive};
+use super::{ADMIN_USER, DEFAULT_IMAGE, PG_HBA, Started, lifetime::Keepalive, local_admin_options};
 use crate::{TestCertificates, TestSupportError, random_alphanumeric};
 
 const INIT_SCRIPT: &str = r#"#!/bin/sh
@@ -84,13 +83,7 @@ pub(crate) async fn start(certs: &TestCertificates) -> Result<Started, TestSuppo
     let port = container.get_host_port_ipv4(5432).await.map_err(|e| {
         TestSupportError::NoPostgres(format!("reading the port of container {image}: {e}"))
     })?;
-    let admin = PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
-        .port(port)
-        .username(ADMIN_USER)
-        .password(&password)
-        .ssl_mode(PgSslMode::VerifyFull)
-        .ssl_root_cert_from_pem(certs.ca_pem.as_bytes().to_vec());
+    let admin = local_admin_options(port, &password, certs);
     Ok(Started {
         admin,
         how: format!(

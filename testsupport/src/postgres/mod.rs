@@ -436,6 +436,22 @@ impl TestDatabase {
     }
 }
 
+/// The administrator's options for a server the bench started on 127.0.0.1:`port`, verify-full against
+/// the run's CA.
+pub(crate) fn local_admin_options(
+    port: u16,
+    password: &str,
+    certs: &TestCertificates,
+) -> PgConnectOptions {
+    PgConnectOptions::new_without_pgpass()
+        .host("127.0.0.1")
+        .port(port)
+        .username(ADMIN_USER)
+        .password(password)
+        .ssl_mode(PgSslMode::VerifyFull)
+        .ssl_root_cert_from_pem(certs.ca_pem.as_bytes().to_vec())
+}
+
 /// Quotes an SQL identifier.
 pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))

@@ -7,9 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
-
-use super::{ADMIN_USER, Started, lifetime::Keepalive, write_server_files};
+use super::{ADMIN_USER, Started, lifetime::Keepalive, local_admin_options, write_server_files};
 use crate::{TestCertificates, TestSupportError, random_alphanumeric};
 
 const INSTALL_HINT: &str = "install PostgreSQL's server binaries (`apt-get install postgresql`) or set \
@@ -120,13 +118,7 @@ pub(crate) fn start(certs: &TestCertificates, workdir: &Path) -> Result<Started,
                 bin.display()
             ))
         })?;
-    let admin = PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
-        .port(cluster.db_port())
-        .username(ADMIN_USER)
-        .password(&password)
-        .ssl_mode(PgSslMode::VerifyFull)
-        .ssl_root_cert_from_pem(certs.ca_pem.as_bytes().to_vec());
+    let admin = local_admin_options(cluster.db_port(), &password, certs);
     Ok(Started {
         admin,
         how: format!("pgtemp cluster from {}", bin.display()),
@@ -224,13 +216,7 @@ fn start_with_runuser(
             "start".into(),
         ],
     )?;
-    let admin = PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
-        .port(port)
-        .username(ADMIN_USER)
-        .password(password)
-        .ssl_mode(PgSslMode::VerifyFull)
-        .ssl_root_cert_from_pem(certs.ca_pem.as_bytes().to_vec());
+    let admin = local_admin_options(port, password, certs);
     Ok(Started {
         admin,
         how: format!(
