@@ -48,7 +48,7 @@ resource "azurerm_kubernetes_cluster" "main" {
     vnet_subnet_id              = azurerm_subnet.aks.id
     temporary_name_for_rotation = "systemtmp"
     max_pods                    = 50
-    os_disk_type                = "Managed"
+    os_disk_type                = "Ephemeral"
     os_disk_size_gb             = 64
     upgrade_settings {
       max_surge = "10%"

@@ -26,9 +26,9 @@ variable "vnet_cidr" {
 }
 
 variable "aks_node_size" {
-  description = "VM size of the AKS system node pool."
+  description = "VM size of the AKS system node pool (one with a temporary disk: the OS disk is ephemeral and lives there)."
   type        = string
-  default     = "Standard_D2s_v5"
+  default     = "Standard_D2ds_v5"
 }
 
 variable "aks_node_count" {
