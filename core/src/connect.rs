@@ -476,8 +476,8 @@ async fn refresh_loop(
         tokio::time::sleep(wait).await;
         let span = tracing::info_span!("token_refresh", credential = %credential.info());
         let result = credential.token().instrument(span.clone()).await;
-        let _entered = span.enter();
-        match result {
+        // Decide under the span, then wait outside it (a span must not stay entered across an await).
+        let retry_soon = span.in_scope(|| match result {
             Ok(token) => {
                 let outage_over = lock(&state.outage).take().is_some();
                 if token.secret() != current.secret() || outage_over {
@@ -486,7 +486,7 @@ async fn refresh_loop(
                         && user != base.get_username()
                     {
                         tracing::info!(%user, "database.user = auto: the new token names another user");
-                        base = base.username(&user);
+                        base = base.clone().username(&user);
                     }
                     pool.set_connect_options(base.clone().password(token.secret().expose()));
                     state.rotations.fetch_add(1, Ordering::Relaxed);
@@ -494,25 +494,26 @@ async fn refresh_loop(
                     *lock(&state.last_rotation) = Some(OffsetDateTime::now_utc());
                     tracing::info!(expires_at = ?token.expires_at(), "new connections now use a fresh token");
                     current = token;
-                } else if current
-                    .expires_at()
-                    .is_some_and(|e| e - margin <= OffsetDateTime::now_utc())
-                {
-                    // The cache served the same token again (a failed refresh): try again shortly.
-                    tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+                    false
+                } else {
+                    // The cache served the same token again inside the margin (a failed refresh).
+                    current
+                        .expires_at()
+                        .is_some_and(|e| e - margin <= OffsetDateTime::now_utc())
                 }
             }
             Err(error) => {
-                if !current.is_valid_at(OffsetDateTime::now_utc()) {
-                    let first = lock(&state.outage).replace(error.clone()).is_none();
-                    if first {
-                        pool.set_connect_options(base.clone().socket(NO_VALID_TOKEN_SOCKET));
-                        tracing::error!(%error, "the last token expired and no new one can be had: new connections are refused until the credential recovers");
-                    }
+                if !current.is_valid_at(OffsetDateTime::now_utc())
+                    && lock(&state.outage).replace(error.clone()).is_none()
+                {
+                    pool.set_connect_options(base.clone().socket(NO_VALID_TOKEN_SOCKET));
+                    tracing::error!(%error, "the last token expired and no new one can be had: new connections are refused until the credential recovers");
                 }
-                drop(_entered);
-                tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+                true
             }
+        });
+        if retry_soon {
+            tokio::time::sleep(RETRY_AFTER_FAILURE).await;
         }
     }
 }

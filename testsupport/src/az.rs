@@ -21,8 +21,8 @@ echo "fake az: unknown mode" >&2
 exit 2
 "#;
 
-/// How the fake answers.
-#[derive(Debug, Clone)]
+/// How the fake answers. `Debug` does not show the access token.
+#[derive(Clone)]
 pub enum AzBehaviour {
     /// Print a token response with this access token, expiring at this Unix time.
     Token {
@@ -37,6 +37,21 @@ pub enum AzBehaviour {
     Hang,
     /// Fail with this message on stderr.
     Fail(String),
+}
+
+impl std::fmt::Debug for AzBehaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AzBehaviour::Token { expires_on, .. } => f
+                .debug_struct("Token")
+                .field("access_token", &"<redacted>")
+                .field("expires_on", expires_on)
+                .finish(),
+            AzBehaviour::NotLoggedIn => f.write_str("NotLoggedIn"),
+            AzBehaviour::Hang => f.write_str("Hang"),
+            AzBehaviour::Fail(message) => f.debug_tuple("Fail").field(message).finish(),
+        }
+    }
 }
 
 /// The installed fake; its folder is removed on drop.

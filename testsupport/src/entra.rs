@@ -43,7 +43,7 @@ pub enum Fault {
 }
 
 /// What the stand-in accepts and issues.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EntraOptions {
     /// The tenant in the URL path.
     pub tenant_id: String,
@@ -90,6 +90,20 @@ pub type IssueHook = Arc<
         + Send
         + Sync,
 >;
+
+impl std::fmt::Debug for EntraOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraOptions")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("expected_assertion", &"<redacted>")
+            .field("scope", &self.scope)
+            .field("token_lifetime", &self.token_lifetime)
+            .field("identity_name", &self.identity_name)
+            .field("identity_per_token", &self.identity_per_token)
+            .finish_non_exhaustive()
+    }
+}
 
 impl EntraOptions {
     /// Options for a fresh identity, expecting `assertion`.

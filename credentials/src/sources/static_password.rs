@@ -27,12 +27,6 @@ pub struct StaticPasswordSource {
     env: Environment,
 }
 
-/// True when a password is configured or its variable is set: what `auto` checks.
-pub fn is_configured(config: &CredentialConfig, ctx: &SourceContext) -> bool {
-    let sp = &config.static_password;
-    sp.password_file.is_some() || sp.password.is_some() || ctx.env.get(&sp.password_env).is_some()
-}
-
 impl StaticPasswordSource {
     /// Chooses the password's origin: `password_file`, else inline `password`, else `password_env`.
     pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {

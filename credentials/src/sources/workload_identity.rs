@@ -51,12 +51,6 @@ impl std::fmt::Debug for WorkloadIdentitySource {
     }
 }
 
-/// True when the webhook's variables (or the equivalent configuration) are present: what `auto` checks.
-pub fn is_configured(config: &CredentialConfig, ctx: &SourceContext) -> bool {
-    let wi = &config.workload_identity;
-    wi.token_file.is_some() || ctx.env.get("AZURE_FEDERATED_TOKEN_FILE").is_some()
-}
-
 /// The settings the source will use, resolved from configuration and the environment (no secret).
 #[derive(Debug, Clone)]
 pub struct WorkloadInputs {
