@@ -500,6 +500,9 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             "set the seconds connecting may take, e.g. 30",
         ));
     }
+    if let Some((key, problem, fix)) = loaded.config.credential.timing_problem() {
+        return Err(reject(key, problem, &fix));
+    }
     if let Some(ca) = &db.ssl_root_cert
         && !ca.is_file()
     {

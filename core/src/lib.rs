@@ -26,4 +26,5 @@ pub mod telemetry;
 pub use config::{Config, ConfigError, LoadedConfig};
 pub use connect::{
     AuthenticationFailure, ConnectError, Database, RotationStats, connect, connect_with,
+    fix_for_sqlstate,
 };

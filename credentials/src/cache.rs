@@ -1,23 +1,29 @@
-//! A cache that any source can sit behind: one upstream request at a time, refresh ahead of expiry, and the
-//! last good token served while a refresh fails and the token is still valid.
+//! A cache that any source can sit behind: one upstream request at a time, each within a deadline and
+//! isolated from panics; refresh ahead of expiry (at half the lifetime for tokens shorter than twice the
+//! margin, so it never spins); and the last good token served while a refresh fails and it is still valid.
+//! Failures are logged once per change of state, retries at debug level.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::{CredentialError, SourceInfo, Token, TokenSource};
+use crate::{CredentialError, ErrorKind, SourceInfo, Token, TokenSource};
 
 /// How the cache refreshes.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheOptions {
-    /// Refresh once a token is this close to its expiry. Default 5 minutes.
+    /// Refresh once a token is this close to its expiry. Default 5 minutes. A token that lives less than
+    /// twice this is refreshed at half its lifetime instead, so short-lived tokens never make the cache spin.
     pub refresh_margin: Duration,
     /// The first wait after a failed refresh; doubles per failure, jittered by ±50%. Default 1 s.
     pub min_backoff: Duration,
     /// The longest wait between failed refreshes. Default 60 s.
     pub max_backoff: Duration,
+    /// The deadline of one request to the source. Default 30 s.
+    pub fetch_timeout: Duration,
 }
 
 impl Default for CacheOptions {
@@ -26,8 +32,27 @@ impl Default for CacheOptions {
             refresh_margin: Duration::from_secs(300),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// When a token obtained at `obtained_at` should be replaced: `refresh_margin` before its expiry, or at half
+/// its remaining lifetime when that comes later (a token that lives less than twice the margin). `None` for
+/// a token without expiry. Never overflows, whatever the margin.
+pub fn refresh_time(
+    obtained_at: OffsetDateTime,
+    expires_at: Option<OffsetDateTime>,
+    refresh_margin: Duration,
+) -> Option<OffsetDateTime> {
+    let expires_at = expires_at?;
+    let remaining = (expires_at - obtained_at).max(time::Duration::ZERO);
+    let halfway = obtained_at + remaining / 2;
+    let before_margin = time::Duration::try_from(refresh_margin)
+        .ok()
+        .and_then(|margin| expires_at.checked_sub(margin))
+        .unwrap_or(halfway);
+    Some(before_margin.max(halfway))
 }
 
 /// Figures for diagnostics.
@@ -52,6 +77,13 @@ struct RetryState {
     last_error: Option<CredentialError>,
 }
 
+/// The token in the cache and when to replace it.
+#[derive(Clone)]
+struct Cached {
+    token: Token,
+    refresh_at: Option<OffsetDateTime>,
+}
+
 /// A [`TokenSource`] in front of another: see the module documentation.
 ///
 /// Tokens without an expiry (static passwords) are not cached: their source is asked every time, so a
@@ -59,9 +91,11 @@ struct RetryState {
 pub struct CachedTokenSource {
     inner: Arc<dyn TokenSource>,
     options: CacheOptions,
-    current: RwLock<Option<Token>>,
+    current: RwLock<Option<Cached>>,
     refresh: tokio::sync::Mutex<RetryState>,
     stats: Mutex<CacheStats>,
+    last_failure: Mutex<Option<CredentialError>>,
+    warned_short_lifetime: AtomicBool,
 }
 
 impl std::fmt::Debug for CachedTokenSource {
@@ -83,6 +117,8 @@ impl CachedTokenSource {
             current: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(RetryState::default()),
             stats: Mutex::new(CacheStats::default()),
+            last_failure: Mutex::new(None),
+            warned_short_lifetime: AtomicBool::new(false),
         }
     }
 
@@ -101,14 +137,88 @@ impl CachedTokenSource {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn cached(&self) -> Option<Token> {
+    fn cached(&self) -> Option<Cached> {
         self.current.read().ok().and_then(|t| t.clone())
     }
 
-    fn is_fresh(&self, token: &Token, now: OffsetDateTime) -> bool {
-        token
-            .expires_at()
-            .is_some_and(|exp| exp - self.options.refresh_margin > now)
+    /// The error of the last request to the source, while requests fail (`None` once one succeeds).
+    pub fn last_failure(&self) -> Option<CredentialError> {
+        self.last_failure.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// When the cached token should be replaced (`None`: nothing cached, or a token without expiry).
+    pub fn refresh_at(&self) -> Option<OffsetDateTime> {
+        self.cached().and_then(|c| c.refresh_at)
+    }
+
+    fn fresh(cached: Option<&Cached>, now: OffsetDateTime) -> Option<Token> {
+        cached
+            .filter(|c| c.refresh_at.is_some_and(|at| now < at))
+            .map(|c| c.token.clone())
+    }
+
+    fn valid(cached: Option<Cached>, now: OffsetDateTime) -> Option<Token> {
+        cached.map(|c| c.token).filter(|t| t.is_valid_at(now))
+    }
+
+    /// Asks the source once, within the deadline, in a task of its own so that a panic in the source is
+    /// an error here rather than the end of the caller (a refresher that must keep running).
+    async fn ask_source(&self) -> Result<Token, CredentialError> {
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move { inner.token().await });
+        let abort = task.abort_handle();
+        let kind = self.inner.info().kind;
+        match tokio::time::timeout(self.options.fetch_timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => {
+                let message = if join.is_panic() {
+                    let panic = join.into_panic();
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "no message".into())
+                } else {
+                    "the request was cancelled".into()
+                };
+                Err(CredentialError::new(
+                    ErrorKind::Panicked,
+                    kind,
+                    format!("the token source panicked ({message})"),
+                    "this is a bug in the token source; pgwi retries it with backoff meanwhile",
+                ))
+            }
+            Err(_elapsed) => {
+                abort.abort();
+                Err(CredentialError::new(
+                    ErrorKind::Timeout,
+                    kind,
+                    format!(
+                        "no answer within {}s",
+                        self.options.fetch_timeout.as_secs_f64()
+                    ),
+                    "check the network path to Entra ID (or that `az` answers); \
+                     credential.fetch_timeout_secs sets this deadline",
+                ))
+            }
+        }
+    }
+
+    fn warn_if_short_lived(&self, token: &Token, now: OffsetDateTime) {
+        let Some(expires_at) = token.expires_at() else {
+            return;
+        };
+        let lifetime = expires_at - now;
+        if lifetime < self.options.refresh_margin * 2
+            && !self.warned_short_lifetime.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                source = %self.inner,
+                lifetime_secs = lifetime.whole_seconds(),
+                refresh_margin_secs = self.options.refresh_margin.as_secs(),
+                "tokens live less than twice the refresh margin: refreshing each at half its lifetime instead"
+            );
+        }
     }
 
     fn update_stats(&self, update: impl FnOnce(&mut CacheStats)) {
@@ -128,15 +238,29 @@ impl CachedTokenSource {
     }
 
     async fn fetch(&self, retry: &mut RetryState) -> Result<Token, CredentialError> {
-        let result = self.inner.token().await;
+        let result = self.ask_source().await;
         let now = OffsetDateTime::now_utc();
         match result {
             Ok(token) => {
+                if retry.consecutive_failures > 0 {
+                    tracing::info!(source = %self.inner, failed_attempts = retry.consecutive_failures, "token source recovered");
+                }
                 *retry = RetryState::default();
+                if let Ok(mut last) = self.last_failure.lock() {
+                    *last = None;
+                }
+                self.warn_if_short_lived(&token, now);
                 if token.expires_at().is_some()
                     && let Ok(mut current) = self.current.write()
                 {
-                    *current = Some(token.clone());
+                    *current = Some(Cached {
+                        token: token.clone(),
+                        refresh_at: refresh_time(
+                            now,
+                            token.expires_at(),
+                            self.options.refresh_margin,
+                        ),
+                    });
                 }
                 self.update_stats(|s| {
                     s.upstream_fetches += 1;
@@ -151,25 +275,41 @@ impl CachedTokenSource {
                 retry.consecutive_failures += 1;
                 let wait = self.backoff(retry.consecutive_failures);
                 retry.next_attempt = Some(Instant::now() + wait);
-                retry.last_error = Some(error.clone());
                 self.update_stats(|s| {
                     s.upstream_fetches += 1;
                     s.failed_fetches += 1;
                     s.last_error = Some(error.to_string());
                 });
-                match self.cached().filter(|t| t.is_valid_at(now)) {
+                // Logged once per change of state; each retry only at debug level.
+                let first = retry.consecutive_failures == 1;
+                let changed = retry
+                    .last_error
+                    .as_ref()
+                    .is_none_or(|e| e.to_string() != error.to_string());
+                retry.last_error = Some(error.clone());
+                if let Ok(mut last) = self.last_failure.lock() {
+                    *last = Some(error.clone());
+                }
+                match Self::valid(self.cached(), now) {
                     Some(last_good) => {
-                        tracing::warn!(
-                            source = %self.inner,
-                            %error,
-                            expires_at = ?last_good.expires_at(),
-                            retry_in_ms = wait.as_millis() as u64,
-                            "token refresh failed; serving the last good token while it is valid"
-                        );
+                        if first || changed {
+                            tracing::warn!(
+                                source = %self.inner,
+                                %error,
+                                expires_at = ?last_good.expires_at(),
+                                "token refresh failed; serving the last good token while it is valid, retrying with backoff"
+                            );
+                        } else {
+                            tracing::debug!(source = %self.inner, %error, retry_in_ms = wait.as_millis() as u64, "token refresh failed again");
+                        }
                         Ok(last_good)
                     }
                     None => {
-                        tracing::error!(source = %self.inner, %error, "token fetch failed");
+                        if first || changed {
+                            tracing::error!(source = %self.inner, %error, "token fetch failed");
+                        } else {
+                            tracing::debug!(source = %self.inner, %error, retry_in_ms = wait.as_millis() as u64, "token fetch failed again");
+                        }
                         Err(error)
                     }
                 }
@@ -183,14 +323,14 @@ impl TokenSource for CachedTokenSource {
     async fn token(&self) -> Result<Token, CredentialError> {
         let now = OffsetDateTime::now_utc();
         let cached = self.cached();
-        if let Some(token) = cached.as_ref().filter(|t| self.is_fresh(t, now)) {
-            return Ok(token.clone());
+        if let Some(token) = Self::fresh(cached.as_ref(), now) {
+            return Ok(token);
         }
         // Single flight: one caller refreshes; others use a still-valid token meanwhile, or wait.
         let mut retry = match self.refresh.try_lock() {
             Ok(guard) => guard,
             Err(_) => {
-                if let Some(token) = cached.filter(|t| t.is_valid_at(now)) {
+                if let Some(token) = Self::valid(cached, now) {
                     return Ok(token);
                 }
                 self.refresh.lock().await
@@ -198,12 +338,12 @@ impl TokenSource for CachedTokenSource {
         };
         let now = OffsetDateTime::now_utc();
         let cached = self.cached();
-        if let Some(token) = cached.as_ref().filter(|t| self.is_fresh(t, now)) {
-            return Ok(token.clone());
+        if let Some(token) = Self::fresh(cached.as_ref(), now) {
+            return Ok(token);
         }
         // Within the backoff after a failure: the last good token while valid, else the last error.
         if retry.next_attempt.is_some_and(|next| Instant::now() < next) {
-            if let Some(token) = cached.filter(|t| t.is_valid_at(now)) {
+            if let Some(token) = Self::valid(cached, now) {
                 return Ok(token);
             }
             if let Some(error) = &retry.last_error {

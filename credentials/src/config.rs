@@ -22,8 +22,16 @@ pub struct CredentialConfig {
     pub kind: String,
     /// The Entra ID scope to request. Default [`POSTGRES_SCOPE`].
     pub scope: String,
-    /// Refresh a token this many seconds before it expires. Default 300.
+    /// Refresh a token this many seconds before it expires. Default 300. A token that lives less than this
+    /// is refreshed at half its lifetime instead.
     pub refresh_margin_secs: u64,
+    /// The deadline of one token request, in seconds: a source that has not answered by then has failed.
+    /// Default 30; must be at most half of `refresh_margin_secs`.
+    pub fetch_timeout_secs: u64,
+    /// Clock-skew allowance, in seconds: a token is treated as expired this long before its `exp`, and new
+    /// connections are refused from then until a new token arrives. Default 10; must be below
+    /// `refresh_margin_secs`.
+    pub expiry_skew_secs: u64,
     /// Keys of the `workload-identity` source.
     pub workload_identity: WorkloadIdentityConfig,
     /// Keys of the `az-cli` source.
@@ -41,11 +49,61 @@ impl Default for CredentialConfig {
             kind: "auto".into(),
             scope: POSTGRES_SCOPE.into(),
             refresh_margin_secs: 300,
+            fetch_timeout_secs: 30,
+            expiry_skew_secs: 10,
             workload_identity: WorkloadIdentityConfig::default(),
             az_cli: AzCliConfig::default(),
             static_password: StaticPasswordConfig::default(),
             custom: BTreeMap::new(),
         }
+    }
+}
+
+impl CredentialConfig {
+    /// The cache's options from `refresh_margin_secs` and `fetch_timeout_secs`.
+    pub fn cache_options(&self) -> crate::CacheOptions {
+        crate::CacheOptions {
+            refresh_margin: std::time::Duration::from_secs(self.refresh_margin_secs),
+            fetch_timeout: std::time::Duration::from_secs(self.fetch_timeout_secs),
+            ..crate::CacheOptions::default()
+        }
+    }
+
+    /// Checks the timing keys against each other: `(key, problem, fix)` for the first that is wrong.
+    pub fn timing_problem(&self) -> Option<(&'static str, String, String)> {
+        const DAY: u64 = 24 * 3600;
+        if self.refresh_margin_secs == 0 || self.refresh_margin_secs > DAY {
+            return Some((
+                "credential.refresh_margin_secs",
+                format!("is {}", self.refresh_margin_secs),
+                format!(
+                    "use 1 to {DAY} seconds; 300 suits Entra tokens, which live 60 to 90 minutes"
+                ),
+            ));
+        }
+        if self.fetch_timeout_secs == 0 || self.fetch_timeout_secs * 2 > self.refresh_margin_secs {
+            return Some((
+                "credential.fetch_timeout_secs",
+                format!(
+                    "is {}, but must be between 1 and half of credential.refresh_margin_secs ({})",
+                    self.fetch_timeout_secs, self.refresh_margin_secs
+                ),
+                "lower fetch_timeout_secs (default 30) or raise refresh_margin_secs, so a hung request \
+                 leaves time to retry before the token expires"
+                    .into(),
+            ));
+        }
+        if self.expiry_skew_secs >= self.refresh_margin_secs {
+            return Some((
+                "credential.expiry_skew_secs",
+                format!(
+                    "is {}, but must be below credential.refresh_margin_secs ({})",
+                    self.expiry_skew_secs, self.refresh_margin_secs
+                ),
+                "lower expiry_skew_secs (default 10) or raise refresh_margin_secs".into(),
+            ));
+        }
+        None
     }
 }
 

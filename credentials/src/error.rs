@@ -20,6 +20,10 @@ pub enum ErrorKind {
     Entra,
     /// Entra ID is throttling requests (HTTP 429).
     Throttled,
+    /// The source did not answer within the fetch deadline (`credential.fetch_timeout_secs`).
+    Timeout,
+    /// The source panicked: a bug in the source, retried like any failure.
+    Panicked,
     /// Any other failure to obtain a token (network, malformed answer, `az` failing otherwise).
     Upstream,
 }
@@ -45,8 +49,8 @@ impl CredentialError {
         Self {
             kind,
             source_name: source_name.into(),
-            problem: problem.into(),
-            fix: fix.into(),
+            problem: redact_tokens(&problem.into()),
+            fix: redact_tokens(&fix.into()),
             code: None,
         }
     }
@@ -103,5 +107,50 @@ impl fmt::Display for CredentialError {
             "{}: {}; fix: {}",
             self.source_name, self.problem, self.fix
         )
+    }
+}
+
+/// Replaces every JWT-shaped run of text (`eyJ…` `.` `…` `.` `…`) with `<redacted token>`: text copied from
+/// the SDK, `az` or a server into an error may quote a token, and errors must never carry one.
+pub fn redact_tokens(text: &str) -> String {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("eyJ") {
+        out.push_str(&rest[..start]);
+        let candidate = &rest[start..];
+        let len = candidate
+            .find(|c: char| !is_token_char(c))
+            .unwrap_or(candidate.len());
+        let run = &candidate[..len];
+        if run.split('.').filter(|part| !part.is_empty()).count() >= 2
+            && run.matches('.').count() >= 2
+        {
+            out.push_str("<redacted token>");
+        } else {
+            out.push_str(run);
+        }
+        rest = &candidate[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_tokens;
+
+    #[test]
+    fn jwt_shaped_text_is_redacted_and_the_rest_kept() {
+        // Scenario: an error text quoting a token keeps its words but loses the token.
+        let text = "az said: bad token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl, try again (eyJ alone stays)";
+        assert_eq!(
+            redact_tokens(text),
+            "az said: bad token <redacted token>, try again (eyJ alone stays)"
+        );
+        let error =
+            super::CredentialError::new(super::ErrorKind::Upstream, "az-cli", text, "eyJa.eyJb.c");
+        assert!(!error.to_string().contains("eyJhbGci"));
+        assert!(error.fix().contains("<redacted token>"));
     }
 }

@@ -43,14 +43,14 @@ mod source;
 pub mod sources;
 mod token;
 
-pub use cache::{CacheOptions, CacheStats, CachedTokenSource};
+pub use cache::{CacheOptions, CacheStats, CachedTokenSource, refresh_time};
 pub use config::{
     AzCliConfig, CredentialConfig, POSTGRES_SCOPE, StaticPasswordConfig, WorkloadIdentityConfig,
 };
 pub use environment::Environment;
-pub use error::{CredentialError, ErrorKind};
+pub use error::{CredentialError, ErrorKind, redact_tokens};
 pub use registry::{AUTO, SourceContext, SourceFactory, SourceRegistry, auto_choice};
-pub use secret::SecretString;
+pub use secret::{REDACTED, SecretString};
 pub use source::{SourceInfo, TokenSource};
 pub use token::{Claims, Token};
 

@@ -4,11 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::{
-    CacheOptions, CachedTokenSource, CredentialConfig, CredentialError, Environment, SourceInfo,
-    TokenSource,
+    CachedTokenSource, CredentialConfig, CredentialError, Environment, SourceInfo, TokenSource,
 };
 
 /// What a source's constructor gets besides configuration.
@@ -145,10 +143,7 @@ impl SourceRegistry {
         let source = self.build(config, ctx)?;
         Ok(Arc::new(CachedTokenSource::new(
             source,
-            CacheOptions {
-                refresh_margin: Duration::from_secs(config.refresh_margin_secs),
-                ..CacheOptions::default()
-            },
+            config.cache_options(),
         )))
     }
 
@@ -183,7 +178,7 @@ impl SourceRegistry {
                     "credential",
                     format!("credential.{key} is not a known key"),
                     format!(
-                        "known keys: kind, scope, refresh_margin_secs, and one table per kind ({})",
+                        "known keys: kind, scope, refresh_margin_secs, fetch_timeout_secs, expiry_skew_secs, and one table per kind ({})",
                         self.factories
                             .keys()
                             .map(|k| k.replace('-', "_"))

@@ -2,12 +2,22 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
-/// A password or token. `Debug` prints `SecretString(<redacted>)`; read it with [`SecretString::expose`].
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// A password or token. `Debug` prints `SecretString(<redacted>)` and serializing writes `"<redacted>"`, so
+/// a configuration dump never carries it; read it with [`SecretString::expose`].
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct SecretString(String);
+
+/// What a [`SecretString`] serializes as.
+pub const REDACTED: &str = "<redacted>";
+
+impl Serialize for SecretString {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
 
 impl SecretString {
     /// Wraps a secret.

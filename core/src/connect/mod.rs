@@ -1,18 +1,21 @@
 //! A SeaORM connection whose pool always authenticates new connections with a fresh token.
 //!
-//! The first token is fetched before the pool is built (a bad credential fails fast). A background task then
-//! keeps the pool's connect options ahead of token expiry (`Pool::set_connect_options`), waking when the
-//! cached token enters the refresh margin. Open connections are unaffected: PostgreSQL checks the password
-//! only at start-up. If no new token can be had and the last one expires, new connections are refused
-//! without presenting the expired token, and [`Database::acquire`] returns the credential's own error.
+//! The first token is fetched before the pool is built (a bad credential fails fast) and the first
+//! connection is opened with retries for a server that is starting. Then [`rotation`] keeps the pool's
+//! password fresh for as long as the pool lives; open connections are unaffected (PostgreSQL checks the
+//! password only at start-up). Errors live in [`error`]; the endpoint that refuses new connections while no
+//! valid token exists in [`refusal`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod error;
+mod refusal;
+mod rotation;
+
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgwi_credentials::{
-    CacheStats, CachedTokenSource, CredentialError, SourceContext, SourceRegistry, Token,
-    TokenSource,
+    CacheStats, CachedTokenSource, SourceContext, SourceRegistry, Token, TokenSource,
 };
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
@@ -20,102 +23,10 @@ use sea_orm::sqlx::{self, ConnectOptions as _, PgPool, pool::PoolConnection};
 use time::OffsetDateTime;
 use tracing::Instrument as _;
 
+pub use error::{AuthenticationFailure, ConnectError, fix_for_sqlstate};
+use rotation::{Rotation, RotationState, lock};
+
 use crate::config::{Config, ConfigError, DatabaseConfig, SslMode, split_host_port};
-
-/// Why connecting failed. Each variant's message says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The configuration is unusable.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// No password could be had from the token source.
-    #[error(transparent)]
-    Credential(#[from] CredentialError),
-    /// The server refused the user and password (SQLSTATE 28P01 or 28000).
-    #[error(transparent)]
-    Authentication(Box<AuthenticationFailure>),
-    /// TLS failed: handshake or certificate verification.
-    #[error(
-        "TLS to {host}:{port} failed ({detail}); with sslmode={sslmode} the server certificate must chain to \
-         a trusted CA{}: check database.ssl_root_cert and that database.host is the name on the certificate",
-        if *.sslmode == SslMode::VerifyFull { " and name the host" } else { "" }
-    )]
-    Tls {
-        /// Server host.
-        host: String,
-        /// Server port.
-        port: u16,
-        /// sslmode in force.
-        sslmode: SslMode,
-        /// What the TLS stack said.
-        detail: String,
-    },
-    /// The server could not be reached within the connect timeout.
-    #[error(
-        "could not reach PostgreSQL at {host}:{port} within {waited_secs}s ({last}); check database.host and \
-         database.port, DNS, firewall rules or private endpoint, and that the server is running"
-    )]
-    Unreachable {
-        /// Server host.
-        host: String,
-        /// Server port.
-        port: u16,
-        /// How long we tried.
-        waited_secs: u64,
-        /// The last error.
-        last: String,
-    },
-    /// The user could not be derived from the token (`user = "auto"`).
-    #[error(
-        "database.user = \"auto\" needs a token whose claims name the identity (xms_mirid, upn, \
-         preferred_username or unique_name), but the {source_kind} token has none; set database.user to \
-         the managed identity's name"
-    )]
-    UserNotDerivable {
-        /// The token source's kind.
-        source_kind: String,
-    },
-    /// Any other database error.
-    #[error("PostgreSQL error: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
-impl ConnectError {
-    /// True when the fix is in configuration (exit status 2 in the `pgwi` binary).
-    pub fn is_configuration(&self) -> bool {
-        match self {
-            ConnectError::Config(_) | ConnectError::UserNotDerivable { .. } => true,
-            ConnectError::Credential(e) => e.is_configuration(),
-            _ => false,
-        }
-    }
-}
-
-/// The server refused the login: who, where, and the server's words (never the password).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "PostgreSQL at {host}:{port} refused user {user:?} on database {database:?} ({code}: {message}). \
-     Likely causes: the user must be the managed identity's NAME (not its client id; `user = \"auto\"` \
-     derives it from the token); the role must exist on the server (created with \
-     pgaadauth_create_principal_with_oid, see `pgwi admin bootstrap`); the token's audience must be \
-     Azure Database for PostgreSQL ({audience}); for a static password, the password must be right"
-)]
-pub struct AuthenticationFailure {
-    /// Server host.
-    pub host: String,
-    /// Server port.
-    pub port: u16,
-    /// The user presented.
-    pub user: String,
-    /// The database asked for.
-    pub database: String,
-    /// SQLSTATE.
-    pub code: String,
-    /// The server's message.
-    pub message: String,
-    /// The token's `aud` claim, or a note that there was none.
-    pub audience: String,
-}
 
 /// The resolved connection target.
 #[derive(Debug, Clone)]
@@ -126,15 +37,6 @@ struct Target {
     user: String,
     /// `user = "auto"`: the user follows the claims of the token in use.
     user_from_token: bool,
-}
-
-#[derive(Default)]
-struct RotationState {
-    rotations: AtomicU64,
-    current_expiry: Mutex<Option<OffsetDateTime>>,
-    last_rotation: Mutex<Option<OffsetDateTime>>,
-    /// Set while the credential fails and the last token has expired.
-    outage: Mutex<Option<CredentialError>>,
 }
 
 /// Figures about the connection's password, for diagnostics and tests.
@@ -150,15 +52,16 @@ pub struct RotationStats {
     pub credential: CacheStats,
 }
 
-/// A connected database: SeaORM's `DatabaseConnection`, the sqlx pool under it, and the task that keeps its
-/// password fresh (stopped on [`Database::close`] or drop).
+/// A connected database: SeaORM's `DatabaseConnection` and the sqlx pool under it, whose password a
+/// background task keeps fresh for as long as the pool lives (until [`Database::close`], or until the last
+/// clone of the pool or the SeaORM connection is closed). Dropping this value stops nothing: keeping only
+/// `connection().clone()` is enough.
 pub struct Database {
     connection: DatabaseConnection,
     pool: PgPool,
     credential: Arc<CachedTokenSource>,
     state: Arc<RotationState>,
     target: Target,
-    refresher: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Database {
@@ -167,12 +70,6 @@ impl std::fmt::Debug for Database {
             .field("target", &self.target)
             .field("credential", &self.credential.info().to_string())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        self.refresher.abort();
     }
 }
 
@@ -202,7 +99,7 @@ pub async fn connect_with(
             user_from_token: db.user.as_deref().map(str::trim) == Some("auto"),
         };
         let base = base_options(db, &target);
-        let lifetime = pool_lifetime(db, &token);
+        let lifetime = Duration::from_secs(db.max_lifetime_secs.max(1));
         let state = Arc::new(RotationState::default());
         *lock(&state.current_expiry) = token.expires_at();
         let pool = PgPoolOptions::new()
@@ -216,21 +113,23 @@ pub async fn connect_with(
         let (version,): (String,) = sqlx::query_as("SHOW server_version").fetch_one(&mut *first).await?;
         drop(first);
         tracing::info!(user = %target.user, server_version = %version, token_expires_at = ?token.expires_at(), max_lifetime_secs = lifetime.as_secs(), "connected");
-        let refresher = tokio::spawn(refresh_loop(
-            pool.clone(),
-            base,
-            target.user_from_token,
-            credential.clone(),
-            state.clone(),
-            token,
-        ));
+        Rotation {
+            pool: pool.clone(),
+            base: Mutex::new(base),
+            user_from_token: target.user_from_token,
+            credential: credential.clone(),
+            state: state.clone(),
+            skew: Duration::from_secs(config.credential.expiry_skew_secs),
+            current: Mutex::new((token, None)),
+            refusal: tokio::sync::Mutex::new(None),
+        }
+        .spawn();
         Ok(Database {
             connection: sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
             pool,
             credential,
             state,
             target,
-            refresher,
         })
     }
     .instrument(span)
@@ -268,24 +167,26 @@ impl Database {
         }
     }
 
-    /// A connection from the pool. While the credential cannot produce a valid token, this fails at once with
-    /// the credential's own error.
+    /// A connection from the pool: an idle one when there is one (also while the credential fails), else a
+    /// new one. While no valid token exists, opening a new one fails at once with the credential's own error.
     pub async fn acquire(&self) -> Result<PoolConnection<sqlx::Postgres>, ConnectError> {
-        if let Some(error) = lock(&self.state.outage).clone() {
-            return Err(ConnectError::Credential(error));
+        match self.pool.acquire().await {
+            Ok(conn) => Ok(conn),
+            Err(error) => Err(match self.state.outage() {
+                Some(credential)
+                    if sqlstate(&error).as_deref() == Some(refusal::REFUSAL_SQLSTATE) =>
+                {
+                    ConnectError::Credential(credential)
+                }
+                _ => ConnectError::from_sqlx(error),
+            }),
         }
-        self.pool.acquire().await.map_err(ConnectError::Database)
     }
 
-    /// Stops the refresh task and closes the pool, waiting for connections to be returned.
+    /// Closes the pool, waiting for connections to be returned; the password rotation ends with it.
     pub async fn close(self) {
-        self.refresher.abort();
         self.pool.close().await;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn resolve_host(db: &DatabaseConfig) -> Result<(String, u16), ConnectError> {
@@ -352,18 +253,6 @@ fn base_options(db: &DatabaseConfig, target: &Target) -> PgConnectOptions {
     options
 }
 
-/// `max_lifetime` from configuration, kept below the token's remaining lifetime.
-fn pool_lifetime(db: &DatabaseConfig, token: &Token) -> Duration {
-    let configured = Duration::from_secs(db.max_lifetime_secs.max(1));
-    match token.expires_at() {
-        Some(expiry) => {
-            let remaining = (expiry - OffsetDateTime::now_utc()).max(time::Duration::seconds(1));
-            configured.min(Duration::try_from(remaining).unwrap_or(configured))
-        }
-        None => configured,
-    }
-}
-
 fn sqlstate(error: &sqlx::Error) -> Option<String> {
     error
         .as_database_error()
@@ -408,7 +297,7 @@ async fn establish(
                 )));
             }
             Some("57P03" | "53300") => {}
-            Some(_) => return Err(ConnectError::Database(error)),
+            Some(_) => return Err(ConnectError::from_sqlx(error)),
             None => match &error {
                 sqlx::Error::Tls(detail) => {
                     return Err(ConnectError::Tls {
@@ -427,7 +316,7 @@ async fn establish(
                     });
                 }
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {}
-                _ => return Err(ConnectError::Database(error)),
+                _ => return Err(ConnectError::from_sqlx(error)),
             },
         }
         let jittered = backoff.mul_f64(0.5 + fastrand::f64());
@@ -442,78 +331,5 @@ async fn establish(
         tracing::warn!(error = %error, retry_in_ms = jittered.as_millis() as u64, "PostgreSQL not reachable yet; retrying");
         tokio::time::sleep(jittered).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// How often a password without expiry (static) is re-read.
-const STATIC_RECHECK: Duration = Duration::from_secs(30);
-/// How soon to retry after a failed refresh when the cache has nothing newer.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
-
-/// Where new connections are sent while no valid token exists: a socket that cannot exist, so the expired
-/// token is never presented.
-const NO_VALID_TOKEN_SOCKET: &str = "/nonexistent/pgwi-no-valid-token";
-
-async fn refresh_loop(
-    pool: PgPool,
-    mut base: PgConnectOptions,
-    user_from_token: bool,
-    credential: Arc<CachedTokenSource>,
-    state: Arc<RotationState>,
-    mut current: Token,
-) {
-    let margin = credential.options().refresh_margin;
-    loop {
-        let wait = match current.expires_at() {
-            Some(expiry) => {
-                let until = expiry - margin - OffsetDateTime::now_utc();
-                Duration::try_from(until)
-                    .unwrap_or(Duration::ZERO)
-                    .max(Duration::from_millis(50))
-            }
-            None => STATIC_RECHECK,
-        };
-        tokio::time::sleep(wait).await;
-        let span = tracing::info_span!("token_refresh", credential = %credential.info());
-        let result = credential.token().instrument(span.clone()).await;
-        // Decide under the span, then wait outside it (a span must not stay entered across an await).
-        let retry_soon = span.in_scope(|| match result {
-            Ok(token) => {
-                let outage_over = lock(&state.outage).take().is_some();
-                if token.secret() != current.secret() || outage_over {
-                    if user_from_token
-                        && let Some(user) = token.claims().and_then(|c| c.database_user())
-                        && user != base.get_username()
-                    {
-                        tracing::info!(%user, "database.user = auto: the new token names another user");
-                        base = base.clone().username(&user);
-                    }
-                    pool.set_connect_options(base.clone().password(token.secret().expose()));
-                    state.rotations.fetch_add(1, Ordering::Relaxed);
-                    *lock(&state.current_expiry) = token.expires_at();
-                    *lock(&state.last_rotation) = Some(OffsetDateTime::now_utc());
-                    tracing::info!(expires_at = ?token.expires_at(), "new connections now use a fresh token");
-                    current = token;
-                    false
-                } else {
-                    // The cache served the same token again inside the margin (a failed refresh).
-                    current
-                        .expires_at()
-                        .is_some_and(|e| e - margin <= OffsetDateTime::now_utc())
-                }
-            }
-            Err(error) => {
-                if !current.is_valid_at(OffsetDateTime::now_utc())
-                    && lock(&state.outage).replace(error.clone()).is_none()
-                {
-                    pool.set_connect_options(base.clone().socket(NO_VALID_TOKEN_SOCKET));
-                    tracing::error!(%error, "the last token expired and no new one can be had: new connections are refused until the credential recovers");
-                }
-                true
-            }
-        });
-        if retry_soon {
-            tokio::time::sleep(RETRY_AFTER_FAILURE).await;
-        }
     }
 }

@@ -1,0 +1,160 @@
+//! Why connecting failed, in words a person can act on: one line per cause, with the fix, never the
+//! password. Server errors are classified by SQLSTATE rather than passed on as sqlx's chain.
+
+use pgwi_credentials::CredentialError;
+use sea_orm::sqlx;
+
+use crate::config::{ConfigError, SslMode};
+
+/// Why connecting failed. Each variant's message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No password could be had from the token source (also: the last token expired and no new one came).
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// The server refused the user and password (SQLSTATE 28P01 or 28000).
+    #[error(transparent)]
+    Authentication(Box<AuthenticationFailure>),
+    /// TLS failed: handshake or certificate verification.
+    #[error(
+        "TLS to {host}:{port} failed ({detail}); with sslmode={sslmode} the server certificate must chain to \
+         a trusted CA{}: check database.ssl_root_cert and that database.host is the name on the certificate",
+        if *.sslmode == SslMode::VerifyFull { " and name the host" } else { "" }
+    )]
+    Tls {
+        /// Server host.
+        host: String,
+        /// Server port.
+        port: u16,
+        /// sslmode in force.
+        sslmode: SslMode,
+        /// What the TLS stack said.
+        detail: String,
+    },
+    /// The server could not be reached within the connect timeout.
+    #[error(
+        "could not reach PostgreSQL at {host}:{port} within {waited_secs}s ({last}); check database.host and \
+         database.port, DNS, firewall rules or private endpoint, and that the server is running"
+    )]
+    Unreachable {
+        /// Server host.
+        host: String,
+        /// Server port.
+        port: u16,
+        /// How long we tried.
+        waited_secs: u64,
+        /// The last error.
+        last: String,
+    },
+    /// The user could not be derived from the token (`user = "auto"`).
+    #[error(
+        "database.user = \"auto\" needs a token whose claims name the identity (xms_mirid, upn, \
+         preferred_username or unique_name), but the {source_kind} token has none; set database.user to \
+         the managed identity's name"
+    )]
+    UserNotDerivable {
+        /// The token source's kind.
+        source_kind: String,
+    },
+    /// The server answered with an error whose SQLSTATE says what to do.
+    #[error("{message} (SQLSTATE {code}); {fix}")]
+    Server {
+        /// SQLSTATE.
+        code: String,
+        /// The server's message, alone.
+        message: String,
+        /// What to do about it.
+        fix: String,
+    },
+    /// Any other database error.
+    #[error("PostgreSQL error: {0}")]
+    Database(sqlx::Error),
+}
+
+impl ConnectError {
+    /// True when the fix is in configuration (exit status 2 in the `pgwi` binary).
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            ConnectError::Config(_) | ConnectError::UserNotDerivable { .. } => true,
+            ConnectError::Credential(e) => e.is_configuration(),
+            ConnectError::Server { code, .. } => code == "3D000",
+            _ => false,
+        }
+    }
+
+    /// A database error, classified by SQLSTATE when the server gave one that a person can act on.
+    pub fn from_sqlx(error: sqlx::Error) -> Self {
+        let Some(db) = error.as_database_error() else {
+            return Self::Database(error);
+        };
+        let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+        match fix_for_sqlstate(&code) {
+            Some(fix) => Self::Server {
+                message: db.message().to_owned(),
+                code,
+                fix: fix.to_owned(),
+            },
+            None => Self::Database(error),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ConnectError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::from_sqlx(error)
+    }
+}
+
+/// What to do about a server error, for the SQLSTATEs where the cause is clear.
+pub fn fix_for_sqlstate(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "3D000" => {
+            "create the database (`pgwi admin bootstrap` creates it with the right owner) or correct \
+             database.name"
+        }
+        "42501" => {
+            "grant the role the privilege it lacks (`pgwi admin bootstrap` grants CONNECT, CREATE and \
+             TEMPORARY on the database and CREATE on schema public), or connect as a role that has it"
+        }
+        "57P01" | "57P02" | "57P03" => {
+            "the server is shutting down or restarting (maintenance or failover); run again once it is back"
+        }
+        "53300" => {
+            "the server has no free connection slots; lower database.max_connections or raise the \
+             server's max_connections"
+        }
+        "3F000" => "the schema does not exist; create it or correct the search path",
+        "25006" => "the server is read-only (a replica, or storage full); connect to the primary",
+        "53100" => "the server is out of disk space; free space or scale the storage",
+        _ => return None,
+    })
+}
+
+/// The server refused the login: who, where, and the server's words (never the password).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "PostgreSQL at {host}:{port} refused user {user:?} on database {database:?} ({code}: {message}). \
+     Likely causes: the user must be the managed identity's NAME (not its client id; `user = \"auto\"` \
+     derives it from the token); the role must exist on the server (created with \
+     pgaadauth_create_principal_with_oid, see `pgwi admin bootstrap`); the token's audience must be \
+     Azure Database for PostgreSQL ({audience}); for a static password, the password must be right"
+)]
+pub struct AuthenticationFailure {
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// The user presented.
+    pub user: String,
+    /// The database asked for.
+    pub database: String,
+    /// SQLSTATE.
+    pub code: String,
+    /// The server's message.
+    pub message: String,
+    /// The token's `aud` claim, or a note that there was none.
+    pub audience: String,
+}

@@ -1,0 +1,254 @@
+//! Keeps the pool's password ahead of token expiry, for as long as the pool lives.
+//!
+//! How "no new connection presents an expired token" holds by construction:
+//! - The pool's connect options are the only place a password for new connections lives, and only this
+//!   task writes them (`Pool::set_connect_options`).
+//! - The task owns a clone of the pool and ends only when the pool is closed, so it lives as long as any
+//!   clone of the pool or of SeaORM's connection does; no other handle has to be kept.
+//! - It wakes at the refresh time (the margin before expiry, or half the lifetime of a short-lived token)
+//!   and, independently of how the token request goes, at the token's expiry less the skew allowance. If no
+//!   new token has arrived by then, new connections are pointed at a loopback endpoint that refuses them
+//!   with the credential's own error ([`super::refusal`]); the expired token is never presented.
+//! - Every request has a deadline and runs isolated from panics (in the cache), and the loop itself runs
+//!   under a supervisor that restarts it after a panic.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgwi_credentials::{
+    CachedTokenSource, CredentialError, ErrorKind, Token, TokenSource as _, refresh_time,
+};
+use sea_orm::sqlx::PgPool;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
+use time::OffsetDateTime;
+
+use super::refusal::RefusalEndpoint;
+
+/// How often a password without expiry (static) is asked for again: a re-read password file takes effect.
+const STATIC_RECHECK: Duration = Duration::from_secs(30);
+/// How soon to ask again after a failed refresh (the cache's backoff limits real requests).
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the supervisor waits before restarting a loop that panicked.
+const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
+
+/// What the rotation shares with [`crate::Database`], for figures and errors.
+#[derive(Default)]
+pub(crate) struct RotationState {
+    pub(crate) rotations: AtomicU64,
+    pub(crate) current_expiry: Mutex<Option<OffsetDateTime>>,
+    pub(crate) last_rotation: Mutex<Option<OffsetDateTime>>,
+    /// Set while new connections are refused: the last token expired and no new one came.
+    pub(crate) outage: Mutex<Option<CredentialError>>,
+}
+
+impl RotationState {
+    pub(crate) fn outage(&self) -> Option<CredentialError> {
+        lock(&self.outage).clone()
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What one run of the loop needs; survives a panic of the loop (the supervisor keeps it).
+pub(crate) struct Rotation {
+    pub(crate) pool: PgPool,
+    /// The server's connect options without a password.
+    pub(crate) base: Mutex<PgConnectOptions>,
+    pub(crate) user_from_token: bool,
+    pub(crate) credential: Arc<CachedTokenSource>,
+    pub(crate) state: Arc<RotationState>,
+    /// Treat a token as expired this long before its `exp`.
+    pub(crate) skew: Duration,
+    /// The token new connections present, and when to replace it.
+    pub(crate) current: Mutex<(Token, Option<OffsetDateTime>)>,
+    pub(crate) refusal: tokio::sync::Mutex<Option<RefusalEndpoint>>,
+}
+
+impl Rotation {
+    /// Starts rotating `pool`'s password, beginning with `first` (already in the pool's options).
+    pub(crate) fn spawn(self) {
+        let now = OffsetDateTime::now_utc();
+        {
+            let mut current = lock(&self.current);
+            let margin = self.credential.options().refresh_margin;
+            current.1 = refresh_time(now, current.0.expires_at(), margin);
+        }
+        tokio::spawn(supervise(Arc::new(self)));
+    }
+
+    fn current(&self) -> (Token, Option<OffsetDateTime>) {
+        lock(&self.current).clone()
+    }
+
+    /// The instant after which the current token must not be presented.
+    fn deadline(&self, token: &Token) -> Option<OffsetDateTime> {
+        let skew = time::Duration::try_from(self.skew).unwrap_or(time::Duration::ZERO);
+        token
+            .expires_at()
+            .map(|exp| exp.checked_sub(skew).unwrap_or(exp))
+    }
+
+    /// New connections present `token` from now on.
+    fn install(&self, token: Token) {
+        let mut base = lock(&self.base);
+        if self.user_from_token
+            && let Some(user) = token.claims().and_then(|c| c.database_user())
+            && user != base.get_username()
+        {
+            tracing::info!(%user, "database.user = auto: the new token names another user");
+            *base = base.clone().username(&user);
+        }
+        self.pool
+            .set_connect_options(base.clone().password(token.secret().expose()));
+        drop(base);
+        let now = OffsetDateTime::now_utc();
+        self.state.rotations.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.state.current_expiry) = token.expires_at();
+        *lock(&self.state.last_rotation) = Some(now);
+        if let Some(error) = lock(&self.state.outage).take() {
+            tracing::info!(after = %error, "the credential recovered: new connections are served again");
+        }
+        tracing::info!(expires_at = ?token.expires_at(), "new connections now use a fresh token");
+        let refresh_at = refresh_time(
+            now,
+            token.expires_at(),
+            self.credential.options().refresh_margin,
+        );
+        *lock(&self.current) = (token, refresh_at);
+    }
+
+    /// The current token has expired and no new one came: refuse new connections with `error`.
+    async fn refuse_new_connections(&self, error: CredentialError) {
+        if lock(&self.state.outage).replace(error.clone()).is_some() {
+            return;
+        }
+        tracing::error!(%error, "the token expired and no new one can be had: new connections are refused until the credential recovers; open connections keep serving");
+        let mut refusal = self.refusal.lock().await;
+        if refusal.is_none() {
+            let state = self.state.clone();
+            let message = Arc::new(move || {
+                format!(
+                    "pgwi: no valid token for new connections: {}",
+                    state.outage().map_or_else(
+                        || "the credential is recovering; try again".into(),
+                        |e| e.to_string()
+                    )
+                )
+            });
+            match RefusalEndpoint::start(message).await {
+                Ok(endpoint) => *refusal = Some(endpoint),
+                Err(io) => {
+                    tracing::error!(error = %io, "could not open the loopback refusal endpoint; new connections fail with an I/O error instead");
+                }
+            }
+        }
+        let base = lock(&self.base).clone();
+        // A fresh target without a password: nothing secret can reach it.
+        let mut options = PgConnectOptions::new_without_pgpass()
+            .host("127.0.0.1")
+            .port(refusal.as_ref().map_or(1, RefusalEndpoint::port))
+            .username(base.get_username())
+            .ssl_mode(PgSslMode::Disable);
+        if let Some(database) = base.get_database() {
+            options = options.database(database);
+        }
+        self.pool.set_connect_options(options);
+    }
+
+    fn no_answer_error(&self, expires_at: Option<OffsetDateTime>) -> CredentialError {
+        CredentialError::new(
+            ErrorKind::Timeout,
+            self.credential.info().kind,
+            format!(
+                "the token in use expired{} and the source has not answered with a new one",
+                expires_at.map(|e| format!(" at {e}")).unwrap_or_default()
+            ),
+            "check the network path to Entra ID (or that `az` answers); pgwi keeps asking",
+        )
+    }
+}
+
+/// Runs the loop; restarts it after a panic; ends when the pool is closed.
+async fn supervise(rotation: Arc<Rotation>) {
+    loop {
+        let run = tokio::spawn(run(rotation.clone()));
+        match run.await {
+            Ok(()) => return,
+            Err(join) if join.is_panic() => {
+                tracing::error!("the token refresher panicked; restarting it");
+                tokio::time::sleep(RESTART_AFTER_PANIC).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sleeps until `at` (wall clock); forever for `None`.
+async fn sleep_until(at: Option<OffsetDateTime>) {
+    match at {
+        Some(at) => {
+            let wait = at - OffsetDateTime::now_utc();
+            tokio::time::sleep(Duration::try_from(wait).unwrap_or(Duration::ZERO)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn run(rotation: Arc<Rotation>) {
+    let closed = rotation.pool.close_event();
+    tokio::pin!(closed);
+    loop {
+        let (token, refresh_at) = rotation.current();
+        let deadline = rotation.deadline(&token);
+        let wake = refresh_at.unwrap_or_else(|| OffsetDateTime::now_utc() + STATIC_RECHECK);
+        let wake = deadline.map_or(wake, |deadline| wake.min(deadline));
+        tokio::select! {
+            () = &mut closed => return,
+            () = sleep_until(Some(wake)) => {}
+        }
+        // Ask until a new token arrives; refuse new connections once the current one expires meanwhile.
+        let mut last_error = None;
+        loop {
+            let fetch = rotation.credential.token();
+            tokio::pin!(fetch);
+            let result = loop {
+                let in_outage = rotation.state.outage().is_some();
+                tokio::select! {
+                    biased;
+                    () = &mut closed => return,
+                    result = &mut fetch => break result,
+                    () = sleep_until(deadline), if !in_outage => {
+                        let error = last_error.clone().unwrap_or_else(|| rotation.no_answer_error(token.expires_at()));
+                        rotation.refuse_new_connections(error).await;
+                    }
+                }
+            };
+            match result {
+                Ok(new) if new.secret() != token.secret() => {
+                    rotation.install(new);
+                    break;
+                }
+                Ok(same) if same.expires_at().is_none() => {
+                    // A static password that did not change: check again later.
+                    lock(&rotation.current).1 = None;
+                    break;
+                }
+                // The cache served the last good token: its refresh is failing.
+                Ok(_) => last_error = rotation.credential.last_failure().or(last_error),
+                Err(error) => {
+                    if rotation.state.outage().is_some() {
+                        *lock(&rotation.state.outage) = Some(error.clone());
+                    }
+                    last_error = Some(error);
+                }
+            }
+            tokio::select! {
+                () = &mut closed => return,
+                () = tokio::time::sleep(RETRY_INTERVAL) => {}
+            }
+        }
+    }
+}
