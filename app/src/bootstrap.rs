@@ -30,6 +30,18 @@ pub struct Step {
     pub changed: bool,
 }
 
+/// PostgreSQL truncates names to 63 bytes; a longer one would silently name something else.
+fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.len() > 63 {
+        anyhow::bail!(
+            "the {what} {name:?} is {} bytes; PostgreSQL names are 1 to 63 bytes (longer ones are \
+             truncated): choose a shorter name",
+            name.len()
+        );
+    }
+    Ok(())
+}
+
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -42,6 +54,8 @@ pub async fn run(
     credential: Arc<CachedTokenSource>,
     spec: &Bootstrap,
 ) -> anyhow::Result<Vec<Step>> {
+    check_name("identity name", &spec.identity_name)?;
+    check_name("database name", &spec.database)?;
     let pool = admin.pool();
     let mut steps = Vec::new();
     let role = ident(&spec.identity_name);
@@ -84,11 +98,21 @@ pub async fn run(
         changed: !member,
     });
 
-    let db_exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1")
             .bind(&spec.database)
-            .fetch_one(pool)
+            .fetch_optional(pool)
             .await?;
+    if let Some(owner) = owner.as_ref().filter(|owner| **owner != spec.identity_name) {
+        anyhow::bail!(
+            "✗ database {:?} exists but is owned by {owner:?}, not {:?}; fix: as its owner or an \
+             administrator run `ALTER DATABASE {} OWNER TO {role}`, or bootstrap another database name",
+            spec.database,
+            spec.identity_name,
+            ident(&spec.database)
+        );
+    }
+    let db_exists = owner.is_some();
     if !db_exists {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE DATABASE {} OWNER {role}",
@@ -109,11 +133,9 @@ pub async fn run(
     let app_db = pgwi_core::connect_with(&app_config, credential)
         .await
         .with_context(|| format!("connecting to {} as the administrator", spec.database))?;
-    let (schema_owner, can_connect_create): (String, bool) = sqlx::query_as(
-        "SELECT pg_get_userbyid(nspowner)::text, has_database_privilege($1, current_database(), 'CONNECT, CREATE, TEMPORARY')
-         FROM pg_namespace WHERE nspname = 'public'",
+    let schema_owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = 'public'",
     )
-    .bind(&spec.identity_name)
     .fetch_one(app_db.pool())
     .await?;
     let owns_schema = schema_owner == spec.identity_name;
@@ -129,22 +151,32 @@ pub async fn run(
         what: format!("schema public owned by {}", spec.identity_name),
         changed: !owns_schema,
     });
-    if !can_connect_create {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "GRANT ALL ON DATABASE {} TO {role}",
-            ident(&spec.database)
-        )))
-        .execute(app_db.pool())
-        .await
-        .context("granting the database to the application role")?;
+    // Each privilege on its own: has_database_privilege with a list is true when ANY is held, and PUBLIC
+    // holds CONNECT and TEMPORARY by default.
+    for privilege in ["CONNECT", "CREATE", "TEMPORARY"] {
+        let held: bool =
+            sqlx::query_scalar("SELECT has_database_privilege($1, current_database(), $2)")
+                .bind(&spec.identity_name)
+                .bind(privilege)
+                .fetch_one(app_db.pool())
+                .await?;
+        if !held {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "GRANT {privilege} ON DATABASE {} TO {role}",
+                ident(&spec.database)
+            )))
+            .execute(app_db.pool())
+            .await
+            .with_context(|| format!("granting {privilege} on the database to the application role"))?;
+        }
+        steps.push(Step {
+            what: format!(
+                "{privilege} on database {} granted to {}",
+                spec.database, spec.identity_name
+            ),
+            changed: !held,
+        });
     }
-    steps.push(Step {
-        what: format!(
-            "all privileges on database {} granted to {}",
-            spec.database, spec.identity_name
-        ),
-        changed: !can_connect_create,
-    });
     app_db.close().await;
     Ok(steps)
 }

@@ -7,7 +7,6 @@ use clap::{Args, Parser, Subcommand};
 use pgwi_core::config::{ConfigSources, Overrides, SslMode};
 use pgwi_core::{ConfigError, ConnectError};
 use pgwi_credentials::{CredentialError, SourceContext, SourceRegistry};
-use sea_orm_migration::MigratorTrait as _;
 
 use crate::{bootstrap, doctor, job, migration, token};
 
@@ -207,20 +206,18 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let db = pgwi_core::connect(&config).await?;
             match action {
                 MigrateAction::Up => {
-                    migration::with_migration_lock(
-                        &db,
-                        migration::Migrator::up(db.connection(), None),
-                    )
-                    .await?;
-                    println!("all migrations applied");
+                    let applied =
+                        migration::migrate_under_lock(db.connection(), migration::Change::Up)
+                            .await?;
+                    println!("all migrations applied ({applied} new)");
                 }
                 MigrateAction::Down { steps } => {
-                    migration::with_migration_lock(
-                        &db,
-                        migration::Migrator::down(db.connection(), Some(steps)),
+                    let rolled_back = migration::migrate_under_lock(
+                        db.connection(),
+                        migration::Change::Down(steps),
                     )
                     .await?;
-                    println!("rolled back {steps} migration(s)");
+                    println!("rolled back {rolled_back} migration(s)");
                 }
                 MigrateAction::Status => {
                     for (name, applied) in migration::status(&db).await? {

@@ -8,10 +8,9 @@ use anyhow::Context as _;
 use pgwi_core::Database;
 use pgwi_credentials::TokenSource as _;
 use sea_orm::sqlx;
-use sea_orm_migration::MigratorTrait as _;
 use tracing::Instrument as _;
 
-use crate::migration::{Migrator, with_migration_lock};
+use crate::migration::{Change, migrate_under_lock};
 
 /// The demo's rows.
 pub const ROWS: [(&str, i32); 3] = [("banana", 150), ("orange", 154), ("apple", 100)];
@@ -44,19 +43,11 @@ pub async fn run(
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    // Under the lock: a concurrent job may be creating the migrations table itself.
-    let pending = with_migration_lock(db, async {
-        let pending = Migrator::get_pending_migrations(db.connection())
-            .await?
-            .len();
-        if pending > 0 {
-            Migrator::up(db.connection(), None).await?;
-        }
-        Ok(pending)
-    })
-    .instrument(tracing::info_span!("migrate"))
-    .await
-    .context("applying migrations")?;
+    // Every step below runs on the pool's one idle connection in turn: one physical connection per run.
+    let pending = migrate_under_lock(db.connection(), Change::Up)
+        .instrument(tracing::info_span!("migrate"))
+        .await
+        .context("applying migrations")?;
     if pending > 0 {
         tracing::info!(applied = pending, "migrations applied");
     }

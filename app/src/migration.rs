@@ -1,7 +1,7 @@
-//! The schema's migrations (sea-orm-migration), applied under a PostgreSQL advisory lock so that two jobs
-//! starting at the same moment do not race.
+//! The schema's migrations (sea-orm-migration), applied in one transaction under a transaction-scoped
+//! PostgreSQL advisory lock so that two jobs starting at the same moment do not race.
 
-use sea_orm::sqlx;
+use sea_orm::{DatabaseConnection, DbBackend, Statement, TransactionTrait as _};
 use sea_orm_migration::prelude::*;
 
 /// All migrations, oldest first.
@@ -92,27 +92,47 @@ impl MigrationTrait for CreateJobRuns {
 /// Key of the advisory lock that serialises migrations ("pgwi" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7067_7769;
 
-/// Runs `work` while holding the migration lock on one of the pool's connections.
-pub async fn with_migration_lock<T, F>(db: &pgwi_core::Database, work: F) -> Result<T, DbErr>
-where
-    F: std::future::Future<Output = Result<T, DbErr>>,
-{
-    let mut lock_conn = db
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into())))?;
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *lock_conn)
-        .await
-        .map_err(|e| DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e.into())))?;
-    let result = work.await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *lock_conn)
-        .await;
-    result
+/// Applies pending migrations in ONE transaction that holds a transaction-scoped advisory lock, on one
+/// connection: two jobs starting together take turns, a pool of one connection suffices, and a run that
+/// fails or is cancelled rolls back and releases the lock with its transaction — no connection that holds
+/// the lock ever returns to the pool. Waiting for the lock is not cut short by `statement_timeout`.
+/// Returns how many migrations were applied or rolled back.
+pub async fn migrate_under_lock(db: &DatabaseConnection, change: Change) -> Result<usize, DbErr> {
+    let txn = db.begin().await?;
+    txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [MIGRATION_LOCK.into()],
+    ))
+    .await?;
+    txn.execute_unprepared("SET LOCAL statement_timeout TO DEFAULT")
+        .await?;
+    let changed = match change {
+        Change::Up => {
+            let pending = Migrator::get_pending_migrations(&txn).await?.len();
+            if pending > 0 {
+                Migrator::up(&txn, None).await?;
+            }
+            pending
+        }
+        Change::Down(steps) => {
+            let applied = Migrator::get_applied_migrations(&txn).await?.len();
+            Migrator::down(&txn, Some(steps)).await?;
+            applied.min(steps as usize)
+        }
+    };
+    txn.commit().await?;
+    Ok(changed)
+}
+
+/// What [`migrate_under_lock`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Apply every pending migration.
+    Up,
+    /// Roll back this many applied migrations.
+    Down(u32),
 }
 
 /// Name and whether it is applied, for each migration.

@@ -7,44 +7,58 @@ use sea_orm::sqlx;
 
 use crate::support::{Pgwi, assert_success, text};
 
-#[rstest]
-#[tokio::test]
-async fn bootstrap_twice_creates_role_database_and_grants_once(
-    #[future(awt)] fresh_db: TestDatabase,
-) {
-    // Scenario: an administrator (CREATEROLE, CREATEDB) runs bootstrap twice: the first run creates the
-    // principal (through the pgaadauth stand-in), the grant, the database and the schema ownership; the
-    // second run changes nothing.
-    fresh_db
-        .install_pgaadauth_stand_in()
-        .await
-        .expect("stand-in");
-    let admin = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("admin role");
+/// An administrator role (CREATEROLE, CREATEDB) on `db` with the pgaadauth stand-in installed.
+async fn administrator(db: &TestDatabase) -> pgwi_testsupport::TestRole {
+    db.install_pgaadauth_stand_in().await.expect("stand-in");
+    let admin = db.create_role(PasswordAuth::Scram).await.expect("admin role");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "ALTER ROLE \"{}\" CREATEROLE CREATEDB",
         admin.name
     )))
-    .execute(fresh_db.admin())
+    .execute(db.admin())
     .await
     .expect("admin rights");
-    let identity = format!("{}_id", fresh_db.name());
-    let app_db = format!("{}_app", fresh_db.name());
+    admin
+}
+
+fn bootstrap_command(
+    db: &TestDatabase,
+    admin: &pgwi_testsupport::TestRole,
+    identity: &str,
+    app_db: &str,
+) -> Pgwi {
+    Pgwi::new(&[
+        "admin",
+        "bootstrap",
+        "--identity-name",
+        identity,
+        "--object-id",
+        "0b5d2c47-9a0e-4b6f-8f55-a1b2c3d4e5f6",
+        "--app-database",
+        app_db,
+    ])
+    .database(db, &admin.name)
+    .env("PGPASSWORD", &admin.password)
+}
+
+#[rstest]
+#[case::plain("_id", "_app")]
+#[case::dash_quote_and_capitals("-My\"Id", "-App\"DB")]
+#[tokio::test]
+async fn bootstrap_twice_creates_role_database_and_grants_once(
+    #[future(awt)] fresh_db: TestDatabase,
+    #[case] identity_suffix: &str,
+    #[case] database_suffix: &str,
+) {
+    // Scenario: an administrator (CREATEROLE, CREATEDB) runs bootstrap twice, also for names with `-`, `"`
+    // and capitals: the first run creates the principal (through the pgaadauth stand-in), the grant, the
+    // database and the schema ownership and finds each privilege held by the owner; the second changes
+    // nothing.
+    let admin = administrator(&fresh_db).await;
+    let identity = format!("{}{identity_suffix}", fresh_db.name());
+    let app_db = format!("{}{database_suffix}", fresh_db.name());
     let bootstrap = || {
-        Pgwi::new(&[
-            "admin",
-            "bootstrap",
-            "--identity-name",
-            &identity,
-            "--object-id",
-            "0b5d2c47-9a0e-4b6f-8f55-a1b2c3d4e5f6",
-            "--app-database",
-            &app_db,
-        ])
-        .database(&fresh_db, &admin.name)
-        .env("PGPASSWORD", &admin.password)
+        bootstrap_command(&fresh_db, &admin, &identity, &app_db)
     };
 
     let first = bootstrap().output().await;
@@ -53,21 +67,23 @@ async fn bootstrap_twice_creates_role_database_and_grants_once(
     assert_success(&first);
     assert_success(&second);
     let (first, second) = (text(&first.stdout), text(&second.stdout));
-    // The owner already holds every privilege on its database, so the grant step finds nothing to do.
+    // The owner already holds every privilege on its database, so each grant step finds nothing to do.
     assert_eq!(
         first.lines().filter(|l| l.starts_with("created")).count(),
         4,
         "{first}"
     );
-    assert!(
-        first
-            .lines()
-            .any(|l| l.starts_with("exists") && l.contains("all privileges")),
-        "{first}"
-    );
+    for privilege in ["CONNECT", "CREATE", "TEMPORARY"] {
+        assert!(
+            first
+                .lines()
+                .any(|l| l.starts_with("exists") && l.contains(&format!("{privilege} on database"))),
+            "{first}"
+        );
+    }
     assert_eq!(
         second.lines().filter(|l| l.starts_with("exists")).count(),
-        5,
+        7,
         "{second}"
     );
     let (comment, db_owner): (Option<String>, String) = sqlx::query_as(
@@ -116,4 +132,52 @@ async fn bootstrap_without_an_identity_is_a_configuration_error(
         stderr.contains("--identity-name") && stderr.contains("admin.identity_name"),
         "{stderr}"
     );
+}
+
+#[rstest]
+#[tokio::test]
+async fn bootstrap_refuses_a_database_owned_by_another_role(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: the application database already exists with another owner: bootstrap fails with a ✗ that
+    // names the owner and the ALTER DATABASE fix, instead of reporting "exists".
+    let admin = administrator(&fresh_db).await;
+    let identity = format!("{}_id", fresh_db.name());
+    let app_db = format!("{}_taken", fresh_db.name());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{app_db}\"")))
+        .execute(fresh_db.admin())
+        .await
+        .expect("database with another owner");
+
+    let output = bootstrap_command(&fresh_db, &admin, &identity, &app_db)
+        .output()
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("✗") && stderr.contains("owned by") && stderr.contains("ALTER DATABASE"),
+        "{stderr}"
+    );
+}
+
+#[rstest]
+#[tokio::test]
+async fn bootstrap_refuses_names_longer_than_63_bytes(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: an identity name of 64 bytes would be truncated by PostgreSQL: bootstrap refuses it before
+    // touching the server, naming the limit.
+    let admin = administrator(&fresh_db).await;
+    let long = "a".repeat(64);
+
+    let output = bootstrap_command(&fresh_db, &admin, &long, "whatever")
+        .output()
+        .await;
+
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("63 bytes"), "{stderr}");
+    let created: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+        .bind(&long[..63])
+        .fetch_one(fresh_db.admin())
+        .await
+        .expect("lookup");
+    assert!(!created);
 }
