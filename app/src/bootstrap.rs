@@ -98,11 +98,12 @@ pub async fn run(
         changed: !member,
     });
 
-    let owner: Option<String> =
-        sqlx::query_scalar("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1")
-            .bind(&spec.database)
-            .fetch_optional(pool)
-            .await?;
+    let owner: Option<String> = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+    )
+    .bind(&spec.database)
+    .fetch_optional(pool)
+    .await?;
     if let Some(owner) = owner.as_ref().filter(|owner| **owner != spec.identity_name) {
         anyhow::bail!(
             "✗ database {:?} exists but is owned by {owner:?}, not {:?}; fix: as its owner or an \
@@ -167,7 +168,9 @@ pub async fn run(
             )))
             .execute(app_db.pool())
             .await
-            .with_context(|| format!("granting {privilege} on the database to the application role"))?;
+            .with_context(|| {
+                format!("granting {privilege} on the database to the application role")
+            })?;
         }
         steps.push(Step {
             what: format!(

@@ -99,7 +99,8 @@ const MIGRATION_LOCK: i64 = 0x7067_7769;
 /// Returns how many migrations were applied or rolled back.
 pub async fn migrate_under_lock(db: &DatabaseConnection, change: Change) -> Result<usize, DbErr> {
     let txn = db.begin().await?;
-    txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
+    txn.execute_unprepared("SET LOCAL statement_timeout = 0")
+        .await?;
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "SELECT pg_advisory_xact_lock($1)",

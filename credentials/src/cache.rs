@@ -285,7 +285,7 @@ impl CachedTokenSource {
                 let changed = retry
                     .last_error
                     .as_ref()
-                    .is_none_or(|e| e.to_string() != error.to_string());
+                    .is_none_or(|e| (e.kind(), e.code()) != (error.kind(), error.code()));
                 retry.last_error = Some(error.clone());
                 if let Ok(mut last) = self.last_failure.lock() {
                     *last = Some(error.clone());

@@ -10,7 +10,10 @@ use crate::support::{Pgwi, assert_success, text};
 /// An administrator role (CREATEROLE, CREATEDB) on `db` with the pgaadauth stand-in installed.
 async fn administrator(db: &TestDatabase) -> pgwi_testsupport::TestRole {
     db.install_pgaadauth_stand_in().await.expect("stand-in");
-    let admin = db.create_role(PasswordAuth::Scram).await.expect("admin role");
+    let admin = db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("admin role");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "ALTER ROLE \"{}\" CREATEROLE CREATEDB",
         admin.name
@@ -57,9 +60,7 @@ async fn bootstrap_twice_creates_role_database_and_grants_once(
     let admin = administrator(&fresh_db).await;
     let identity = format!("{}{identity_suffix}", fresh_db.name());
     let app_db = format!("{}{database_suffix}", fresh_db.name());
-    let bootstrap = || {
-        bootstrap_command(&fresh_db, &admin, &identity, &app_db)
-    };
+    let bootstrap = || bootstrap_command(&fresh_db, &admin, &identity, &app_db);
 
     let first = bootstrap().output().await;
     let second = bootstrap().output().await;
@@ -174,10 +175,11 @@ async fn bootstrap_refuses_names_longer_than_63_bytes(#[future(awt)] fresh_db: T
     assert_ne!(output.status.code(), Some(0));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("63 bytes"), "{stderr}");
-    let created: bool = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
-        .bind(&long[..63])
-        .fetch_one(fresh_db.admin())
-        .await
-        .expect("lookup");
+    let created: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+            .bind(&long[..63])
+            .fetch_one(fresh_db.admin())
+            .await
+            .expect("lookup");
     assert!(!created);
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwi_credentials::{CacheOptions, CachedTokenSource, SourceRegistry, TokenSource};
+use pgwi_credentials::{
+    CacheOptions, CachedTokenSource, CredentialError, ErrorKind, SourceInfo, SourceRegistry, Token,
+    TokenSource,
+};
 use pgwi_testsupport::entra::Fault;
 
 use crate::support::Pod;
@@ -59,7 +62,8 @@ async fn token_near_expiry_is_refreshed() {
 
     let first = cache.token().await.expect("first");
     let again = cache.token().await.expect("cached");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Tokens shorter than twice the margin are refreshed at half their lifetime (1.5 s here).
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     let refreshed = cache.token().await.expect("refreshed");
 
     assert_eq!(first.secret(), again.secret());
@@ -83,15 +87,16 @@ async fn failed_refresh_serves_last_good_token_then_surfaces_the_error() {
             refresh_margin: Duration::from_millis(2500),
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(200),
+            ..CacheOptions::default()
         },
     );
     let good = cache.token().await.expect("first token");
     pod.entra.set_fault(Some(Fault::ServerError));
 
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     let served = cache.token().await.expect("last good token");
     let stats = cache.stats();
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let error = cache
         .token()
         .await
@@ -138,4 +143,146 @@ async fn after_a_failure_the_cache_waits_before_asking_again() {
         pod.entra.issued_tokens(),
         vec![recovered.secret().expose().to_owned()]
     );
+}
+
+#[tokio::test]
+async fn tokens_shorter_than_the_margin_do_not_make_the_cache_spin() {
+    // Scenario: tokens live 4 s while the margin is the default 300 s. Fifty calls within the first second
+    // cause ONE request (before the fix every call asked again); after half the lifetime a second request
+    // brings a new token.
+    let pod = Pod::start().await;
+    pod.entra.set_token_lifetime(Duration::from_secs(4));
+    let cache = cached(&pod, CacheOptions::default());
+
+    let first = cache.token().await.expect("first");
+    for _ in 0..50 {
+        let again = cache.token().await.expect("cached");
+        assert_eq!(again.secret(), first.secret());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let requests_in_first_second = pod.entra.request_count();
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let second = cache.token().await.expect("second");
+
+    assert_eq!(requests_in_first_second, 1);
+    assert_ne!(second.secret(), first.secret());
+    assert_eq!(pod.entra.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_token_request_that_hangs_fails_at_the_deadline() {
+    // Scenario: Entra accepts the connection but never answers in time; the request fails with a Timeout
+    // error naming the deadline's key instead of hanging the caller, and the next request, answered
+    // promptly, succeeds.
+    let pod = Pod::start().await;
+    pod.entra
+        .push_fault(Fault::Delay(Duration::from_secs(3600)));
+    let cache = cached(
+        &pod,
+        CacheOptions {
+            fetch_timeout: Duration::from_millis(300),
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            ..CacheOptions::default()
+        },
+    );
+
+    let error = cache.token().await.expect_err("hung request");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let recovered = cache.token().await.expect("answered request");
+
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert!(error.to_string().contains("fetch_timeout_secs"), "{error}");
+    assert!(!recovered.secret().expose().is_empty());
+}
+
+/// A source that panics on its first `panics` calls, then answers.
+#[derive(Debug)]
+struct PanicsFirst {
+    calls: std::sync::atomic::AtomicU32,
+    panics: u32,
+}
+
+#[async_trait::async_trait]
+impl TokenSource for PanicsFirst {
+    async fn token(&self) -> Result<Token, CredentialError> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(call >= self.panics, "source bug on call {call}");
+        Ok(Token::new(
+            "good-password".to_owned(),
+            Some(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
+        ))
+    }
+
+    fn info(&self) -> SourceInfo {
+        SourceInfo::new("panics-first")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_source_is_an_error_and_the_cache_recovers() {
+    // Scenario: the source panics on its first call: the caller gets a Panicked error (the caller's task
+    // survives), and after the backoff the cache asks again and gets a token.
+    let source = Arc::new(PanicsFirst {
+        calls: Default::default(),
+        panics: 1,
+    });
+    let cache = CachedTokenSource::new(
+        source.clone(),
+        CacheOptions {
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            ..CacheOptions::default()
+        },
+    );
+
+    let error = cache.token().await.expect_err("panic becomes an error");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let token = cache.token().await.expect("recovered");
+
+    assert_eq!(error.kind(), ErrorKind::Panicked, "{error}");
+    assert!(
+        error.to_string().contains("source bug on call 0"),
+        "{error}"
+    );
+    assert_eq!(token.secret().expose(), "good-password");
+    assert_eq!(source.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn repeated_failures_are_logged_once_per_change_of_state() {
+    // Scenario: Entra fails ten times in a row, then recovers: one warning/error line for the failure (the
+    // retries only at debug level) and one line for the recovery.
+    let logs = pgwi_testsupport::logs::LogCapture::start();
+    let pod = Pod::start().await;
+    pod.entra.set_fault(Some(Fault::ServerError));
+    let cache = cached(
+        &pod,
+        CacheOptions {
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            ..CacheOptions::default()
+        },
+    );
+
+    for _ in 0..10 {
+        let _ = cache.token().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pod.entra.set_fault(None);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    cache.token().await.expect("recovered");
+
+    let text = logs.contents();
+    assert!(
+        pod.entra.request_count() >= 5,
+        "{}",
+        pod.entra.request_count()
+    );
+    let failure_lines = text
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("token fetch failed"))
+        .count();
+    assert_eq!(failure_lines, 1, "{text}");
+    assert_eq!(text.matches("token source recovered").count(), 1, "{text}");
 }
