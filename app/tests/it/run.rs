@@ -156,9 +156,10 @@ async fn two_concurrent_runs_leave_three_rows_and_two_records(
 #[rstest]
 #[tokio::test]
 async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDatabase) {
-    // Scenario: the job's transaction is blocked (another session holds a lock on inventory) when
-    // Kubernetes sends SIGTERM; pgwi exits promptly with a non-zero status, nothing is committed, and the run
-    // is recorded as cancelled.
+    // Scenario: the job's transaction has already upserted the three rows and is blocked on its LAST
+    // statement (the delete of rows that are not the demo's waits for a row another session holds) when
+    // Kubernetes sends SIGTERM; pgwi exits promptly with a non-zero status, the upserts already made in the
+    // transaction are rolled back, and the run is recorded as cancelled.
     let role = fresh_db
         .create_role(PasswordAuth::Scram)
         .await
@@ -173,10 +174,14 @@ async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDa
         sqlx::PgConnection::connect_with(&fresh_db.server().admin_options(fresh_db.name()))
             .await
             .expect("admin");
-    sqlx::raw_sql("BEGIN; LOCK TABLE inventory IN ACCESS EXCLUSIVE MODE")
+    sqlx::raw_sql("INSERT INTO inventory (name, quantity) VALUES ('zzz', 1)")
+        .execute(fresh_db.admin())
+        .await
+        .expect("a row that is not the demo's");
+    sqlx::raw_sql("BEGIN; SELECT * FROM inventory WHERE name = 'zzz' FOR UPDATE")
         .execute(&mut blocker)
         .await
-        .expect("lock");
+        .expect("lock the row the job's last statement deletes");
 
     let child = Pgwi::new(&["run"])
         .database(&fresh_db, &role.name)
@@ -232,11 +237,72 @@ async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDa
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         inventory(&fresh_db).await,
-        vec![],
-        "nothing may be committed"
+        vec![("zzz".into(), 1)],
+        "nothing may be committed: the upserts before the blocked delete must be rolled back"
     );
     assert_eq!(
         runs(&fresh_db).await,
         vec![("cancelled".into(), 0, "static-password".into())]
+    );
+}
+
+#[rstest]
+#[tokio::test]
+async fn run_with_one_connection_on_a_fresh_database(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: `PGWI_DATABASE__MAX_CONNECTIONS=1 pgwi run` on a fresh database: migrations, the run record,
+    // the rows and the outcome all go through the pool's one connection (before, the migration lock held it
+    // while the migrator waited for another, and the run timed out).
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+
+    let output = Pgwi::new(&["run"])
+        .database(&fresh_db, &role.name)
+        .env("PGPASSWORD", &role.password)
+        .env("PGWI_DATABASE__MAX_CONNECTIONS", "1")
+        .env("PGWI_DATABASE__CONNECT_TIMEOUT_SECS", "10")
+        .output()
+        .await;
+
+    assert_success(&output);
+    assert_eq!(inventory(&fresh_db).await, demo_rows());
+    assert_eq!(
+        runs(&fresh_db).await,
+        vec![("succeeded".into(), 3, "static-password".into())]
+    );
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_missing_database_is_one_line_with_the_fix(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: DBNAME names a database that does not exist: pgwi says so once (SQLSTATE 3D000) with what
+    // to do, exits 2 (the fix is in configuration), and does not repeat the cause in a chain.
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+
+    let output = Pgwi::new(&["run"])
+        .database(&fresh_db, &role.name)
+        .env("DBNAME", "pgwi_no_such_database")
+        .env("PGPASSWORD", &role.password)
+        .output()
+        .await;
+
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let error_line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert_eq!(
+        error_line.matches("does not exist").count(),
+        1,
+        "{error_line}"
+    );
+    assert!(
+        error_line.contains("3D000") && error_line.contains("pgwi admin bootstrap"),
+        "{error_line}"
     );
 }
