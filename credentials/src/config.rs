@@ -14,7 +14,10 @@ use crate::SecretString;
 pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
 
 /// Configuration of the token source (`[<profile>.credential]` in `pgwi.toml`, `PGWI_CREDENTIAL__*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// `Debug` shows the tables of registered sources by key only: their settings are the application's and may
+/// hold secrets.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CredentialConfig {
     /// `auto` (default), `workload-identity`, `az-cli`, `static-password`, or a kind an application
@@ -56,6 +59,27 @@ impl Default for CredentialConfig {
             static_password: StaticPasswordConfig::default(),
             custom: BTreeMap::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for CredentialConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let custom: BTreeMap<&str, &str> = self
+            .custom
+            .keys()
+            .map(|key| (key.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("CredentialConfig")
+            .field("kind", &self.kind)
+            .field("scope", &self.scope)
+            .field("refresh_margin_secs", &self.refresh_margin_secs)
+            .field("fetch_timeout_secs", &self.fetch_timeout_secs)
+            .field("expiry_skew_secs", &self.expiry_skew_secs)
+            .field("workload_identity", &self.workload_identity)
+            .field("az_cli", &self.az_cli)
+            .field("static_password", &self.static_password)
+            .field("custom", &custom)
+            .finish()
     }
 }
 

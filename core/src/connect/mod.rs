@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use tracing::Instrument as _;
 
 pub use error::{AuthenticationFailure, ConnectError, fix_for_sqlstate};
-use rotation::{Rotation, RotationState, lock};
+use rotation::{Current, Rotation, RotationState, lock};
 
 use crate::config::{Config, ConfigError, DatabaseConfig, SslMode, split_host_port};
 
@@ -120,7 +120,7 @@ pub async fn connect_with(
             credential: credential.clone(),
             state: state.clone(),
             skew: Duration::from_secs(config.credential.expiry_skew_secs),
-            current: Mutex::new((token, None)),
+            current: Mutex::new(Current::new(token, credential.options().refresh_margin)),
             refusal: tokio::sync::Mutex::new(None),
         }
         .spawn();

@@ -52,6 +52,25 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The token new connections present, when it was installed and when to replace it.
+#[derive(Clone)]
+pub(crate) struct Current {
+    pub(crate) token: Token,
+    pub(crate) installed_at: OffsetDateTime,
+    pub(crate) refresh_at: Option<OffsetDateTime>,
+}
+
+impl Current {
+    pub(crate) fn new(token: Token, margin: Duration) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            refresh_at: refresh_time(now, token.expires_at(), margin),
+            installed_at: now,
+            token,
+        }
+    }
+}
+
 /// What one run of the loop needs; survives a panic of the loop (the supervisor keeps it).
 pub(crate) struct Rotation {
     pub(crate) pool: PgPool,
@@ -62,33 +81,28 @@ pub(crate) struct Rotation {
     pub(crate) state: Arc<RotationState>,
     /// Treat a token as expired this long before its `exp`.
     pub(crate) skew: Duration,
-    /// The token new connections present, and when to replace it.
-    pub(crate) current: Mutex<(Token, Option<OffsetDateTime>)>,
+    /// The token new connections present.
+    pub(crate) current: Mutex<Current>,
     pub(crate) refusal: tokio::sync::Mutex<Option<RefusalEndpoint>>,
 }
 
 impl Rotation {
     /// Starts rotating `pool`'s password, beginning with `first` (already in the pool's options).
     pub(crate) fn spawn(self) {
-        let now = OffsetDateTime::now_utc();
-        {
-            let mut current = lock(&self.current);
-            let margin = self.credential.options().refresh_margin;
-            current.1 = refresh_time(now, current.0.expires_at(), margin);
-        }
         tokio::spawn(supervise(Arc::new(self)));
     }
 
-    fn current(&self) -> (Token, Option<OffsetDateTime>) {
+    fn current(&self) -> Current {
         lock(&self.current).clone()
     }
 
-    /// The instant after which the current token must not be presented.
-    fn deadline(&self, token: &Token) -> Option<OffsetDateTime> {
-        let skew = time::Duration::try_from(self.skew).unwrap_or(time::Duration::ZERO);
-        token
-            .expires_at()
-            .map(|exp| exp.checked_sub(skew).unwrap_or(exp))
+    /// The instant after which the current token must not be presented: its expiry less the skew allowance
+    /// (at most a quarter of the token's lifetime, so a short-lived token is still used).
+    fn deadline(&self, current: &Current) -> Option<OffsetDateTime> {
+        let exp = current.token.expires_at()?;
+        let configured = time::Duration::try_from(self.skew).unwrap_or(time::Duration::ZERO);
+        let skew = configured.min((exp - current.installed_at) / 4);
+        Some(exp.checked_sub(skew).unwrap_or(exp))
     }
 
     /// New connections present `token` from now on.
@@ -112,12 +126,7 @@ impl Rotation {
             tracing::info!(after = %error, "the credential recovered: new connections are served again");
         }
         tracing::info!(expires_at = ?token.expires_at(), "new connections now use a fresh token");
-        let refresh_at = refresh_time(
-            now,
-            token.expires_at(),
-            self.credential.options().refresh_margin,
-        );
-        *lock(&self.current) = (token, refresh_at);
+        *lock(&self.current) = Current::new(token, self.credential.options().refresh_margin);
     }
 
     /// The current token has expired and no new one came: refuse new connections with `error`.
@@ -201,9 +210,12 @@ async fn run(rotation: Arc<Rotation>) {
     let closed = rotation.pool.close_event();
     tokio::pin!(closed);
     loop {
-        let (token, refresh_at) = rotation.current();
-        let deadline = rotation.deadline(&token);
-        let wake = refresh_at.unwrap_or_else(|| OffsetDateTime::now_utc() + STATIC_RECHECK);
+        let current = rotation.current();
+        let token = &current.token;
+        let deadline = rotation.deadline(&current);
+        let wake = current
+            .refresh_at
+            .unwrap_or_else(|| OffsetDateTime::now_utc() + STATIC_RECHECK);
         let wake = deadline.map_or(wake, |deadline| wake.min(deadline));
         tokio::select! {
             () = &mut closed => return,
@@ -233,7 +245,7 @@ async fn run(rotation: Arc<Rotation>) {
                 }
                 Ok(same) if same.expires_at().is_none() => {
                     // A static password that did not change: check again later.
-                    lock(&rotation.current).1 = None;
+                    lock(&rotation.current).refresh_at = None;
                     break;
                 }
                 // The cache served the last good token: its refresh is failing.

@@ -119,3 +119,28 @@ async fn no_token_password_or_service_account_token_reaches_logs_errors_or_debug
         }
     }
 }
+
+#[test]
+fn secrets_in_configuration_never_serialize_or_debug() {
+    // Scenario: a configuration with an inline static password and a registered source's table holding an
+    // api key: neither value appears in its Debug output nor in its serialized form.
+    let mut config = pgwi_credentials::CredentialConfig::default();
+    config.static_password.password = Some(pgwi_credentials::SecretString::new("inline-pw-4711"));
+    config.custom.insert(
+        "vault".into(),
+        serde_json::json!({ "api_key": "vault-key-0815" }),
+    );
+
+    let debug = format!("{config:?}");
+    let serialized = serde_json::to_string(&config).expect("serialize");
+
+    for text in [&debug, &serialized] {
+        assert!(!text.contains("inline-pw-4711"), "{text}");
+    }
+    assert!(!debug.contains("vault-key-0815"), "{debug}");
+    assert!(debug.contains("vault"), "the key stays visible: {debug}");
+    assert!(
+        serialized.contains(pgwi_credentials::REDACTED),
+        "{serialized}"
+    );
+}
