@@ -324,3 +324,49 @@ fn the_example_configuration_loads_in_every_profile() {
         });
     }
 }
+
+#[rstest::rstest]
+#[case::timeout_over_half_the_margin(
+    "PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS",
+    "200",
+    "credential.fetch_timeout_secs"
+)]
+#[case::zero_timeout(
+    "PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS",
+    "0",
+    "credential.fetch_timeout_secs"
+)]
+#[case::skew_not_below_the_margin(
+    "PGWI_CREDENTIAL__EXPIRY_SKEW_SECS",
+    "300",
+    "credential.expiry_skew_secs"
+)]
+#[case::zero_margin(
+    "PGWI_CREDENTIAL__REFRESH_MARGIN_SECS",
+    "0",
+    "credential.refresh_margin_secs"
+)]
+#[case::margin_of_years(
+    "PGWI_CREDENTIAL__REFRESH_MARGIN_SECS",
+    "99999999999",
+    "credential.refresh_margin_secs"
+)]
+fn timing_keys_are_checked_against_each_other(
+    #[case] variable: &str,
+    #[case] value: &str,
+    #[case] key: &str,
+) {
+    // Scenario: a fetch deadline that leaves no time to retry before expiry, a skew that swallows the
+    // margin, or a margin that is zero or absurd (it once overflowed the refresher) is refused at load time,
+    // naming the key and the variable it came from.
+    let message = error_with(
+        |jail| {
+            complete_env(jail);
+            jail.set_env(variable, value);
+            Ok(())
+        },
+        ConfigSources::default(),
+    );
+    assert!(message.contains(key), "{message}");
+    assert!(message.contains(variable), "{message}");
+}
