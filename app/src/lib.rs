@@ -8,4 +8,5 @@ pub mod demo;
 pub mod doctor;
 pub mod job;
 pub mod migration;
+pub mod telemetry;
 pub mod token;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use pgwi::cli::{Cli, dispatch, exit_status};
-use pgwi_core::telemetry::{self, LogFormat};
+use pgwi::telemetry::{self, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -21,7 +21,6 @@
 
 pub mod config;
 mod connect;
-pub mod telemetry;
 
 pub use config::{Config, ConfigError, LoadedConfig};
 pub use connect::{
