@@ -144,6 +144,7 @@ impl GlobalArgs {
                 sslmode: self.sslmode,
                 credential_kind: self.credential.clone(),
             },
+            demo_variables: true,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! pgwi's configuration: built-in defaults, then a profile of `pgwi.toml`, then the original demo's variables
-//! (`DBHOST`, `DBNAME`, `DBUSER`, `SSL_MODE`), then `PGWI_*` variables (`__` between levels), then
-//! command-line flags. Every error names the key, the layer it came from, and what was expected.
+//! pgwi's configuration: built-in defaults, then a profile of `pgwi.toml`, then (when asked for, as the
+//! `pgwi` binary does) the original demo's variables (`DBHOST`, `DBNAME`, `DBUSER`, `SSL_MODE`), then `PGWI_*`
+//! variables (`__` between levels), then command-line flags. Every error names the key, the layer it came from, and what was expected.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -176,6 +176,10 @@ pub struct ConfigSources {
     pub profile: Option<String>,
     /// Command-line flags.
     pub overrides: Overrides,
+    /// Read the original demo's variables `DBHOST`, `DBNAME`, `DBUSER` and `SSL_MODE` (between the file and
+    /// `PGWI_*`). Off by default: a host application's environment may use those names for something else.
+    /// The `pgwi` binary turns it on.
+    pub demo_variables: bool,
 }
 
 /// A configuration error: which key, from which layer, what was expected.
@@ -320,8 +324,8 @@ pub fn load_unchecked(sources: &ConfigSources) -> Result<LoadedConfig, ConfigErr
     if let Some(file) = &file {
         figment = figment.merge(Toml::file_exact(file).nested());
     }
-    figment = figment
-        .merge(
+    if sources.demo_variables {
+        figment = figment.merge(
             Env::raw()
                 .only(&DEMO_VARIABLES.map(|(var, _)| var))
                 .map(|var| {
@@ -331,7 +335,9 @@ pub fn load_unchecked(sources: &ConfigSources) -> Result<LoadedConfig, ConfigErr
                         .map_or(var.into(), |(_, key)| (*key).into())
                 })
                 .global(),
-        )
+        );
+    }
+    figment = figment
         .merge(
             Env::prefixed("PGWI_")
                 .filter(|key| key.as_str().contains("__"))

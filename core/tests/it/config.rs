@@ -17,6 +17,14 @@ port = 6432
 kind = "workload-identity"
 "#;
 
+/// What the `pgwi` binary reads: the demo's variables too.
+fn cronjob() -> ConfigSources {
+    ConfigSources {
+        demo_variables: true,
+        ..ConfigSources::default()
+    }
+}
+
 fn load(sources: &ConfigSources) -> Result<config::LoadedConfig, String> {
     config::load(sources).map_err(|e| e.to_string())
 }
@@ -29,10 +37,10 @@ fn each_layer_overrides_the_one_below() {
         jail.create_file("pgwi.toml", FILE)?;
         let sources = ConfigSources {
             profile: Some("aks".into()),
-            ..ConfigSources::default()
+            ..cronjob()
         };
 
-        let base = load(&ConfigSources::default())?;
+        let base = load(&cronjob())?;
         assert_eq!(
             base.config.database.host.as_deref(),
             Some("file-default.example.com")
@@ -120,7 +128,7 @@ fn the_profile_comes_from_pgwi_profile_and_the_file_from_pgwi_config() {
         jail.set_env("PGWI_CONFIG", "etc/custom.toml");
         jail.set_env("PGWI_PROFILE", "aks");
 
-        let loaded = load(&ConfigSources::default())?;
+        let loaded = load(&cronjob())?;
 
         assert_eq!(loaded.profile, "aks");
         assert_eq!(loaded.config.database.port, 6432);
@@ -141,7 +149,7 @@ fn demo_variables_alone_are_a_complete_configuration() {
         jail.set_env("DBUSER", "pgwi-app");
         jail.set_env("SSL_MODE", "require");
 
-        let loaded = load(&ConfigSources::default())?;
+        let loaded = load(&cronjob())?;
 
         let db = &loaded.config.database;
         assert_eq!(
@@ -183,7 +191,7 @@ fn a_non_numeric_port_names_the_variable_and_the_type() {
             jail.set_env("PGWI_DATABASE__PORT", "abc");
             Ok(())
         },
-        ConfigSources::default(),
+        cronjob(),
     );
     assert!(message.contains("database.port"), "{message}");
     assert!(message.contains("PGWI_DATABASE__PORT"), "{message}");
@@ -201,7 +209,7 @@ fn a_bad_value_in_the_file_names_the_file() {
             )?;
             Ok(())
         },
-        ConfigSources::default(),
+        cronjob(),
     );
     assert!(message.contains("pgwi.toml"), "{message}");
     assert!(message.contains("database.port"), "{message}");
@@ -215,7 +223,7 @@ fn an_unknown_key_is_refused() {
             jail.create_file("pgwi.toml", "[default.database]\nhostname = \"h\"\n")?;
             Ok(())
         },
-        ConfigSources::default(),
+        cronjob(),
     );
     assert!(message.contains("hostname"), "{message}");
 }
@@ -223,7 +231,7 @@ fn an_unknown_key_is_refused() {
 #[test]
 fn a_missing_host_says_where_to_set_it() {
     // Scenario: no host anywhere; the error names DBHOST and PGWI_DATABASE__HOST.
-    let message = error_with(|_| Ok(()), ConfigSources::default());
+    let message = error_with(|_| Ok(()), cronjob());
     assert!(message.contains("database.host"), "{message}");
     assert!(message.contains("DBHOST"), "{message}");
     assert!(message.contains("PGWI_DATABASE__HOST"), "{message}");
@@ -238,7 +246,7 @@ fn an_unknown_sslmode_lists_the_modes() {
             jail.set_env("SSL_MODE", "allow");
             Ok(())
         },
-        ConfigSources::default(),
+        cronjob(),
     );
     assert!(message.contains("database.sslmode"), "{message}");
     assert!(message.contains("verify-full"), "{message}");
@@ -254,7 +262,7 @@ fn weak_tls_to_a_remote_host_needs_allow_insecure() {
             jail.set_env("SSL_MODE", "disable");
             Ok(())
         },
-        ConfigSources::default(),
+        cronjob(),
     );
     assert!(refused.contains("allow_insecure"), "{refused}");
     assert!(refused.contains("SSL_MODE"), "{refused}");
@@ -263,16 +271,10 @@ fn weak_tls_to_a_remote_host_needs_allow_insecure() {
         complete_env(jail);
         jail.set_env("SSL_MODE", "disable");
         jail.set_env("PGWI_DATABASE__ALLOW_INSECURE", "true");
-        assert_eq!(
-            load(&ConfigSources::default())?.config.database.sslmode,
-            SslMode::Disable
-        );
+        assert_eq!(load(&cronjob())?.config.database.sslmode, SslMode::Disable);
         jail.set_env("PGWI_DATABASE__ALLOW_INSECURE", "false");
         jail.set_env("DBHOST", "localhost");
-        assert_eq!(
-            load(&ConfigSources::default())?.config.database.sslmode,
-            SslMode::Disable
-        );
+        assert_eq!(load(&cronjob())?.config.database.sslmode, SslMode::Disable);
         Ok(())
     });
 }
@@ -287,7 +289,7 @@ fn a_missing_profile_or_config_file_is_named() {
         },
         ConfigSources {
             profile: Some("staging".into()),
-            ..ConfigSources::default()
+            ..cronjob()
         },
     );
     assert!(profile.contains("\"staging\""), "{profile}");
@@ -297,7 +299,7 @@ fn a_missing_profile_or_config_file_is_named() {
         |_| Ok(()),
         ConfigSources {
             file: Some("missing.toml".into()),
-            ..ConfigSources::default()
+            ..cronjob()
         },
     );
     assert!(
@@ -317,7 +319,7 @@ fn the_example_configuration_loads_in_every_profile() {
             jail.create_file("pgwi.toml", &example)?;
             let loaded = load(&ConfigSources {
                 profile: Some(profile.into()),
-                ..ConfigSources::default()
+                ..cronjob()
             })?;
             assert!(loaded.config.database.host.is_some(), "{profile}");
             Ok(())
@@ -365,8 +367,42 @@ fn timing_keys_are_checked_against_each_other(
             jail.set_env(variable, value);
             Ok(())
         },
-        ConfigSources::default(),
+        cronjob(),
     );
     assert!(message.contains(key), "{message}");
     assert!(message.contains(variable), "{message}");
+}
+
+#[test]
+fn a_library_ignores_the_demo_variables_unless_asked() {
+    // Scenario: a host application whose environment has DBHOST/DBNAME/DBUSER for its own purposes loads
+    // pgwi's configuration with the default sources: those variables are not read (PGWI_* are).
+    Jail::expect_with(|jail| {
+        complete_env(jail);
+        jail.set_env("PGWI_DATABASE__HOST", "pgwi.example.com");
+        jail.set_env("PGWI_DATABASE__NAME", "pgwi_app");
+        jail.set_env("PGWI_DATABASE__USER", "pgwi-user");
+
+        let library = load(&ConfigSources::default())?;
+        let binary = load_unchecked_with_demo_only(jail)?;
+
+        assert_eq!(
+            library.config.database.host.as_deref(),
+            Some("pgwi.example.com")
+        );
+        assert_eq!(library.config.database.user.as_deref(), Some("pgwi-user"));
+        assert_eq!(binary.as_deref(), Some("db.example.com"));
+        Ok(())
+    });
+}
+
+/// The host the binary's sources resolve when only the demo's variables name one.
+fn load_unchecked_with_demo_only(jail: &mut Jail) -> Result<Option<String>, String> {
+    jail.clear_env();
+    complete_env(jail);
+    Ok(config::load_unchecked(&cronjob())
+        .map_err(|e| e.to_string())?
+        .config
+        .database
+        .host)
 }

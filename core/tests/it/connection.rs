@@ -28,8 +28,13 @@ async fn the_demo_variables_alone_connect(#[future(awt)] fresh_db: TestDatabase)
         jail.set_env("DBNAME", fresh_db.name());
         jail.set_env("DBUSER", &role.name);
         jail.set_env("SSL_MODE", "require");
-        loaded =
-            Some(pgwi_core::config::load(&ConfigSources::default()).map_err(|e| e.to_string())?);
+        loaded = Some(
+            pgwi_core::config::load(&ConfigSources {
+                demo_variables: true,
+                ..ConfigSources::default()
+            })
+            .map_err(|e| e.to_string())?,
+        );
         Ok(())
     });
     let config = loaded.expect("config").config;
