@@ -10,6 +10,19 @@ use pgwi_credentials::CachedTokenSource;
 use sea_orm::sqlx;
 use std::sync::Arc;
 
+/// The `admin` section of the configuration: the application identity that `pgwi admin bootstrap` creates
+/// on the server (each key can also be given as a flag).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The application's managed identity NAME (the role to create).
+    pub identity_name: Option<String>,
+    /// Its object (principal) id.
+    pub object_id: Option<String>,
+    /// The application database to create, owned by that role.
+    pub app_database: Option<String>,
+}
+
 /// What to bootstrap.
 #[derive(Debug, Clone)]
 pub struct Bootstrap {

@@ -145,6 +145,7 @@ impl GlobalArgs {
                 credential_kind: self.credential.clone(),
             },
             demo_variables: true,
+            app_sections: vec!["admin".into()],
         }
     }
 }
@@ -260,7 +261,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin {
             action: AdminAction::Bootstrap(args),
         } => {
-            let config = pgwi_core::config::load(&sources)?.config;
+            let loaded = pgwi_core::config::load(&sources)?;
+            let admin_config: bootstrap::AdminConfig = loaded.section("admin")?;
+            let config = loaded.config;
             let missing = |flag: &str, key: &str| ConfigError::Rejected {
                 key: format!("admin.{key}"),
                 origin: "nowhere".into(),
@@ -273,15 +276,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let spec = bootstrap::Bootstrap {
                 identity_name: args
                     .identity_name
-                    .or(config.admin.identity_name.clone())
+                    .or(admin_config.identity_name.clone())
                     .ok_or_else(|| missing("--identity-name", "identity_name"))?,
                 object_id: args
                     .object_id
-                    .or(config.admin.object_id.clone())
+                    .or(admin_config.object_id.clone())
                     .ok_or_else(|| missing("--object-id", "object_id"))?,
                 database: args
                     .app_database
-                    .or(config.admin.app_database.clone())
+                    .or(admin_config.app_database.clone())
                     .ok_or_else(|| missing("--app-database", "app_database"))?,
             };
             let credential = SourceRegistry::default()

@@ -15,28 +15,15 @@ pub const DEFAULT_CONFIG_FILE: &str = "pgwi.toml";
 /// The profile used when neither `--profile` nor `PGWI_PROFILE` names one.
 pub const DEFAULT_PROFILE: &str = "default";
 
-/// All of pgwi's settings.
+/// All of pgwi's settings. Top-level tables other than these are refused, except the ones the caller
+/// declares as its own ([`ConfigSources::app_sections`]), which it reads with [`LoadedConfig::section`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     /// Where and how to connect.
     pub database: DatabaseConfig,
     /// Where passwords come from.
     pub credential: CredentialConfig,
-    /// What `pgwi admin bootstrap` sets up.
-    pub admin: AdminConfig,
-}
-
-/// The `admin` section: the application identity that `pgwi admin bootstrap` creates on the server.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminConfig {
-    /// The application's managed identity NAME (the role to create).
-    pub identity_name: Option<String>,
-    /// Its object (principal) id.
-    pub object_id: Option<String>,
-    /// The application database to create, owned by that role.
-    pub app_database: Option<String>,
 }
 
 /// TLS requirements for the connection, as libpq names them.
@@ -180,6 +167,9 @@ pub struct ConfigSources {
     /// `PGWI_*`). Off by default: a host application's environment may use those names for something else.
     /// The `pgwi` binary turns it on.
     pub demo_variables: bool,
+    /// Top-level tables the application owns (e.g. `admin` for the `pgwi` binary): accepted next to
+    /// `database` and `credential`, and read with [`LoadedConfig::section`].
+    pub app_sections: Vec<String>,
 }
 
 /// A configuration error: which key, from which layer, what was expected.
@@ -241,6 +231,24 @@ impl fmt::Debug for LoadedConfig {
 }
 
 impl LoadedConfig {
+    /// The application's own top-level table `name` (declared in [`ConfigSources::app_sections`]), with the
+    /// same layers and error reporting as pgwi's; its defaults when absent.
+    pub fn section<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        if self.figment.find_value(name).is_err() {
+            return Ok(T::default());
+        }
+        self.figment
+            .extract_inner(name)
+            .map_err(|e| ConfigError::Invalid {
+                message: describe_error(e, &self.profile),
+                file: self.file.clone(),
+                profile: self.profile.clone(),
+            })
+    }
+
     /// Where the value of `key` (e.g. `database.host`) came from: a file, a variable, a flag or the
     /// defaults.
     pub fn origin(&self, key: &str) -> String {
@@ -365,11 +373,31 @@ pub fn load_unchecked(sources: &ConfigSources) -> Result<LoadedConfig, ConfigErr
         )));
     }
     let figment = figment.select(profile.as_str());
-    let config: Config = figment.extract().map_err(|e| ConfigError::Invalid {
+    let invalid = |e: figment::Error| ConfigError::Invalid {
         message: describe_error(e, &profile),
         file: file.clone(),
         profile: profile.clone(),
-    })?;
+    };
+    let tables: std::collections::BTreeMap<String, figment::value::Value> =
+        figment.extract().map_err(invalid)?;
+    if let Some(unknown) = tables.keys().find(|key| {
+        !["database", "credential"].contains(&key.as_str()) && !sources.app_sections.contains(key)
+    }) {
+        return Err(ConfigError::Rejected {
+            key: unknown.clone(),
+            origin: origin(&figment, &profile, unknown),
+            problem: "is not a known section".into(),
+            fix: format!(
+                "known sections: database, credential{}",
+                sources
+                    .app_sections
+                    .iter()
+                    .map(|s| format!(", {s}"))
+                    .collect::<String>()
+            ),
+        });
+    }
+    let config: Config = figment.extract().map_err(invalid)?;
     Ok(LoadedConfig {
         config,
         profile,

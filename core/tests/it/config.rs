@@ -17,10 +17,11 @@ port = 6432
 kind = "workload-identity"
 "#;
 
-/// What the `pgwi` binary reads: the demo's variables too.
+/// What the `pgwi` binary reads: the demo's variables too, and its own `admin` section.
 fn cronjob() -> ConfigSources {
     ConfigSources {
         demo_variables: true,
+        app_sections: vec!["admin".into()],
         ..ConfigSources::default()
     }
 }
@@ -405,4 +406,44 @@ fn load_unchecked_with_demo_only(jail: &mut Jail) -> Result<Option<String>, Stri
         .config
         .database
         .host)
+}
+
+#[test]
+fn sections_are_pgwis_or_declared_by_the_application() {
+    // Scenario: a misspelt top-level table is refused naming the file and the known sections; a table the
+    // application declared is accepted and read through `section`, with its own types checked.
+    #[derive(Debug, Default, serde::Deserialize)]
+    struct Jobs {
+        batch_size: u32,
+    }
+    let message = error_with(
+        |jail| {
+            complete_env(jail);
+            jail.create_file("pgwi.toml", "[default.databse]\nhost = \"h\"\n")?;
+            Ok(())
+        },
+        cronjob(),
+    );
+    assert!(
+        message.contains("databse") && message.contains("known sections"),
+        "{message}"
+    );
+    assert!(message.contains("pgwi.toml"), "{message}");
+
+    Jail::expect_with(|jail| {
+        complete_env(jail);
+        jail.create_file("pgwi.toml", "[default.jobs]\nbatch_size = 50\n")?;
+        let sources = ConfigSources {
+            app_sections: vec!["jobs".into()],
+            ..cronjob()
+        };
+        let loaded = load(&sources)?;
+        let jobs: Jobs = loaded.section("jobs").map_err(|e| e.to_string())?;
+        assert_eq!(jobs.batch_size, 50);
+        let absent: Jobs = load(&cronjob())
+            .map(|l| l.section("jobs").expect("absent section: defaults"))
+            .unwrap_or_default();
+        assert_eq!(absent.batch_size, 0);
+        Ok(())
+    });
 }
