@@ -5,7 +5,7 @@
 //! schema `public`, and grants it the database. Running it twice changes nothing.
 
 use anyhow::Context as _;
-use pgwi_core::{Config, Database};
+use pgwi_core::{Config, RotatingPool};
 use pgwi_credentials::CachedTokenSource;
 use sea_orm::sqlx;
 use std::sync::Arc;
@@ -62,7 +62,7 @@ fn ident(name: &str) -> String {
 /// Runs the bootstrap through `admin` (connected to a maintenance database such as `postgres`); connects to
 /// the application database with the same credential for the schema step.
 pub async fn run(
-    admin: &Database,
+    admin: &RotatingPool,
     config: &Config,
     credential: Arc<CachedTokenSource>,
     spec: &Bootstrap,

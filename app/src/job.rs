@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use pgwi_core::Database;
+use pgwi_core::RotatingPool;
 use pgwi_credentials::TokenSource as _;
 use sea_orm::sqlx;
 use tracing::Instrument as _;
@@ -39,7 +39,7 @@ pub enum RunError {
 
 /// Applies pending migrations, then writes the rows. `cancel` resolving stops the run.
 pub async fn run(
-    db: &Database,
+    db: &RotatingPool,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
@@ -156,7 +156,7 @@ async fn write_rows(conn: &mut sqlx::PgConnection) -> anyhow::Result<i32> {
 }
 
 /// The inventory as it is now, by name.
-pub async fn inventory(db: &Database) -> anyhow::Result<Vec<(String, i32)>> {
+pub async fn inventory(db: &RotatingPool) -> anyhow::Result<Vec<(String, i32)>> {
     Ok(
         sqlx::query_as("SELECT name::text, quantity FROM inventory ORDER BY name")
             .fetch_all(db.pool())

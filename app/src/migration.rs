@@ -137,7 +137,7 @@ pub enum Change {
 }
 
 /// Name and whether it is applied, for each migration.
-pub async fn status(db: &pgwi_core::Database) -> Result<Vec<(String, bool)>, DbErr> {
+pub async fn status(db: &pgwi_core::RotatingPool) -> Result<Vec<(String, bool)>, DbErr> {
     let all = Migrator::get_migration_with_status(db.connection()).await?;
     Ok(all
         .iter()

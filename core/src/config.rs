@@ -477,10 +477,30 @@ pub fn is_local_host(host: &str) -> bool {
 }
 
 fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
-    let db = &loaded.config.database;
+    check(&loaded.config, &|key| loaded.origin(key), &loaded.profile)
+}
+
+impl Config {
+    /// The checks [`load`] makes, for a configuration built another way (an application's own settings):
+    /// a host, database and user; TLS for remote hosts; sane pool and timing values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            self,
+            &|_| "the configuration given to pgwi".into(),
+            DEFAULT_PROFILE,
+        )
+    }
+}
+
+fn check(
+    config: &Config,
+    origin: &dyn Fn(&str) -> String,
+    profile: &str,
+) -> Result<(), ConfigError> {
+    let db = &config.database;
     let reject = |key: &str, problem: String, fix: &str| ConfigError::Rejected {
         key: key.into(),
-        origin: loaded.origin(key),
+        origin: origin(key),
         problem,
         fix: fix.into(),
     };
@@ -491,7 +511,7 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         fix: format!(
             "set {demo}, {env}, or `{}` in the [{}] profile of pgwi.toml",
             key.rsplit('.').next().unwrap_or(key),
-            loaded.profile
+            profile
         ),
     };
     let host = db
@@ -534,7 +554,7 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             "set the seconds connecting may take, e.g. 30",
         ));
     }
-    if let Some((key, problem, fix)) = loaded.config.credential.timing_problem() {
+    if let Some((key, problem, fix)) = config.credential.timing_problem() {
         return Err(reject(key, problem, &fix));
     }
     if let Some(ca) = &db.ssl_root_cert

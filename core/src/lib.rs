@@ -11,11 +11,12 @@
 //! use pgwi_core::config::{self, ConfigSources};
 //! use sea_orm::ConnectionTrait as _;
 //!
-//! // defaults < pgwi.toml profile < DBHOST/DBNAME/DBUSER/SSL_MODE < PGWI_* < flags
+//! // defaults < pgwi.toml profile < PGWI_* variables
 //! let loaded = config::load(&ConfigSources::default())?;
-//! let db = pgwi_core::connect(&loaded.config).await?;
-//! db.connection().execute_unprepared("SELECT 1").await?;
-//! db.close().await;
+//! // Keep only the SeaORM connection: the password rotation lives as long as the pool under it.
+//! let connection = pgwi_core::connect(&loaded.config).await?.connection().clone();
+//! connection.execute_unprepared("SELECT 1").await?;
+//! connection.close().await?;
 //! # Ok(()) }
 //! ```
 
@@ -24,6 +25,6 @@ mod connect;
 
 pub use config::{Config, ConfigError, LoadedConfig};
 pub use connect::{
-    AuthenticationFailure, ConnectError, Database, RotationStats, connect, connect_with,
-    fix_for_sqlstate,
+    AuthenticationFailure, ConnectError, Connector, RotatingPool, RotationStats, connect,
+    connect_with, fix_for_sqlstate,
 };

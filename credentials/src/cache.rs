@@ -122,6 +122,14 @@ impl CachedTokenSource {
         }
     }
 
+    /// `source` itself when it is a cache already, else a new cache with `options` in front of it.
+    pub fn wrap(source: Arc<dyn TokenSource>, options: CacheOptions) -> Arc<Self> {
+        source
+            .clone()
+            .as_cached()
+            .unwrap_or_else(|| Arc::new(Self::new(source, options)))
+    }
+
     /// The options in force.
     pub fn options(&self) -> CacheOptions {
         self.options
@@ -355,5 +363,9 @@ impl TokenSource for CachedTokenSource {
 
     fn info(&self) -> SourceInfo {
         self.inner.info()
+    }
+
+    fn as_cached(self: Arc<Self>) -> Option<Arc<CachedTokenSource>> {
+        Some(self)
     }
 }

@@ -1,10 +1,11 @@
 //! The `TokenSource` trait: anything that yields the password for the next new database connection.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::{CredentialError, Token};
+use crate::{CachedTokenSource, CredentialError, Token};
 
 /// Yields the password for the next NEW database connection.
 ///
@@ -16,6 +17,12 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
 
     /// A short, secret-free description for logs and diagnostics.
     fn info(&self) -> SourceInfo;
+
+    /// This source as a [`CachedTokenSource`], when it is one: callers that need a cache (pgwi-core's pool)
+    /// use it as it is instead of putting a second cache in front.
+    fn as_cached(self: Arc<Self>) -> Option<Arc<CachedTokenSource>> {
+        None
+    }
 }
 
 /// What a source is, without secrets: its kind and the settings that identify it (client id, tenant, ...).

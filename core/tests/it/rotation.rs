@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use pgwi_core::{Config, ConnectError, Database, connect_with};
+use pgwi_core::{Config, ConnectError, RotatingPool, connect_with};
 use pgwi_credentials::{
     CacheOptions, CachedTokenSource, CredentialConfig, CredentialError, Environment, ErrorKind,
     SourceContext, SourceInfo, SourceRegistry, Token, TokenSource,
@@ -111,7 +111,7 @@ impl Setup {
         ))
     }
 
-    async fn connect(&self) -> Database {
+    async fn connect(&self) -> RotatingPool {
         connect_with(&self.config, self.cache(self.source.clone()))
             .await
             .expect("connect")
@@ -143,7 +143,7 @@ impl Setup {
 }
 
 /// Opens a NEW physical connection through `db`'s pool even while idle ones exist.
-async fn new_connection(db: &Database) -> Result<(), ConnectError> {
+async fn new_connection(db: &RotatingPool) -> Result<(), ConnectError> {
     let mut held = Vec::new();
     // Take every idle connection, so the next acquire must open one.
     while db.pool().num_idle() > 0 {

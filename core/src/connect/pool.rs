@@ -1,0 +1,167 @@
+//! Building the sqlx pool: the connection target, each connection's options (without a password: the
+//! rotation adds it), and the first connection, retried while a server is starting.
+
+use std::time::{Duration, Instant};
+
+use pgwi_credentials::{CachedTokenSource, Token, TokenSource as _};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sea_orm::sqlx::{self, ConnectOptions as _, PgPool, pool::PoolConnection};
+
+use super::{AuthenticationFailure, ConnectError};
+use crate::config::{ConfigError, DatabaseConfig, SslMode, split_host_port};
+
+/// The resolved connection target.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) database: String,
+    pub(crate) user: String,
+    /// `user = "auto"`: the user follows the claims of the token in use.
+    pub(crate) user_from_token: bool,
+}
+
+pub(crate) fn resolve_host(db: &DatabaseConfig) -> Result<(String, u16), ConnectError> {
+    let raw = db.host.clone().unwrap_or_default();
+    let (host, port) = split_host_port(&raw).map_err(|problem| {
+        ConnectError::Config(ConfigError::Rejected {
+            key: "database.host".into(),
+            origin: "configuration".into(),
+            problem,
+            fix: "write host or host:port".into(),
+        })
+    })?;
+    Ok((host, port.unwrap_or(db.port)))
+}
+
+pub(crate) fn resolve_user(
+    db: &DatabaseConfig,
+    token: &Token,
+    credential: &CachedTokenSource,
+) -> Result<String, ConnectError> {
+    match db.user.as_deref().map(str::trim) {
+        Some("auto") => token
+            .claims()
+            .and_then(|c| c.database_user())
+            .inspect(|user| tracing::info!(%user, "database.user = auto: derived the user from the token's claims"))
+            .ok_or_else(|| ConnectError::UserNotDerivable {
+                source_kind: credential.info().kind,
+            }),
+        Some(user) => Ok(user.to_owned()),
+        None => Err(ConnectError::Config(ConfigError::Rejected {
+            key: "database.user".into(),
+            origin: "nowhere".into(),
+            problem: "is not set".into(),
+            fix: "set DBUSER, PGWI_DATABASE__USER or database.user".into(),
+        })),
+    }
+}
+
+pub(crate) fn base_options(db: &DatabaseConfig, target: &Target) -> PgConnectOptions {
+    let mut options = PgConnectOptions::new_without_pgpass()
+        .host(&target.host)
+        .port(target.port)
+        .database(&target.database)
+        .username(&target.user)
+        .ssl_mode(match db.sslmode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        })
+        .application_name(&db.application_name)
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
+    if let Some(ca) = &db.ssl_root_cert {
+        options = options.ssl_root_cert(ca);
+    }
+    if db.statement_timeout_secs > 0 {
+        options = options.options([(
+            "statement_timeout",
+            format!("{}s", db.statement_timeout_secs),
+        )]);
+    }
+    options
+}
+
+pub(crate) fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+}
+
+/// Opens the first connection, retrying transient failures with jittered backoff within the connect timeout.
+pub(crate) async fn establish(
+    pool: &PgPool,
+    db: &DatabaseConfig,
+    target: &Target,
+    token: &Token,
+) -> Result<PoolConnection<sqlx::Postgres>, ConnectError> {
+    let started = Instant::now();
+    let limit = Duration::from_secs(db.connect_timeout_secs);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let error = match pool.acquire().await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => e,
+        };
+        let code = sqlstate(&error);
+        match code.as_deref() {
+            Some(code @ ("28P01" | "28000")) => {
+                return Err(ConnectError::Authentication(Box::new(
+                    AuthenticationFailure {
+                        host: target.host.clone(),
+                        port: target.port,
+                        user: target.user.clone(),
+                        database: target.database.clone(),
+                        code: code.to_owned(),
+                        message: error
+                            .as_database_error()
+                            .map(|e| e.message().to_owned())
+                            .unwrap_or_default(),
+                        audience: token.claims().and_then(|c| c.get("aud")).map_or_else(
+                            || "no token claims: a static password".into(),
+                            |aud| format!("the token's is {aud}"),
+                        ),
+                    },
+                )));
+            }
+            Some("57P03" | "53300") => {}
+            Some(_) => return Err(ConnectError::from_sqlx(error)),
+            None => match &error {
+                sqlx::Error::Tls(detail) => {
+                    return Err(ConnectError::Tls {
+                        host: target.host.clone(),
+                        port: target.port,
+                        sslmode: db.sslmode,
+                        detail: detail.to_string(),
+                    });
+                }
+                sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(ConnectError::Tls {
+                        host: target.host.clone(),
+                        port: target.port,
+                        sslmode: db.sslmode,
+                        detail: io.to_string(),
+                    });
+                }
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {}
+                _ => return Err(ConnectError::from_sqlx(error)),
+            },
+        }
+        let jittered = backoff.mul_f64(0.5 + fastrand::f64());
+        if started.elapsed() + jittered >= limit {
+            return Err(ConnectError::Unreachable {
+                host: target.host.clone(),
+                port: target.port,
+                waited_secs: started.elapsed().as_secs(),
+                last: error.to_string(),
+            });
+        }
+        tracing::warn!(error = %error, retry_in_ms = jittered.as_millis() as u64, "PostgreSQL not reachable yet; retrying");
+        tokio::time::sleep(jittered).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
