@@ -36,8 +36,10 @@ impl Executor for DeadlineExecutor {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .process_group(0)
             .kill_on_drop(true);
+        // Its own process group, so that the shell, az and az's Python can be ended together.
+        #[cfg(unix)]
+        command.process_group(0);
         if self.env.is_fixed()
             && let Some(path) = self.env.get("PATH")
         {
@@ -48,12 +50,17 @@ impl Executor for DeadlineExecutor {
         match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Ok(output) => output,
             Err(_) => {
-                if let Some(pid) = group {
-                    // The shell's children (az and its Python) are in the same group: end them all.
-                    let _ = std::process::Command::new("kill")
-                        .args(["-KILL", "--", &format!("-{pid}")])
-                        .status();
+                // Dropping the wait killed the shell (kill_on_drop); its children are in its group.
+                #[cfg(unix)]
+                if let Some(group) = group
+                    .and_then(|pid| i32::try_from(pid).ok())
+                    .and_then(rustix::process::Pid::from_raw)
+                {
+                    let _ =
+                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
                 }
+                #[cfg(not(unix))]
+                let _ = group;
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!(
