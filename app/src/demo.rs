@@ -2,6 +2,10 @@
 //! through pgwi-testsupport, then runs the job twice — with a static password, then with workload identity
 //! against the local Entra ID stand-in, given the same environment AKS injects — and prints the rows and the
 //! token refreshes it saw.
+//!
+//! The identity's role is a token role: the server accepts any unexpired token the stand-in signed for it,
+//! as Azure does. Where the server cannot check tokens (the native backend not running as root), the demo
+//! says so and falls back to making each issued token the role's password.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +18,7 @@ use pgwi_credentials::{
 };
 use pgwi_testsupport::entra::{EntraOptions, EntraStandIn, IssuedToken, write_token_file};
 use pgwi_testsupport::jwt::ServiceAccountToken;
-use pgwi_testsupport::{PasswordAuth, TestDatabase, TestPostgres};
+use pgwi_testsupport::{PasswordAuth, TestDatabase, TestPostgres, TestSupportError};
 
 use crate::job;
 
@@ -93,27 +97,46 @@ pub async fn run() -> anyhow::Result<()> {
     let sa_token = ServiceAccountToken::default().encode();
     let dir = tempfile::tempdir()?;
     let token_file = write_token_file(dir.path(), &sa_token)?;
-    let mut options = EntraOptions::new(sa_token);
-    options.identity_name = format!("{}_app", db.name());
+    let identity = format!("{}_app", db.name());
+    // The stand-in's "Azure": the identity is a token role, so the server accepts every unexpired token the
+    // stand-in signs for it.
+    let token_roles = match db.create_token_role(&identity).await {
+        Ok(()) => true,
+        Err(TestSupportError::NoTokenChecks(why)) => {
+            println!(
+                "\nnote: this server cannot check tokens ({why}); each issued token becomes the role's \
+                 password instead"
+            );
+            false
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut options = if token_roles {
+        EntraOptions::for_server(sa_token, server)
+    } else {
+        EntraOptions::new(sa_token)
+    };
+    options.identity_name = identity;
     options.token_lifetime = Duration::from_secs(6);
     let entra = EntraStandIn::start(options).await?;
-    let hook_db = db.clone();
-    // The stand-in's "Azure": each issued token becomes the identity's password before it is returned.
-    entra.set_on_issue(Arc::new(move |issued: IssuedToken| {
-        let db = hook_db.clone();
-        Box::pin(async move {
-            if let Err(e) = db
-                .ensure_role(
-                    &issued.identity_name,
-                    &issued.token,
-                    PasswordAuth::Cleartext,
-                )
-                .await
-            {
-                tracing::error!(error = %e, "the demo could not accept a token");
-            }
-        })
-    }));
+    if !token_roles {
+        let hook_db = db.clone();
+        entra.set_on_issue(Arc::new(move |issued: IssuedToken| {
+            let db = hook_db.clone();
+            Box::pin(async move {
+                if let Err(e) = db
+                    .ensure_role(
+                        &issued.identity_name,
+                        &issued.token,
+                        PasswordAuth::Cleartext,
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "the demo could not accept a token");
+                }
+            })
+        }));
+    }
     let webhook_env = entra.webhook_environment(&token_file);
     println!("\nworkload identity environment (as the AKS webhook injects it):");
     for (name, value) in &webhook_env {

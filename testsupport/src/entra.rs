@@ -6,6 +6,11 @@
 //! on demand. In-process tests reach it through [`EntraStandIn::azure_client_options`]; a child process
 //! through `AZURE_AUTHORITY_HOST` = [`EntraStandIn::authority_host`] and `SSL_CERT_FILE` =
 //! [`EntraStandIn::ca_file`].
+//!
+//! With [`EntraOptions::signing_key`] (set by [`EntraOptions::for_server`]) it issues compact HS256 tokens
+//! signed with the test server's key, which the server accepts for the identity's token role until they
+//! expire, as Azure accepts Entra's tokens. Without a key its tokens carry random signatures and a test makes
+//! the server accept them itself (for example with an [`IssueHook`] that sets the role's password).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -62,6 +67,10 @@ pub struct EntraOptions {
     /// Give every token its own identity name (`<identity_name>-<n>`), so a test can make one role per
     /// token: PostgreSQL holds one password per role, while Azure accepts every unexpired token.
     pub identity_per_token: bool,
+    /// Sign compact HS256 tokens with this key (the test server's
+    /// [`crate::TestPostgres::token_signing_key`]), which the server checks as Azure does. `None`: Entra-like
+    /// tokens with random signatures.
+    pub signing_key: Option<Vec<u8>>,
 }
 
 /// A token the stand-in issued, as seen by an [`IssueHook`].
@@ -101,6 +110,10 @@ impl std::fmt::Debug for EntraOptions {
             .field("token_lifetime", &self.token_lifetime)
             .field("identity_name", &self.identity_name)
             .field("identity_per_token", &self.identity_per_token)
+            .field(
+                "signing_key",
+                &self.signing_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -117,8 +130,57 @@ impl EntraOptions {
             identity_name: "pgwi-app".into(),
             object_id: "0b5d2c47-9a0e-4b6f-8f55-a1b2c3d4e5f6".into(),
             identity_per_token: false,
+            signing_key: None,
         }
     }
+
+    /// Options for a fresh identity, expecting `assertion`, whose tokens `server` accepts: they are signed
+    /// with its key. The identity's role must be a token role
+    /// ([`crate::TestDatabase::create_token_role`] with [`Self::identity_name`]).
+    pub fn for_server(assertion: impl Into<String>, server: &crate::TestPostgres) -> Self {
+        Self {
+            signing_key: Some(server.token_signing_key().to_vec()),
+            ..Self::new(assertion)
+        }
+    }
+}
+
+/// The `xms_mirid` of a user-assigned managed identity named `name`, kept short for compact tokens.
+fn compact_mirid(name: &str) -> String {
+    format!(
+        "/subscriptions/0/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+    )
+}
+
+/// A compact token the test server can check: HS256, and only `aud`, `iat`, `exp`, `jti`, `xms_mirid`.
+/// Refused (with the reason) when it would be longer than [`jwt::MAX_CHECKABLE_TOKEN_LEN`]: PAM would cut
+/// it, and the server refuse it.
+fn compact_token(
+    identity_name: &str,
+    now: i64,
+    lifetime: i64,
+    key: &[u8],
+) -> Result<String, String> {
+    let token = jwt::sign_compact(
+        &json!({
+            "aud": jwt::POSTGRES_AUDIENCE,
+            "iat": now,
+            "exp": now + lifetime,
+            // Tokens issued in the same second must still differ.
+            "jti": random_alphanumeric(8),
+            "xms_mirid": compact_mirid(identity_name),
+        }),
+        key,
+    );
+    if token.len() > jwt::MAX_CHECKABLE_TOKEN_LEN {
+        return Err(format!(
+            "the Entra stand-in will not issue a {}-byte token for identity {identity_name:?}: the test \
+             server's PAM checker gets at most {} bytes of a password; use a shorter identity name",
+            token.len(),
+            jwt::MAX_CHECKABLE_TOKEN_LEN
+        ));
+    }
+    Ok(token)
 }
 
 #[derive(Default)]
@@ -465,21 +527,37 @@ async fn token_endpoint(
     } else {
         options.identity_name.clone()
     };
-    let token = jwt::encode(&json!({
-        "aud": "https://ossrdbms-aad.database.windows.net",
-        "iss": format!("https://sts.windows.net/{}/", options.tenant_id),
-        "iat": now, "nbf": now, "exp": now + lifetime,
-        "appid": options.client_id,
-        "oid": options.object_id,
-        "sub": options.object_id,
-        "tid": options.tenant_id,
-        "idtyp": "app",
-        "xms_mirid": format!(
-            "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/pgwi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
-            identity_name
-        ),
-        "uti": random_alphanumeric(22),
-    }));
+    let token = match &options.signing_key {
+        Some(key) => match compact_token(&identity_name, now, lifetime, key) {
+            Ok(token) => token,
+            Err(why) => {
+                return refuse(
+                    why.clone(),
+                    entra_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        50000,
+                        &why,
+                    ),
+                );
+            }
+        },
+        None => jwt::encode(&json!({
+            "aud": jwt::POSTGRES_AUDIENCE,
+            "iss": format!("https://sts.windows.net/{}/", options.tenant_id),
+            "iat": now, "nbf": now, "exp": now + lifetime,
+            "appid": options.client_id,
+            "oid": options.object_id,
+            "sub": options.object_id,
+            "tid": options.tenant_id,
+            "idtyp": "app",
+            "xms_mirid": format!(
+                "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/pgwi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+                identity_name
+            ),
+            "uti": random_alphanumeric(22),
+        })),
+    };
     let hook = lock(&shared.on_issue).clone();
     if let Some(hook) = hook {
         hook(IssuedToken {
@@ -505,4 +583,29 @@ pub fn write_token_file(dir: &Path, token: &str) -> Result<PathBuf, TestSupportE
     std::fs::write(&path, token)
         .map_err(TestSupportError::io(format!("writing {}", path.display())))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_tokens_fit_pam_and_differ_within_a_second() {
+        // Scenario: signed tokens for a typical identity stay within what PAM hands the checker, two issued in
+        // the same second differ, and an identity name that would overflow the limit is refused with the
+        // reason.
+        let key = [7u8; 32];
+        let first =
+            compact_token("pgwi_t123456_0_abcdef_app", 1_764_400_000, 3600, &key).expect("token");
+        let second =
+            compact_token("pgwi_t123456_0_abcdef_app", 1_764_400_000, 3600, &key).expect("token");
+        assert!(
+            first.len() <= jwt::MAX_CHECKABLE_TOKEN_LEN,
+            "{}",
+            first.len()
+        );
+        assert_ne!(first, second);
+        let why = compact_token(&"x".repeat(200), 1_764_400_000, 3600, &key).unwrap_err();
+        assert!(why.contains("use a shorter identity name"), "{why}");
+    }
 }

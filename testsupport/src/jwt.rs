@@ -1,5 +1,9 @@
-//! JWT-shaped test tokens: projected service-account tokens and Entra access tokens. Their signatures are
-//! random bytes: nothing here verifies them, and nothing must.
+//! JWT-shaped test tokens: projected service-account tokens and Entra access tokens.
+//!
+//! [`encode`] makes tokens whose signatures are random bytes, for inputs nothing verifies (the projected
+//! service-account token, az's tokens where no server judges them). [`sign_compact`] makes HS256 tokens that
+//! the test PostgreSQL's token checker verifies with the server's key ([`crate::TestPostgres::token_signing_key`]),
+//! as Azure verifies Entra's signature.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,6 +12,11 @@ use serde_json::{Value, json};
 
 /// The audience AKS projects for workload identity.
 pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The audience of Entra tokens for Azure Database for PostgreSQL (`aud`), which the test server requires.
+pub const POSTGRES_AUDIENCE: &str = "https://ossrdbms-aad.database.windows.net";
+/// The longest token the test server can check: PAM hands its checker at most 511 bytes of a password
+/// (`PAM_MAX_RESP_SIZE` 512, NUL included); we keep one byte of margin.
+pub const MAX_CHECKABLE_TOKEN_LEN: usize = 510;
 
 /// Seconds since the epoch.
 pub fn unix_now() -> i64 {
@@ -29,6 +38,23 @@ pub fn encode(claims: &Value) -> String {
         b64(claims.to_string().as_bytes()),
         b64(&signature)
     )
+}
+
+/// Signs `claims` as a compact HS256 JWT (`{"alg":"HS256","typ":"JWT"}`) with `key`. With the test server's
+/// key ([`crate::TestPostgres::token_signing_key`]) and the right `aud`, identity claim and `exp`, the server
+/// accepts it for a token role; anything else it refuses, as Azure would.
+pub fn sign_compact(claims: &Value, key: &[u8]) -> String {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let signed = format!(
+        "{}.{}",
+        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+        signed.as_bytes(),
+    );
+    format!("{signed}.{}", b64(tag.as_ref()))
 }
 
 /// What a projected service-account token says.

@@ -1,6 +1,10 @@
 //! Test support for pgwi: a real PostgreSQL (TLS on, password authentication, never `trust`) shared by one test
 //! binary with a fresh database per test, and local stand-ins for the services pgwi talks to.
 //!
+//! The server judges Entra-style tokens as Azure does for roles in [`TOKEN_GROUP`] (any unexpired token for the
+//! role, signed with [`TestPostgres::token_signing_key`]); the Entra stand-in issues such tokens when given that
+//! key ([`entra::EntraOptions::for_server`]).
+//!
 //! The PostgreSQL backend is chosen by `PGWI_TEST_POSTGRES` (`auto`, `container`, `native`, `external`); see
 //! [`postgres`] and the README's "Testing" section.
 
@@ -12,7 +16,10 @@ pub mod logs;
 pub mod postgres;
 pub mod tls;
 
-pub use postgres::{Backend, PasswordAuth, TestDatabase, TestPostgres, TestRole};
+pub use postgres::{
+    Backend, CLEARTEXT_GROUP, PasswordAuth, TOKEN_GROUP, TestDatabase, TestPostgres, TestRole,
+    TokenCheck,
+};
 pub use tls::TestCertificates;
 
 /// Everything that can go wrong while setting up a test resource. Each message says how to fix it.
@@ -24,6 +31,9 @@ pub enum TestSupportError {
     /// No PostgreSQL backend could be started.
     #[error("{0}")]
     NoPostgres(String),
+    /// The server cannot judge tokens, so token roles cannot log in; says why and how to fix it.
+    #[error("this test PostgreSQL cannot check tokens: {0}")]
+    NoTokenChecks(String),
     /// Generating the test certificates failed.
     #[error("could not generate test TLS certificates: {0}")]
     Tls(String),

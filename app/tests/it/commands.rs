@@ -1,7 +1,5 @@
 //! `--help`, exit statuses, `pgwi token` and `pgwi migrate`.
 
-use std::sync::Arc;
-
 use pgwi_testsupport::fixtures::fresh_db;
 use pgwi_testsupport::{PasswordAuth, TestDatabase};
 use rstest::rstest;
@@ -98,8 +96,8 @@ async fn token_describes_without_printing_and_raw_prints_only_the_token(
 ) {
     // Scenario: `pgwi token` with workload identity shows source, expiry and claims but not the token;
     // `--raw` prints the token alone on stdout.
-    let db = Arc::new(fresh_db);
-    let wi = WorkloadIdentity::start(db.clone()).await;
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
 
     let described = Pgwi::new(&["token"]).envs(wi.env()).output().await;
     let raw = Pgwi::new(&["token", "--raw"]).envs(wi.env()).output().await;

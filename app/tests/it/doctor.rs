@@ -1,7 +1,5 @@
 //! `pgwi doctor`: ✗ with the right fix for each broken link, ✓ on a good set-up.
 
-use std::sync::Arc;
-
 use pgwi_testsupport::entra::Fault;
 use pgwi_testsupport::fixtures::fresh_db;
 use pgwi_testsupport::{PasswordAuth, TestCertificates, TestDatabase};
@@ -27,12 +25,9 @@ fn line<'a>(stdout: &'a str, check: &str) -> (&'a str, &'a str) {
 #[tokio::test]
 async fn a_good_workload_identity_setup_passes_every_check(#[future(awt)] fresh_db: TestDatabase) {
     // Scenario: everything is right; every check is ✓ and the exit status is 0; --json agrees.
-    let db = Arc::new(fresh_db);
-    let wi = WorkloadIdentity::start(db.clone()).await;
-    // The identity's role must exist and may create in public before doctor's token arrives.
-    db.create_named_role(&wi.identity, "placeholder", PasswordAuth::Cleartext)
-        .await
-        .expect("role");
+    let db = fresh_db;
+    // The identity's token role exists and may create in public (WorkloadIdentity makes it).
+    let wi = WorkloadIdentity::start(&db).await;
 
     let output = Pgwi::new(&["doctor"])
         .database(&db, &wi.identity)
@@ -84,8 +79,8 @@ async fn a_missing_token_file_is_reported_with_the_webhook_fix(
 ) {
     // Scenario: AZURE_FEDERATED_TOKEN_FILE points nowhere: credential inputs ✗ with the pod label and
     // ServiceAccount annotation in the fix; exit status 1.
-    let db = Arc::new(fresh_db);
-    let wi = WorkloadIdentity::start(db.clone()).await;
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
     let env = wi.env().into_iter().map(|(k, v)| {
         if k == "AZURE_FEDERATED_TOKEN_FILE" {
             (k, "/var/run/secrets/azure/tokens/missing".to_owned())
@@ -119,8 +114,8 @@ async fn a_missing_token_file_is_reported_with_the_webhook_fix(
 async fn aadsts70021_is_translated(#[future(awt)] fresh_db: TestDatabase) {
     // Scenario: Entra answers AADSTS70021: the token check is ✗ and its fix names the federated credential
     // that would match the projected token.
-    let db = Arc::new(fresh_db);
-    let wi = WorkloadIdentity::start(db.clone()).await;
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
     wi.entra.set_fault(Some(Fault::Aadsts(
         70021,
         "No matching federated identity record found for presented assertion.".into(),

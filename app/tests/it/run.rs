@@ -1,6 +1,5 @@
 //! `pgwi run` with each source, concurrently, and interrupted by SIGTERM.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use pgwi_testsupport::az::{AzBehaviour, FakeAz};
@@ -59,8 +58,8 @@ async fn run_with_workload_identity_through_the_https_stand_in(
     // Scenario: only what AKS injects (AZURE_* and the projected token) plus DBHOST/DBNAME/DBUSER/SSL_MODE;
     // pgwi picks workload identity, gets a token over HTTPS, and writes the rows. No token or
     // service-account token appears in its output.
-    let db = Arc::new(fresh_db);
-    let wi = WorkloadIdentity::start(db.clone()).await;
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
 
     let output = Pgwi::new(&["run"])
         .database(&db, &wi.identity)
@@ -88,13 +87,20 @@ async fn run_with_workload_identity_through_the_https_stand_in(
 #[tokio::test]
 async fn run_with_az_cli_through_the_fake_az(#[future(awt)] fresh_db: TestDatabase) {
     // Scenario: a developer logged in to az; pgwi runs az for a token and writes the rows.
-    let token =
-        jwt::encode(&serde_json::json!({"upn": "dev@example.com", "exp": jwt::unix_now() + 3600}));
+    // The developer's Entra user is a token role; az hands out a token for it that the server accepts.
     let user = format!("{}_dev", fresh_db.name());
     fresh_db
-        .create_named_role(&user, &token, PasswordAuth::Cleartext)
+        .create_token_role(&user)
         .await
-        .expect("role");
+        .unwrap_or_else(|e| panic!("{e}"));
+    let token = jwt::sign_compact(
+        &serde_json::json!({
+            "aud": jwt::POSTGRES_AUDIENCE,
+            "upn": user,
+            "exp": jwt::unix_now() + 3600,
+        }),
+        fresh_db.server().token_signing_key(),
+    );
     let az = FakeAz::install(AzBehaviour::Token {
         access_token: token.clone(),
         expires_on: jwt::unix_now() + 3600,

@@ -2,11 +2,10 @@
 
 use std::process::{Command, Output, Stdio};
 
-use pgwi_testsupport::entra::{EntraOptions, EntraStandIn, IssuedToken, write_token_file};
+use pgwi_testsupport::TestDatabase;
+use pgwi_testsupport::entra::{EntraOptions, EntraStandIn, write_token_file};
 use pgwi_testsupport::jwt::ServiceAccountToken;
-use pgwi_testsupport::{PasswordAuth, TestDatabase};
 use sea_orm::sqlx;
-use std::sync::Arc;
 
 /// `pgwi` with a clean environment: PATH, JSON logs, and the variables added with [`Pgwi::env`].
 pub(crate) struct Pgwi {
@@ -101,8 +100,8 @@ pub(crate) fn demo_rows() -> Vec<(String, i32)> {
     ]
 }
 
-/// An Entra stand-in over HTTPS whose tokens become the identity's password on `db`, plus the projected
-/// token file: what a workload-identity pod sees.
+/// An Entra stand-in over HTTPS whose tokens `db`'s server accepts for the identity's token role (any
+/// unexpired one, as on Azure), plus the projected token file: what a workload-identity pod sees.
 pub(crate) struct WorkloadIdentity {
     pub(crate) entra: EntraStandIn,
     pub(crate) identity: String,
@@ -112,26 +111,17 @@ pub(crate) struct WorkloadIdentity {
 }
 
 impl WorkloadIdentity {
-    pub(crate) async fn start(db: Arc<TestDatabase>) -> Self {
+    pub(crate) async fn start(db: &TestDatabase) -> Self {
         let sa_token = ServiceAccountToken::default().encode();
         let dir = tempfile::tempdir().expect("dir");
         let token_file = write_token_file(dir.path(), &sa_token).expect("token file");
-        let mut options = EntraOptions::new(sa_token.clone());
+        let mut options = EntraOptions::for_server(sa_token.clone(), db.server());
         options.identity_name = format!("{}_app", db.name());
         let identity = options.identity_name.clone();
+        db.create_token_role(&identity)
+            .await
+            .unwrap_or_else(|e| panic!("the identity's token role: {e}"));
         let entra = EntraStandIn::start(options).await.expect("entra");
-        entra.set_on_issue(Arc::new(move |issued: IssuedToken| {
-            let db = db.clone();
-            Box::pin(async move {
-                db.ensure_role(
-                    &issued.identity_name,
-                    &issued.token,
-                    PasswordAuth::Cleartext,
-                )
-                .await
-                .expect("accept the token");
-            })
-        }));
         Self {
             entra,
             identity,

@@ -5,13 +5,15 @@
 # mirror), imported with `docker import`, plus an entrypoint that behaves like the official image's:
 # it honours POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB, runs /docker-entrypoint-initdb.d/*.sh and *.sql
 # at first start, and reports readiness the same way (temporary server on stdout, final server on stderr),
-# so pgwi-testsupport's container backend works with either image.
+# so pgwi-testsupport's container backend works with either image. It also holds what the bench's token
+# checking needs (PostgreSQL built with PAM, pam_exec.so from libpam-modules, Perl with Digest::SHA, JSON::PP
+# and MIME::Base64); the `-pam` tag marks images that have it, so an older image is never reused by mistake.
 #
-# Usage: build.sh [IMAGE]   (default: pgwi-test-postgres:15). Reuses the image when it already exists;
+# Usage: build.sh [IMAGE]   (default: pgwi-test-postgres:15-pam). Reuses the image when it already exists;
 # set PGWI_REBUILD_IMAGE=1 to force a rebuild.
 set -euo pipefail
 
-image="${1:-pgwi-test-postgres:15}"
+image="${1:-pgwi-test-postgres:15-pam}"
 here="$(cd "$(dirname "$0")" && pwd)"
 suite="${PGWI_IMAGE_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}"
 
@@ -30,7 +32,7 @@ trap 'rm -rf "$work"' EXIT
 
 echo "build.sh: building a $suite root filesystem with PostgreSQL (takes about half a minute)"
 # No mirror argument: mmdebstrap takes the mirror from this machine's apt sources.
-mmdebstrap --quiet --variant=apt --include=postgresql,ca-certificates \
+mmdebstrap --quiet --variant=apt --include=postgresql,ca-certificates,perl,libpam-modules \
   --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' \

@@ -3,28 +3,74 @@
 //! Works with the official image and with the locally built one (`testsupport/images/postgres/`), because
 //! both run `/docker-entrypoint-initdb.d/*.sh` at first start: our script moves the certificate into the data
 //! directory (the key must be owned by the server's user) and turns TLS on before the final server starts.
+//!
+//! Token roles: the run's checker and the PAM service `/etc/pam.d/pgwi-test-token` are copied in; the init
+//! script installs the checker under `/var/lib/postgresql/pgwi-token/` (owned by the server's user, who runs it
+//! and writes its log there). When the image cannot check tokens (PostgreSQL without PAM, no `pam_exec.so`, no
+//! Perl: e.g. an Alpine image), it drops the token line from `pg_hba.conf` and records why, and token roles are
+//! refused with that reason. [`super::TestPostgres::token_checks`] reads the log with `docker exec … cat`.
 
 use std::time::Duration;
 
-use testcontainers::CopyTargetOptions;
+use testcontainers::core::ExecCommand;
 use testcontainers::runners::AsyncRunner as _;
+use testcontainers::{ContainerAsync, CopyTargetOptions};
 use testcontainers::{ContainerRequest, ImageExt as _};
 use testcontainers_modules::postgres::Postgres;
 
-use super::{ADMIN_USER, DEFAULT_IMAGE, PG_HBA, Started, lifetime::Keepalive, local_admin_options};
+use super::tokens::{self, TokenChecking};
+use super::{ADMIN_USER, DEFAULT_IMAGE, Started, lifetime::Keepalive, local_admin_options, pg_hba};
 use crate::{TestCertificates, TestSupportError, random_alphanumeric};
+
+/// The PAM service token roles use inside the container.
+const PAM_SERVICE: &str = "pgwi-test-token";
+/// The installed checker, its log, and the note saying why token roles cannot log in (when they cannot).
+const CHECKER: &str = "/var/lib/postgresql/pgwi-token/check";
+const CHECK_LOG: &str = "/var/lib/postgresql/pgwi-token/checks.log";
+const UNAVAILABLE: &str = "/var/lib/postgresql/pgwi-token/unavailable";
 
 const INIT_SCRIPT: &str = r#"#!/bin/sh
 # pgwi test bench: TLS on, passwords only. Runs once, as the server's user, before the final start.
 set -eu
 cp /pgwi-tls/server.crt /pgwi-tls/server.key "$PGDATA/"
 chmod 600 "$PGDATA/server.key"
-cp /pgwi-tls/pg_hba.conf "$PGDATA/pg_hba.conf"
 cat >> "$PGDATA/postgresql.conf" <<'CONF'
 ssl = on
 ssl_cert_file = 'server.crt'
 ssl_key_file = 'server.key'
 CONF
+
+# Token roles: install the checker where only the server's user reads it (it holds the run's key), or drop
+# their pg_hba.conf line and note why the image cannot check tokens.
+tokens=/var/lib/postgresql/pgwi-token
+mkdir -p "$tokens"
+chmod 700 "$tokens"
+: > "$tokens/checks.log"
+chmod 600 "$tokens/checks.log"
+cp /pgwi-tls/token-check "$tokens/check"
+chmod 600 "$tokens/check"
+why=""
+server="$(command -v postgres || true)"
+pam_exec=""
+for f in /lib/security/pam_exec.so /lib/*/security/pam_exec.so /usr/lib/security/pam_exec.so /usr/lib/*/security/pam_exec.so; do
+  if [ -e "$f" ]; then pam_exec="$f"; fi
+done
+if [ -z "$server" ] || ! grep -q libpam.so "$server"; then
+  why="its PostgreSQL is built without PAM"
+elif [ -z "$pam_exec" ]; then
+  why="it has no pam_exec.so (libpam-modules)"
+elif ! /usr/bin/perl -c "$tokens/check" >/dev/null 2>&1; then
+  why="/usr/bin/perl with Digest::SHA, JSON::PP and MIME::Base64 cannot run the token checker"
+elif [ ! -r /etc/pam.d/pgwi-test-token ]; then
+  why="/etc/pam.d/pgwi-test-token was not copied in"
+fi
+if [ -n "$why" ]; then
+  printf '%s
+' "$why" > "$tokens/unavailable"
+  grep -v '+pgwi_token' /pgwi-tls/pg_hba.conf > "$PGDATA/pg_hba.conf"
+else
+  cp /pgwi-tls/pg_hba.conf "$PGDATA/pg_hba.conf"
+fi
 "#;
 
 /// The image to run: `PGWI_TEST_POSTGRES_IMAGE`, else [`DEFAULT_IMAGE`].
@@ -44,7 +90,12 @@ fn split_image(image: &str) -> (&str, &str) {
 }
 
 /// The container request, without starting it.
-fn request(certs: &TestCertificates, image: &str, password: &str) -> ContainerRequest<Postgres> {
+fn request(
+    certs: &TestCertificates,
+    image: &str,
+    password: &str,
+    checker: String,
+) -> ContainerRequest<Postgres> {
     let (repo, tag) = split_image(image);
     let file = |path: &str, mode: u32| CopyTargetOptions::new(path).with_mode(mode);
     Postgres::default()
@@ -68,15 +119,25 @@ fn request(certs: &TestCertificates, image: &str, password: &str) -> ContainerRe
         )
         .with_copy_to(
             file("/pgwi-tls/pg_hba.conf", 0o644),
-            PG_HBA.as_bytes().to_vec(),
+            pg_hba(Some(PAM_SERVICE)).into_bytes(),
+        )
+        // Readable by the init script (it runs as the server's user); it installs a private copy.
+        .with_copy_to(file("/pgwi-tls/token-check", 0o644), checker.into_bytes())
+        .with_copy_to(
+            file(&format!("/etc/pam.d/{PAM_SERVICE}"), 0o644),
+            tokens::pam_service_file(CHECKER).into_bytes(),
         )
         .with_startup_timeout(Duration::from_secs(120))
 }
 
-pub(crate) async fn start(certs: &TestCertificates) -> Result<Started, TestSupportError> {
+pub(crate) async fn start(
+    certs: &TestCertificates,
+    token_key: &[u8],
+) -> Result<Started, TestSupportError> {
     let image = image_name();
     let password = random_alphanumeric(24);
-    let container = request(certs, &image, &password)
+    let checker = tokens::checker_script(token_key, CHECK_LOG)?;
+    let container = request(certs, &image, &password, checker)
         .start()
         .await
         .map_err(|e| TestSupportError::NoPostgres(format!("starting container {image}: {e}")))?;
@@ -84,6 +145,7 @@ pub(crate) async fn start(certs: &TestCertificates) -> Result<Started, TestSuppo
         TestSupportError::NoPostgres(format!("reading the port of container {image}: {e}"))
     })?;
     let admin = local_admin_options(port, &password, certs);
+    let token_checking = token_checking(&container, &image).await;
     Ok(Started {
         admin,
         how: format!(
@@ -93,7 +155,39 @@ pub(crate) async fn start(certs: &TestCertificates) -> Result<Started, TestSuppo
         container_id: Some(container.id().to_owned()),
         keepalive: Keepalive::Container(Box::new(container)),
         foreign_ca: None,
+        token_checking,
+        remove_at_exit: Vec::new(),
     })
+}
+
+/// Whether the init script found the image able to check tokens.
+async fn token_checking(container: &ContainerAsync<Postgres>, image: &str) -> TokenChecking {
+    let unavailable = |why: &str| {
+        TokenChecking::Unavailable(format!(
+            "the container image {image} cannot check tokens: {why}; build the local image \
+             (`bash testsupport/images/postgres/build.sh pgwi-test-postgres:15-pam`) and set \
+             PGWI_TEST_POSTGRES_IMAGE=pgwi-test-postgres:15-pam"
+        ))
+    };
+    let note = format!("cat {UNAVAILABLE} 2>/dev/null; true");
+    let why = match container
+        .exec(ExecCommand::new(["sh", "-c", note.as_str()]))
+        .await
+    {
+        Ok(mut result) => match result.stdout_to_vec().await {
+            Ok(out) => String::from_utf8_lossy(&out).trim().to_owned(),
+            Err(e) => format!("reading {UNAVAILABLE} failed: {e}"),
+        },
+        Err(e) => format!("reading {UNAVAILABLE} failed: {e}"),
+    };
+    if why.is_empty() {
+        TokenChecking::Container {
+            id: container.id().to_owned(),
+            log: CHECK_LOG.to_owned(),
+        }
+    } else {
+        unavailable(&why)
+    }
 }
 
 #[cfg(test)]

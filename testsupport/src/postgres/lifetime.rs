@@ -2,7 +2,11 @@
 //!
 //! libtest never drops statics, so a container or cluster kept in one would outlive the process. The server
 //! lives on a dedicated thread with its own runtime; an `atexit` handler asks that thread to stop the server
-//! and waits (bounded) for it to finish.
+//! and waits (bounded) for it to finish, then removes the files the backend left outside the run's temporary
+//! directory (the native backend's PAM service for token roles).
+//!
+//! The run's token-signing key (32 random bytes) is made here, before the backend starts, because the token
+//! checker the backend installs embeds it.
 
 use std::sync::Mutex;
 use std::sync::mpsc::{Sender, channel};
@@ -11,7 +15,7 @@ use std::time::Duration;
 use testcontainers::ContainerAsync;
 use testcontainers_modules::postgres::Postgres;
 
-use super::{Backend, Requested, Started, TestPostgres, container, native};
+use super::{Backend, Requested, Started, TestPostgres, container, native, tokens};
 use crate::{TestCertificates, TestSupportError, announce};
 
 /// What keeps a started server alive; stopping it removes the server.
@@ -49,6 +53,7 @@ static STOP: Mutex<Option<Sender<StopRequest>>> = Mutex::new(None);
 pub(crate) fn start_shared() -> Result<TestPostgres, TestSupportError> {
     let requested = Requested::parse(std::env::var("PGWI_TEST_POSTGRES").ok().as_deref())?;
     let certs = TestCertificates::generate()?;
+    let token_key = random_key()?;
     let workdir = tempfile::Builder::new()
         .prefix("pgwi-test-postgres-")
         .tempdir()
@@ -82,18 +87,24 @@ pub(crate) fn start_shared() -> Result<TestPostgres, TestSupportError> {
                     return;
                 }
             };
+            let mut remove_at_exit = Vec::new();
             let started = runtime.block_on(async {
-                let (backend, started) = start_backend(requested, &certs, workdir.path()).await?;
-                TestPostgres::prepare(backend, started, certs.ca_pem.clone(), ca_file).await
+                let (backend, mut started) =
+                    start_backend(requested, &certs, workdir.path(), &token_key).await?;
+                remove_at_exit = std::mem::take(&mut started.remove_at_exit);
+                TestPostgres::prepare(backend, started, certs.ca_pem.clone(), ca_file, token_key)
+                    .await
             });
             match started {
                 Err(e) => {
+                    remove_files(&remove_at_exit);
                     let _ = ready_tx.send(Err(e));
                 }
                 Ok((server, keepalive)) => {
                     let _ = ready_tx.send(Ok(server));
                     if let Ok(done) = stop_rx.recv() {
                         runtime.block_on(keepalive.stop());
+                        remove_files(&remove_at_exit);
                         drop(workdir);
                         let _ = done.send(());
                     }
@@ -106,8 +117,12 @@ pub(crate) fn start_shared() -> Result<TestPostgres, TestSupportError> {
         TestSupportError::NoPostgres("the test PostgreSQL thread ended before it reported".into())
     })??;
     stop_at_exit(stop_tx);
+    let tokens = match server.token_checking.available() {
+        Ok(()) => "token roles judged like Azure (pam + checker)".to_owned(),
+        Err(e) => format!("no token roles: {e}"),
+    };
     announce(&format!(
-        "PostgreSQL backend: {:?} at {}:{} ({}); TLS on (verify-full with the run's CA), password auth only",
+        "PostgreSQL backend: {:?} at {}:{} ({}); TLS on (verify-full with the run's CA), password auth only; {tokens}",
         server.backend(),
         server.host(),
         server.port(),
@@ -116,18 +131,46 @@ pub(crate) fn start_shared() -> Result<TestPostgres, TestSupportError> {
     Ok(server)
 }
 
+/// The run's token-signing key: 32 bytes from the system's secure random source.
+fn random_key() -> Result<Vec<u8>, TestSupportError> {
+    use ring::rand::SecureRandom as _;
+    let mut key = vec![0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| {
+            TestSupportError::NoPostgres(
+                "the system's random source failed while making the token-signing key".into(),
+            )
+        })?;
+    Ok(key)
+}
+
+fn remove_files(paths: &[std::path::PathBuf]) {
+    for path in paths {
+        if let Err(e) = std::fs::remove_file(path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            announce(&format!("could not remove {}: {e}", path.display()));
+        }
+    }
+}
+
 async fn start_backend(
     requested: Requested,
     certs: &TestCertificates,
     workdir: &std::path::Path,
+    token_key: &[u8],
 ) -> Result<(Backend, Started), TestSupportError> {
     match requested {
-        Requested::Only(Backend::Container) => {
-            Ok((Backend::Container, container::start(certs).await?))
+        Requested::Only(Backend::Container) => Ok((
+            Backend::Container,
+            container::start(certs, token_key).await?,
+        )),
+        Requested::Only(Backend::Native) => {
+            Ok((Backend::Native, native::start(certs, workdir, token_key)?))
         }
-        Requested::Only(Backend::Native) => Ok((Backend::Native, native::start(certs, workdir)?)),
         Requested::Only(Backend::External) => Ok((Backend::External, external_from_env()?)),
-        Requested::Auto => match container::start(certs).await {
+        Requested::Auto => match container::start(certs, token_key).await {
             Ok(mut started) => {
                 started.how = format!("PGWI_TEST_POSTGRES=auto: Docker answered; {}", started.how);
                 Ok((Backend::Container, started))
@@ -136,7 +179,7 @@ async fn start_backend(
                 announce(&format!(
                     "PGWI_TEST_POSTGRES=auto: no container ({container_error}); trying native PostgreSQL"
                 ));
-                match native::start(certs, workdir) {
+                match native::start(certs, workdir, token_key) {
                     Ok(mut started) => {
                         started.how = format!(
                             "PGWI_TEST_POSTGRES=auto: container unavailable, so native; {}",
@@ -195,6 +238,12 @@ fn external_from_env() -> Result<Started, TestSupportError> {
         keepalive: Keepalive::External,
         foreign_ca: Some((ca_pem, ca_file.into())),
         container_id: None,
+        token_checking: tokens::TokenChecking::Unavailable(
+            "PGWI_TEST_POSTGRES=external: the bench does not configure that server, so it has no token \
+             checker; use the container or native backend for token roles"
+                .into(),
+        ),
+        remove_at_exit: Vec::new(),
     })
 }
 

@@ -2,8 +2,22 @@
 //!
 //! The server always runs with TLS (a certificate from a CA made for the run, so clients can use
 //! `verify-full` against `127.0.0.1` or `localhost`) and password authentication: `scram-sha-256` for every
-//! role, or cleartext `password` (what Azure's Entra login asks for) for roles in the group
-//! [`CLEARTEXT_GROUP`]. Connections without TLS are rejected. Nothing is ever `trust`.
+//! role, cleartext `password` for roles in the group [`CLEARTEXT_GROUP`], and for roles in [`TOKEN_GROUP`]
+//! (made with [`TestDatabase::create_token_role`]) `pam`, where a checker judges the password as Azure judges
+//! an Entra ID token: any unexpired token for the role, signed with [`TestPostgres::token_signing_key`], is
+//! accepted, anything else refused, and every verdict is readable with [`TestPostgres::token_checks`] (see
+//! `tokens.rs`). Connections without TLS are rejected. Nothing is ever `trust`.
+//!
+//! `pg_hba.conf`'s `+group` also matches indirect members, and an administrator is often made a member of an
+//! Entra principal's role (`GRANT identity TO admin`, as `pgwi admin bootstrap` does; PostgreSQL 16 even does
+//! it implicitly for a `CREATEROLE` creator). So roles the bench makes with a password are in
+//! [`CLEARTEXT_GROUP`] or [`SCRAM_GROUP`], whose lines come before the token line: they keep their password
+//! whatever roles they are granted, as on Azure.
+//!
+//! Token checking needs a server the bench can give a PAM service: the container backend with an image built
+//! with PAM, Perl and `pam_exec` (the local image is; see `testsupport/images/postgres/build.sh`), or the
+//! native backend running as root (it writes `/etc/pam.d/pgwi-test-token-<unique>` and removes it at exit).
+//! Elsewhere token roles are refused with [`crate::TestSupportError::NoTokenChecks`] saying why.
 //!
 //! Backends, chosen by `PGWI_TEST_POSTGRES`:
 //! - `container`: testcontainers-modules' Postgres, image from `PGWI_TEST_POSTGRES_IMAGE`
@@ -19,6 +33,9 @@
 mod container;
 mod lifetime;
 mod native;
+mod tokens;
+
+pub use tokens::TokenCheck;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -34,17 +51,32 @@ use crate::{TestCertificates, TestSupportError, random_alphanumeric};
 pub const DEFAULT_IMAGE: &str = "postgres:16-alpine";
 /// Roles in this group authenticate with cleartext `password` (over TLS), like Azure's Entra login.
 pub const CLEARTEXT_GROUP: &str = "pgwi_cleartext";
+/// Roles the bench makes with a SCRAM password are in this group, so they keep it even when granted a token
+/// role (whose members `+pgwi_token` would otherwise send to the token checker).
+pub const SCRAM_GROUP: &str = "pgwi_scram";
+/// Roles in this group log in with Entra-style tokens, judged as Azure judges them (`pam` and the run's token
+/// checker): any unexpired token for the role is accepted.
+pub const TOKEN_GROUP: &str = "pgwi_token";
 /// The superuser the bench creates on servers it starts.
 const ADMIN_USER: &str = "pgwi_admin";
 
-/// The `pg_hba.conf` every started server uses: TLS only, passwords only.
-const PG_HBA: &str = "\
-# pgwi test bench: TLS and passwords only, never trust.
-local     all  all                  scram-sha-256
-hostssl   all  +pgwi_cleartext all  password
-hostssl   all  all             all  scram-sha-256
-hostnossl all  all             all  reject
-";
+/// The `pg_hba.conf` every started server uses: TLS only, passwords only. With a PAM service, token roles are
+/// judged by it, after the bench's own password roles (which may be members of token roles) and before
+/// everything else.
+pub(crate) fn pg_hba(pam_service: Option<&str>) -> String {
+    let tokens = pam_service.map_or_else(String::new, |service| {
+        format!("hostssl   all  +{TOKEN_GROUP}     all  pam pamservice={service}\n")
+    });
+    format!(
+        "# pgwi test bench: TLS and passwords only, never trust.\n\
+         local     all  all                  scram-sha-256\n\
+         hostssl   all  +{CLEARTEXT_GROUP} all  password\n\
+         hostssl   all  +{SCRAM_GROUP}     all  scram-sha-256\n\
+         {tokens}\
+         hostssl   all  all             all  scram-sha-256\n\
+         hostnossl all  all             all  reject\n"
+    )
+}
 
 /// Which kind of server serves this test binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +123,10 @@ pub(crate) struct Started {
     foreign_ca: Option<(String, PathBuf)>,
     /// The container's id, for the `container` backend.
     container_id: Option<String>,
+    /// Whether token roles can log in, and where the checker logs.
+    token_checking: tokens::TokenChecking,
+    /// Files outside the run's temporary directory to remove when the server stops (the PAM service).
+    remove_at_exit: Vec<PathBuf>,
 }
 
 /// The test binary's shared PostgreSQL server.
@@ -101,6 +137,8 @@ pub struct TestPostgres {
     admin: PgConnectOptions,
     ca_pem: String,
     ca_file: PathBuf,
+    token_key: Vec<u8>,
+    token_checking: tokens::TokenChecking,
 }
 
 impl std::fmt::Debug for TestPostgres {
@@ -183,6 +221,18 @@ impl TestPostgres {
             .log_statements(tracing::log::LevelFilter::Off)
     }
 
+    /// The run's random 32-byte HMAC-SHA256 key: tokens signed with it ([`crate::jwt::sign_compact`],
+    /// or the Entra stand-in with [`crate::entra::EntraOptions::for_server`]) are the ones the server accepts.
+    pub fn token_signing_key(&self) -> &[u8] {
+        &self.token_key
+    }
+
+    /// Every token the server has judged so far, oldest first, from the checker's log (which never holds a
+    /// token). The server is shared by the test binary: filter by [`TokenCheck::user`].
+    pub fn token_checks(&self) -> Result<Vec<TokenCheck>, TestSupportError> {
+        self.token_checking.read()
+    }
+
     /// Creates a database for one test and returns it with an admin pool connected to it.
     pub async fn fresh_database(&'static self) -> Result<TestDatabase, TestSupportError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -227,6 +277,7 @@ impl TestPostgres {
         started: Started,
         ca_pem: String,
         ca_file: PathBuf,
+        token_key: Vec<u8>,
     ) -> Result<(Self, lifetime::Keepalive), TestSupportError> {
         let (ca_pem, ca_file) = started.foreign_ca.unwrap_or((ca_pem, ca_file));
         let server = Self {
@@ -236,6 +287,8 @@ impl TestPostgres {
             admin: started.admin,
             ca_pem,
             ca_file,
+            token_key,
+            token_checking: started.token_checking,
         };
         let mut conn = server.wait_until_ready(Duration::from_secs(60)).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -243,12 +296,18 @@ impl TestPostgres {
                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{CLEARTEXT_GROUP}') THEN
                  CREATE ROLE {CLEARTEXT_GROUP} NOLOGIN;
                END IF;
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{SCRAM_GROUP}') THEN
+                 CREATE ROLE {SCRAM_GROUP} NOLOGIN;
+               END IF;
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{TOKEN_GROUP}') THEN
+                 CREATE ROLE {TOKEN_GROUP} NOLOGIN;
+               END IF;
              END $$"
         )))
         .execute(&mut conn)
         .await
         .map_err(TestSupportError::sql(
-            "creating the cleartext-password group role",
+            "creating the bench's group roles (cleartext, scram, token)",
         ))?;
         Ok((server, started.keepalive))
     }
@@ -354,7 +413,8 @@ impl TestDatabase {
         Ok(role)
     }
 
-    /// Creates a login role with the given name and password (names are server-wide: pick unique ones).
+    /// Creates a login role with the given name and password (names are server-wide: pick unique ones), in
+    /// [`SCRAM_GROUP`] or [`CLEARTEXT_GROUP`] by `auth`.
     pub async fn create_named_role(
         &self,
         name: &str,
@@ -369,13 +429,34 @@ impl TestDatabase {
             quote_literal(password),
             quote_ident(&self.name)
         );
-        if auth == PasswordAuth::Cleartext {
-            sql.push_str(&format!("GRANT {CLEARTEXT_GROUP} TO {ident};"));
-        }
+        let group = match auth {
+            PasswordAuth::Scram => SCRAM_GROUP,
+            PasswordAuth::Cleartext => CLEARTEXT_GROUP,
+        };
+        sql.push_str(&format!("GRANT {group} TO {ident};"));
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&self.admin)
             .await
             .map_err(TestSupportError::sql(format!("creating test role {name}")))?;
+        Ok(())
+    }
+
+    /// Creates a login role that authenticates with Entra-style tokens, as an Entra principal on Azure: member
+    /// of [`TOKEN_GROUP`], no password, allowed to use this database and create in its `public` schema. Any
+    /// unexpired token for `name` signed with the server's key logs in (names are server-wide: pick unique
+    /// ones). Fails with [`TestSupportError::NoTokenChecks`] when the server cannot check tokens.
+    pub async fn create_token_role(&self, name: &str) -> Result<(), TestSupportError> {
+        self.server.token_checking.available()?;
+        let ident = quote_ident(name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {ident} LOGIN IN ROLE {TOKEN_GROUP};
+             GRANT ALL ON DATABASE {} TO {ident};
+             GRANT ALL ON SCHEMA public TO {ident};",
+            quote_ident(&self.name)
+        )))
+        .execute(&self.admin)
+        .await
+        .map_err(TestSupportError::sql(format!("creating token role {name}")))?;
         Ok(())
     }
 
@@ -401,15 +482,16 @@ impl TestDatabase {
 
     /// Installs a stand-in for Azure's `pgaadauth_create_principal_with_oid` into this database. Vanilla
     /// PostgreSQL has no `pgaadauth` extension; this function of the same name and signature creates a login
-    /// role that authenticates with cleartext `password` (as Entra tokens do) and records the object id and
-    /// type in the role's comment, so the bootstrap's SQL path runs unchanged.
+    /// role in [`TOKEN_GROUP`] (an Entra principal: it logs in with tokens, as with
+    /// [`Self::create_token_role`]) and records the object id and type in the role's comment, so the
+    /// bootstrap's SQL path runs unchanged.
     pub async fn install_pgaadauth_stand_in(&self) -> Result<(), TestSupportError> {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "CREATE OR REPLACE FUNCTION pgaadauth_create_principal_with_oid(
                  rolename text, objectid text, objecttype text, isadmin boolean, ismfa boolean)
              RETURNS text LANGUAGE plpgsql AS $$
              BEGIN
-               EXECUTE format('CREATE ROLE %I LOGIN IN ROLE {CLEARTEXT_GROUP}', rolename);
+               EXECUTE format('CREATE ROLE %I LOGIN IN ROLE {TOKEN_GROUP}', rolename);
                EXECUTE format('COMMENT ON ROLE %I IS %L', rolename, 'aad:' || objecttype || ':' || objectid);
                RETURN 'Created role for ' || rolename;
              END $$;"
@@ -462,11 +544,12 @@ pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-/// Writes the server's TLS material and `pg_hba.conf` into `dir` and returns their paths
-/// (certificate, key, hba file).
+/// Writes the server's TLS material and `pg_hba.conf` (token roles judged by `pam_service`, if any) into `dir`
+/// and returns their paths (certificate, key, hba file).
 pub(crate) fn write_server_files(
     certs: &TestCertificates,
     dir: &Path,
+    pam_service: Option<&str>,
 ) -> Result<(PathBuf, PathBuf, PathBuf), TestSupportError> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir)
@@ -481,7 +564,7 @@ pub(crate) fn write_server_files(
     Ok((
         write("server.crt", &certs.server_cert_pem, 0o644)?,
         write("server.key", &certs.server_key_pem, 0o600)?,
-        write("pg_hba.conf", PG_HBA, 0o644)?,
+        write("pg_hba.conf", &pg_hba(pam_service), 0o644)?,
     ))
 }
 

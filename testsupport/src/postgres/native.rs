@@ -4,11 +4,20 @@
 //! `sudo -u postgres`; we turn pgtemp's panics into a clear error. A fresh machine of this project's kind
 //! runs as root without `sudo`: there the cluster is started with `runuser -u postgres` and `pg_ctl`
 //! instead (util-linux's `runuser` is always present on Debian), and stopped at exit.
+//!
+//! Token roles: as root, the run's token checker goes into the run's directory (owned by `postgres`, which
+//! runs it through `pam_exec`) and its PAM service into `/etc/pam.d/pgwi-test-token-<pid>-<random>`, removed
+//! at exit. Not as root, or without a PAM-enabled PostgreSQL, `pam_exec.so` or Perl, the server runs without
+//! token roles and says why.
 
 use std::path::{Path, PathBuf};
 
+use super::tokens::{self, TokenChecking};
 use super::{ADMIN_USER, Started, lifetime::Keepalive, local_admin_options, write_server_files};
 use crate::{TestCertificates, TestSupportError, random_alphanumeric};
+
+/// Where the PAM services of native runs go.
+const PAM_DIR: &str = "/etc/pam.d";
 
 const INSTALL_HINT: &str = "install PostgreSQL's server binaries (`apt-get install postgresql`) or set \
                             PGWI_TEST_POSTGRES_BIN to the folder holding `initdb` and `postgres`";
@@ -73,27 +82,143 @@ fn give_to_postgres(path: &Path) -> Result<(), TestSupportError> {
         .map_err(TestSupportError::io("running chown"))?;
     if !chown.status.success() {
         return Err(TestSupportError::NoPostgres(format!(
-            "running as root, the server key must belong to the `postgres` user, but chown failed: {}; \
-             install PostgreSQL (which creates that user) or run the tests as a normal user",
+            "running as root, {} must belong to the `postgres` user (the server runs as it), but chown \
+             failed: {}; install PostgreSQL (which creates that user) or run the tests as a normal user",
+            path.display(),
             String::from_utf8_lossy(&chown.stderr).trim()
         )));
     }
     Ok(())
 }
 
-pub(crate) fn start(certs: &TestCertificates, workdir: &Path) -> Result<Started, TestSupportError> {
+/// The token checking a native run set up.
+struct NativeTokens {
+    /// The PAM service name for `pg_hba.conf`, when token roles can log in.
+    service: Option<String>,
+    checking: TokenChecking,
+    /// `/etc/pam.d/<service>`, to remove at exit.
+    pam_file: Option<PathBuf>,
+}
+
+/// Installs the token checker and its PAM service, or says why token roles cannot log in on this run.
+fn set_up_tokens(bin: &Path, workdir: &Path, key: &[u8], root: bool) -> NativeTokens {
+    match try_set_up_tokens(bin, workdir, key, root) {
+        Ok(tokens) => tokens,
+        Err(why) => NativeTokens {
+            service: None,
+            checking: TokenChecking::Unavailable(why),
+            pam_file: None,
+        },
+    }
+}
+
+fn try_set_up_tokens(
+    bin: &Path,
+    workdir: &Path,
+    key: &[u8],
+    root: bool,
+) -> Result<NativeTokens, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !root {
+        return Err(format!(
+            "the native backend is not running as root, so it cannot install the PAM service token roles need \
+             in {PAM_DIR}; run the tests as root, or use the container backend (PGWI_TEST_POSTGRES=container \
+             with the image from testsupport/images/postgres/build.sh)"
+        ));
+    }
+    let postgres = bin.join("postgres");
+    if !tokens::built_with_pam(&postgres).map_err(|e| e.to_string())? {
+        return Err(format!(
+            "{} is built without PAM; use a PostgreSQL built --with-pam (Debian's is) or the container backend",
+            postgres.display()
+        ));
+    }
+    if tokens::find_pam_exec().is_none() {
+        return Err(
+            "pam_exec.so is not installed; install it (`apt-get install libpam-modules`) or use the \
+             container backend"
+                .into(),
+        );
+    }
+    let io = |what: &str, path: &Path| {
+        let what = format!("{what} {}", path.display());
+        move |e: std::io::Error| format!("{what}: {e}")
+    };
+    let dir = workdir.join("tokens");
+    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("protecting", &dir))?;
+    let log = dir.join("checks.log");
+    std::fs::write(&log, "").map_err(io("creating", &log))?;
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("protecting", &log))?;
+    let checker = dir.join("check");
+    let script =
+        tokens::checker_script(key, &log.display().to_string()).map_err(|e| e.to_string())?;
+    std::fs::write(&checker, script).map_err(io("writing", &checker))?;
+    std::fs::set_permissions(&checker, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("protecting", &checker))?;
+    tokens::perl_can_run(&checker)?;
+    for path in [&dir, &log, &checker] {
+        give_to_postgres(path).map_err(|e| e.to_string())?;
+    }
+    let service = format!(
+        "pgwi-test-token-{}-{}",
+        std::process::id(),
+        random_alphanumeric(6).to_lowercase()
+    );
+    let pam_file = Path::new(PAM_DIR).join(&service);
+    std::fs::write(
+        &pam_file,
+        tokens::pam_service_file(&checker.display().to_string()),
+    )
+    .map_err(io("writing the PAM service", &pam_file))?;
+    std::fs::set_permissions(&pam_file, std::fs::Permissions::from_mode(0o644))
+        .map_err(io("protecting", &pam_file))?;
+    Ok(NativeTokens {
+        service: Some(service),
+        checking: TokenChecking::File(log),
+        pam_file: Some(pam_file),
+    })
+}
+
+pub(crate) fn start(
+    certs: &TestCertificates,
+    workdir: &Path,
+    token_key: &[u8],
+) -> Result<Started, TestSupportError> {
     let bin = find_bin_dir()?;
-    let (cert, key, hba) = write_server_files(certs, &workdir.join("tls"))?;
+    let root = running_as_root()?;
+    let tokens = set_up_tokens(&bin, workdir, token_key, root);
+    let pam_file = tokens.pam_file.clone();
+    let started = start_cluster(&bin, certs, workdir, root, tokens);
+    if started.is_err()
+        && let Some(pam_file) = pam_file
+    {
+        let _ = std::fs::remove_file(pam_file);
+    }
+    started
+}
+
+fn start_cluster(
+    bin: &Path,
+    certs: &TestCertificates,
+    workdir: &Path,
+    root: bool,
+    tokens: NativeTokens,
+) -> Result<Started, TestSupportError> {
+    let (cert, key, hba) =
+        write_server_files(certs, &workdir.join("tls"), tokens.service.as_deref())?;
     let password = random_alphanumeric(24);
-    if running_as_root()? {
+    if root {
         give_to_postgres(&key)?;
         if !on_path("sudo") {
-            return start_with_runuser(&bin, workdir, &password, certs, [&cert, &key, &hba]);
+            return start_with_runuser(bin, workdir, &password, certs, [&cert, &key, &hba], tokens);
         }
     }
     let path = |p: &Path| p.display().to_string();
     let builder = pgtemp::PgTempDB::builder()
-        .with_bin_path(&bin)
+        .with_bin_path(bin)
         .with_data_dir_prefix(workdir)
         .with_username(ADMIN_USER)
         .with_password(&password)
@@ -125,6 +250,8 @@ pub(crate) fn start(certs: &TestCertificates, workdir: &Path) -> Result<Started,
         keepalive: Keepalive::Native(Box::new(cluster)),
         foreign_ca: None,
         container_id: None,
+        token_checking: tokens.checking,
+        remove_at_exit: tokens.pam_file.into_iter().collect(),
     })
 }
 
@@ -157,6 +284,7 @@ fn start_with_runuser(
     password: &str,
     certs: &TestCertificates,
     [cert, key, hba]: [&PathBuf; 3],
+    tokens: NativeTokens,
 ) -> Result<Started, TestSupportError> {
     use std::os::unix::fs::PermissionsExt as _;
     let data = workdir.join("data");
@@ -229,6 +357,8 @@ fn start_with_runuser(
         },
         foreign_ca: None,
         container_id: None,
+        token_checking: tokens.checking,
+        remove_at_exit: tokens.pam_file.into_iter().collect(),
     })
 }
 

@@ -1,4 +1,5 @@
 //! The test bench's own tests: the shared server really authenticates with passwords over verified TLS,
-//! refuses what it should, and gives each test its own database.
+//! judges tokens of token roles as Azure does, refuses what it should, and gives each test its own database.
 
 mod postgres;
+mod tokens;
