@@ -56,6 +56,8 @@ pub struct EntraOptions {
     pub client_id: String,
     /// The projected service-account token it expects as `client_assertion`.
     pub expected_assertion: String,
+    /// Further assertions it accepts, e.g. the kubelet's renewed projection while the old one is valid.
+    pub also_accepted: Vec<String>,
     /// The scope it expects.
     pub scope: String,
     /// Lifetime of issued tokens.
@@ -125,6 +127,7 @@ impl EntraOptions {
             tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
             client_id: "5a7bd1c0-3f12-4c8e-9d1e-0123456789ab".into(),
             expected_assertion: assertion.into(),
+            also_accepted: Vec::new(),
             scope: POSTGRES_SCOPE.into(),
             token_lifetime: Duration::from_secs(3600),
             identity_name: "pgwi-app".into(),
@@ -294,6 +297,14 @@ impl EntraStandIn {
     /// The options in force.
     pub fn options(&self) -> EntraOptions {
         lock(&self.shared.options).clone()
+    }
+
+    /// Accepts `assertion` too from now on (a renewed projected token: Entra accepts any unexpired one
+    /// signed by the cluster's issuer).
+    pub fn accept_assertion(&self, assertion: impl Into<String>) {
+        lock(&self.shared.options)
+            .also_accepted
+            .push(assertion.into());
     }
 
     /// Changes the lifetime of tokens issued from now on.
@@ -505,7 +516,10 @@ async fn token_endpoint(
             ),
         );
     }
-    if field("client_assertion") != options.expected_assertion {
+    let assertion = field("client_assertion");
+    if assertion != options.expected_assertion
+        && !options.also_accepted.iter().any(|a| a == assertion)
+    {
         return refuse(
             "client_assertion".into(),
             entra_error(

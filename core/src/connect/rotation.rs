@@ -175,7 +175,8 @@ impl Rotation {
                 "the token in use expired{} and the source has not answered with a new one",
                 expires_at.map(|e| format!(" at {e}")).unwrap_or_default()
             ),
-            "check the network path to Entra ID (or that `az` answers); pgwi keeps asking",
+            "check the network path to Entra ID (or that `az` answers); each request is cut after \
+             credential.fetch_timeout_secs and pgwi keeps asking",
         )
     }
 }
@@ -222,8 +223,17 @@ async fn run(rotation: Arc<Rotation>) {
             () = sleep_until(Some(wake)) => {}
         }
         // Ask until a new token arrives; refuse new connections once the current one expires meanwhile.
-        let mut last_error = None;
+        let mut last_error: Option<CredentialError> = None;
         loop {
+            // The expiry guard comes first, whatever the source does: a source that fails fast (or a cache
+            // serving the last good token at once) must not keep the guard from firing.
+            let past_deadline = deadline.is_some_and(|d| OffsetDateTime::now_utc() >= d);
+            if past_deadline && rotation.state.outage().is_none() {
+                let error = last_error
+                    .clone()
+                    .unwrap_or_else(|| rotation.no_answer_error(token.expires_at()));
+                rotation.refuse_new_connections(error).await;
+            }
             let fetch = rotation.credential.token();
             tokio::pin!(fetch);
             let result = loop {
@@ -231,11 +241,11 @@ async fn run(rotation: Arc<Rotation>) {
                 tokio::select! {
                     biased;
                     () = &mut closed => return,
-                    result = &mut fetch => break result,
                     () = sleep_until(deadline), if !in_outage => {
                         let error = last_error.clone().unwrap_or_else(|| rotation.no_answer_error(token.expires_at()));
                         rotation.refuse_new_connections(error).await;
                     }
+                    result = &mut fetch => break result,
                 }
             };
             match result {
@@ -250,16 +260,21 @@ async fn run(rotation: Arc<Rotation>) {
                 }
                 // The cache served the last good token: its refresh is failing.
                 Ok(_) => last_error = rotation.credential.last_failure().or(last_error),
-                Err(error) => {
-                    if rotation.state.outage().is_some() {
-                        *lock(&rotation.state.outage) = Some(error.clone());
-                    }
-                    last_error = Some(error);
-                }
+                Err(error) => last_error = Some(error),
             }
+            if let Some(error) = &last_error
+                && rotation.state.outage().is_some()
+            {
+                *lock(&rotation.state.outage) = Some(error.clone());
+            }
+            // Wait before asking again, but not past the deadline.
+            let retry_at = OffsetDateTime::now_utc() + RETRY_INTERVAL;
+            let wake = deadline
+                .filter(|_| rotation.state.outage().is_none())
+                .map_or(retry_at, |d| retry_at.min(d));
             tokio::select! {
                 () = &mut closed => return,
-                () = tokio::time::sleep(RETRY_INTERVAL) => {}
+                () = sleep_until(Some(wake)) => {}
             }
         }
     }

@@ -253,6 +253,19 @@ async fn a_token_endpoint_that_hangs_forever_refuses_new_connections_at_expiry(
     let until_expired =
         expiry - time::OffsetDateTime::now_utc() + time::Duration::milliseconds(300);
     tokio::time::sleep(Duration::try_from(until_expired).unwrap_or_default()).await;
+    // Idle connections are handed out and serve (the pool may hold more than one).
+    let mut idle = Vec::new();
+    while db.pool().num_idle() > 0 {
+        let mut conn = db
+            .acquire()
+            .await
+            .expect("an idle connection is handed out");
+        let _: (i32,) = sqlx::query_as("SELECT 1")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("an idle connection serves");
+        idle.push(conn);
+    }
 
     let refused = db
         .acquire()
@@ -268,10 +281,6 @@ async fn a_token_endpoint_that_hangs_forever_refuses_new_connections_at_expiry(
         .await
         .expect("an open connection keeps serving");
     drop(held);
-    let idle = db
-        .acquire()
-        .await
-        .expect("an idle connection is still handed out");
     drop(idle);
     s.entra.set_fault(None);
     wait_until("recovery", Duration::from_secs(10), async || {
@@ -307,9 +316,12 @@ async fn a_token_endpoint_failing_longer_than_a_token_lives_then_recovering(
     let s = Setup::start(fresh_db, Timing::short()).await;
     let db = s.connect().await;
     s.entra.set_fault(Some(fault));
-    new_connection(&db)
-        .await
-        .expect("the last good token still serves");
+    if let Err(e) = new_connection(&db).await {
+        panic!(
+            "the last good token must still serve: {e}; checks: {:#?}",
+            s.checks()
+        );
+    }
     let expiry = db.rotation_stats().current_expiry.expect("expiry");
     let until_expired =
         expiry - time::OffsetDateTime::now_utc() + time::Duration::milliseconds(500);
@@ -363,7 +375,13 @@ async fn a_source_that_panics_does_not_end_rotation(#[future(awt)] fresh_db: Tes
     // Scenario: the source panics on its 2nd and 3rd calls (the first refreshes). The refresher survives,
     // retries with backoff, and rotation goes on: over three token lifetimes new connections keep being
     // served with fresh tokens and no query fails.
-    let s = Setup::start(fresh_db, Timing::short()).await;
+    // 6 s tokens refreshed 3 s before expiry: the retries after two panics fit before the deadline.
+    let timing = Timing {
+        lifetime: Duration::from_secs(6),
+        margin: Duration::from_secs(3),
+        ..Timing::short()
+    };
+    let s = Setup::start(fresh_db, timing).await;
     let source = Arc::new(PanicsOnCalls {
         inner: s.source.clone(),
         calls: AtomicU32::new(0),
@@ -373,7 +391,7 @@ async fn a_source_that_panics_does_not_end_rotation(#[future(awt)] fresh_db: Tes
         .await
         .expect("connect");
 
-    let until = tokio::time::Instant::now() + Duration::from_secs(12);
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
     let mut failures = Vec::new();
     while tokio::time::Instant::now() < until {
         if let Err(e) = new_connection(&db).await {
