@@ -17,7 +17,9 @@ resource "azurerm_federated_identity_credential" "app" {
 }
 
 # The server's Entra administrator: a service principal (managed identity) federated with the bootstrap
-# Job's ServiceAccount, so the original's manual SQL runs in-cluster with no person's token.
+# Job's ServiceAccount, so the original's manual SQL runs in-cluster with no person's token. That
+# ServiceAccount has a namespace of its own: anyone who may create pods in a namespace may run them as any of
+# its ServiceAccounts.
 resource "azurerm_user_assigned_identity" "admin" {
   name                = "id-${var.name}-admin"
   location            = azurerm_resource_group.main.location
@@ -26,10 +28,17 @@ resource "azurerm_user_assigned_identity" "admin" {
 }
 
 resource "azurerm_federated_identity_credential" "admin" {
-  name                = "aks-${var.k8s_namespace}-${var.k8s_admin_service_account}"
+  name                = "aks-${var.k8s_admin_namespace}-${var.k8s_admin_service_account}"
   resource_group_name = azurerm_resource_group.main.name
   parent_id           = azurerm_user_assigned_identity.admin.id
   issuer              = azurerm_kubernetes_cluster.main.oidc_issuer_url
-  subject             = "system:serviceaccount:${var.k8s_namespace}:${var.k8s_admin_service_account}"
+  subject             = "system:serviceaccount:${var.k8s_admin_namespace}:${var.k8s_admin_service_account}"
   audience            = ["api://AzureADTokenExchange"]
+
+  lifecycle {
+    precondition {
+      condition     = var.k8s_admin_namespace != var.k8s_namespace
+      error_message = "k8s_admin_namespace must differ from k8s_namespace: whoever may create pods in the application's namespace must not become the database administrator."
+    }
+  }
 }

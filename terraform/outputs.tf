@@ -1,4 +1,5 @@
-# Everything the deployment needs; `task kube:values` turns these into deploy/k8s/azure.env.
+# Everything the deployment needs; `task kube:values` turns these into deploy/k8s/values/azure.env
+# (deploy/render-values.sh).
 output "resource_group" {
   value = azurerm_resource_group.main.name
 }
@@ -21,6 +22,11 @@ output "acr_name" {
 
 output "postgres_host" {
   value = azurerm_postgresql_flexible_server.main.fqdn
+}
+
+output "postgres_subnet_cidr" {
+  description = "The server's delegated subnet: the NetworkPolicy's only destination for 5432."
+  value       = one(azurerm_subnet.postgres.address_prefixes)
 }
 
 output "postgres_database" {
@@ -54,6 +60,14 @@ output "k8s_namespace" {
 
 output "k8s_service_account" {
   value = var.k8s_service_account
+}
+
+output "k8s_admin_namespace" {
+  value = var.k8s_admin_namespace
+}
+
+output "k8s_admin_service_account" {
+  value = var.k8s_admin_service_account
 }
 
 output "bastion_public_ip" {

@@ -37,6 +37,10 @@ resource "azurerm_postgresql_flexible_server" "main" {
   depends_on = [azurerm_private_dns_zone_virtual_network_link.postgres]
 }
 
+# Changes to the server are made one at a time, in this order: server, Entra administrator, then each
+# configuration. Azure rejects a change while another is in progress (ServerBusy, or
+# AadAuthOperationCannotBePerformedWhenServerIsNotAccessible for the administrator), and the references alone
+# would let Terraform make all three in parallel right after the server.
 resource "azurerm_postgresql_flexible_server_active_directory_administrator" "admin" {
   server_name         = azurerm_postgresql_flexible_server.main.name
   resource_group_name = azurerm_resource_group.main.name
@@ -44,16 +48,22 @@ resource "azurerm_postgresql_flexible_server_active_directory_administrator" "ad
   object_id           = azurerm_user_assigned_identity.admin.principal_id
   principal_name      = azurerm_user_assigned_identity.admin.name
   principal_type      = "ServicePrincipal"
+
+  depends_on = [azurerm_postgresql_flexible_server.main]
 }
 
 resource "azurerm_postgresql_flexible_server_configuration" "require_tls" {
   name      = "require_secure_transport"
   server_id = azurerm_postgresql_flexible_server.main.id
   value     = "on"
+
+  depends_on = [azurerm_postgresql_flexible_server_active_directory_administrator.admin]
 }
 
 resource "azurerm_postgresql_flexible_server_configuration" "log_connections" {
   name      = "log_connections"
   server_id = azurerm_postgresql_flexible_server.main.id
   value     = "on"
+
+  depends_on = [azurerm_postgresql_flexible_server_configuration.require_tls]
 }

@@ -56,21 +56,43 @@ variable "postgres_database" {
 }
 
 variable "k8s_namespace" {
-  description = "Namespace of the CronJob; must match deploy/k8s/kustomization.yaml."
+  description = "Namespace of the CronJob. Reaches the manifests through terraform output and deploy/render-values.sh."
   type        = string
   default     = "app"
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.k8s_namespace))
+    error_message = "k8s_namespace must be a DNS label (lowercase letters, digits and '-', at most 63)."
+  }
 }
 
 variable "k8s_service_account" {
-  description = "ServiceAccount of the CronJob; must match deploy/k8s/serviceaccounts.yaml."
+  description = "ServiceAccount of the CronJob. Reaches the manifests through terraform output and deploy/render-values.sh."
   type        = string
   default     = "app"
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.k8s_service_account))
+    error_message = "k8s_service_account must be a DNS label (lowercase letters, digits and '-', at most 63)."
+  }
+}
+
+variable "k8s_admin_namespace" {
+  description = "Namespace of the bootstrap Job and the administrator's ServiceAccount; not the CronJob's, so that creating pods there does not give the database administrator's identity."
+  type        = string
+  default     = "pgwi-admin"
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.k8s_admin_namespace))
+    error_message = "k8s_admin_namespace must be a DNS label (lowercase letters, digits and '-', at most 63)."
+  }
 }
 
 variable "k8s_admin_service_account" {
-  description = "ServiceAccount of the bootstrap Job; must match deploy/k8s/serviceaccounts.yaml."
+  description = "ServiceAccount of the bootstrap Job. Reaches the manifests through terraform output and deploy/render-values.sh."
   type        = string
   default     = "pgwi-admin"
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.k8s_admin_service_account))
+    error_message = "k8s_admin_service_account must be a DNS label (lowercase letters, digits and '-', at most 63)."
+  }
 }
 
 variable "enable_bastion" {

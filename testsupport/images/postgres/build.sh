@@ -15,6 +15,7 @@ set -euo pipefail
 
 image="${1:-pgwi-test-postgres:15-pam}"
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=/dev/null # this machine's os-release
 suite="${PGWI_IMAGE_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}"
 
 if [[ "${PGWI_REBUILD_IMAGE:-0}" != 1 ]] && docker image inspect "$image" >/dev/null 2>&1; then
@@ -32,6 +33,7 @@ trap 'rm -rf "$work"' EXIT
 
 echo "build.sh: building a $suite root filesystem with PostgreSQL (takes about half a minute)"
 # No mirror argument: mmdebstrap takes the mirror from this machine's apt sources.
+# shellcheck disable=SC2016 # the hooks' $1 (the root being built) is expanded by mmdebstrap, not here
 mmdebstrap --quiet --variant=apt --include=postgresql,ca-certificates,perl,libpam-modules \
   --dpkgopt='path-exclude=/usr/share/doc/*' \
   --dpkgopt='path-exclude=/usr/share/man/*' \

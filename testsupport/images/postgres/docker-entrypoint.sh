@@ -3,6 +3,7 @@
 # pgwi's tests rely on (POSTGRES_USER/PASSWORD/DB, init scripts, the same readiness messages).
 set -Eeuo pipefail
 
+# shellcheck disable=SC2012 # the directories are PostgreSQL's major versions: digits only
 bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
 export PATH="$bin:$PATH"
 : "${PGDATA:=/var/lib/postgresql/data}"
@@ -36,6 +37,7 @@ if [[ "$1" == postgres && ! -s "$PGDATA/PG_VERSION" ]]; then
   if [[ "$POSTGRES_DB" != postgres ]]; then
     psql -v ON_ERROR_STOP=1 --dbname postgres -c "CREATE DATABASE \"$POSTGRES_DB\""
   fi
+  # shellcheck source=/dev/null # init scripts are the caller's
   for f in /docker-entrypoint-initdb.d/*; do
     case "$f" in
       *.sh) echo "running $f"; if [[ -x "$f" ]]; then "$f"; else . "$f"; fi ;;
