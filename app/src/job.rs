@@ -80,13 +80,20 @@ pub async fn run(
         () = cancel => None,
     };
     let (status, rows, error, result) = match outcome {
-        Some(Ok(rows)) => ("succeeded", rows, None, Ok(rows)),
-        Some(Err(e)) => (
-            "failed",
-            0,
-            Some(format!("{e:#}")),
-            Err(RunError::Failed(e)),
-        ),
+        // The connection goes back to the pool for the outcome's update (with a pool of one, it must).
+        Some(Ok(rows)) => {
+            drop(conn);
+            ("succeeded", rows, None, Ok(rows))
+        }
+        Some(Err(e)) => {
+            drop(conn);
+            (
+                "failed",
+                0,
+                Some(format!("{e:#}")),
+                Err(RunError::Failed(e)),
+            )
+        }
         None => {
             // The transaction future was dropped mid-statement. Close its connection outright (returning it
             // to the pool would wait on the statement): the server rolls the transaction back. Cancel the
