@@ -184,7 +184,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => {
             let signal = tokio::spawn(shutdown_signal());
-            let config = pgwi_core::config::load(&sources)?.config;
+            let mut config = pgwi_core::config::load(&sources)?.config;
+            // The job's steps run one after another: a pool of one makes them share ONE physical connection
+            // (with more, a step may open a second while the first is still being returned).
+            config.database.max_connections = 1;
             let cancelled = async {
                 let _ = signal.await;
             };

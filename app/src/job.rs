@@ -38,6 +38,9 @@ pub enum RunError {
 }
 
 /// Applies pending migrations, then writes the rows. `cancel` resolving stops the run.
+///
+/// Every step runs after the previous one: with a pool of one connection (what `pgwi run` uses) the whole
+/// run — migrations under the lock, the run record, the rows and the outcome — is one physical connection.
 pub async fn run(
     db: &RotatingPool,
     cancel: impl std::future::Future<Output = ()>,

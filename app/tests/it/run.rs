@@ -56,8 +56,9 @@ async fn run_with_workload_identity_through_the_https_stand_in(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Scenario: only what AKS injects (AZURE_* and the projected token) plus DBHOST/DBNAME/DBUSER/SSL_MODE;
-    // pgwi picks workload identity, gets a token over HTTPS, and writes the rows. No token or
-    // service-account token appears in its output.
+    // pgwi picks workload identity, gets ONE token over HTTPS, and writes the rows over ONE physical
+    // connection (the server judged exactly one login: migrations, run record, rows and outcome shared
+    // it). No token or service-account token appears in its output.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
 
@@ -81,6 +82,15 @@ async fn run_with_workload_identity_through_the_https_stand_in(
         );
     }
     assert_eq!(wi.entra.issued_tokens().len(), 1);
+    let logins: Vec<_> = db
+        .server()
+        .token_checks()
+        .expect("token checks")
+        .into_iter()
+        .filter(|check| check.user == wi.identity)
+        .collect();
+    assert_eq!(logins.len(), 1, "one run, one physical connection: {logins:?}");
+    assert!(logins[0].accepted, "{logins:?}");
 }
 
 #[rstest]
