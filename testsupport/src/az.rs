@@ -91,6 +91,7 @@ impl FakeAz {
                 access_token,
                 expires_on,
             } => {
+                crate::secrets::register(&access_token);
                 let body = serde_json::json!({
                     "accessToken": access_token,
                     "expiresOn": "2026-11-28 12:00:00.000000",

@@ -32,12 +32,14 @@ pub fn encode(claims: &Value) -> String {
     let signature: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
         .take(64)
         .collect();
-    format!(
+    let token = format!(
         "{}.{}.{}",
         b64(header.to_string().as_bytes()),
         b64(claims.to_string().as_bytes()),
         b64(&signature)
-    )
+    );
+    crate::secrets::register(&token);
+    token
 }
 
 /// Signs `claims` as a compact HS256 JWT (`{"alg":"HS256","typ":"JWT"}`) with `key`. With the test server's
@@ -54,7 +56,9 @@ pub fn sign_compact(claims: &Value, key: &[u8]) -> String {
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
         signed.as_bytes(),
     );
-    format!("{signed}.{}", b64(tag.as_ref()))
+    let token = format!("{signed}.{}", b64(tag.as_ref()));
+    crate::secrets::register(&token);
+    token
 }
 
 /// What a projected service-account token says.

@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod jwt;
 pub mod logs;
 pub mod postgres;
+pub mod secrets;
 pub mod tls;
 
 pub use postgres::{

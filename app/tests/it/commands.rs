@@ -100,7 +100,11 @@ async fn token_describes_without_printing_and_raw_prints_only_the_token(
     let wi = WorkloadIdentity::start(&db).await;
 
     let described = Pgwi::new(&["token"]).envs(wi.env()).output().await;
-    let raw = Pgwi::new(&["token", "--raw"]).envs(wi.env()).output().await;
+    let raw = Pgwi::new(&["token", "--raw"])
+        .envs(wi.env())
+        .prints_a_secret()
+        .output()
+        .await;
 
     assert_success(&described);
     assert_success(&raw);

@@ -8,7 +8,9 @@ use pgwi_testsupport::{PasswordAuth, TestDatabase, jwt};
 use rstest::rstest;
 use sea_orm::sqlx::{self, Connection as _};
 
-use crate::support::{Pgwi, WorkloadIdentity, assert_success, demo_rows, inventory, runs, text};
+use crate::support::{
+    Pgwi, WorkloadIdentity, assert_no_secret, assert_success, demo_rows, inventory, runs, text,
+};
 
 #[rstest]
 #[tokio::test]
@@ -89,7 +91,11 @@ async fn run_with_workload_identity_through_the_https_stand_in(
         .into_iter()
         .filter(|check| check.user == wi.identity)
         .collect();
-    assert_eq!(logins.len(), 1, "one run, one physical connection: {logins:?}");
+    assert_eq!(
+        logins.len(),
+        1,
+        "one run, one physical connection: {logins:?}"
+    );
     assert!(logins[0].accepted, "{logins:?}");
 }
 
@@ -158,7 +164,9 @@ async fn two_concurrent_runs_leave_three_rows_and_two_records(
             .expect("join");
 
     for output in outputs {
-        assert_success(&output.expect("output"));
+        let output = output.expect("output");
+        assert_success(&output);
+        assert_no_secret(&output);
     }
     assert_eq!(inventory(&fresh_db).await, demo_rows());
     let runs = runs(&fresh_db).await;
@@ -234,6 +242,7 @@ async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDa
         .expect("join")
         .expect("wait");
     let exited_after = started.elapsed();
+    assert_no_secret(&output);
     sqlx::raw_sql("ROLLBACK")
         .execute(&mut blocker)
         .await

@@ -1,4 +1,8 @@
 //! Running the built `pgwi` with exactly the environment a test gives it.
+//!
+//! Every run logs at `RUST_LOG=trace` and its whole output (stdout and stderr) is searched for every
+//! password and token the test bench has issued in this process: the suite proves, run by run, that no
+//! secret leaves pgwi.
 
 use std::process::{Command, Output, Stdio};
 
@@ -7,9 +11,11 @@ use pgwi_testsupport::entra::{EntraOptions, EntraStandIn, write_token_file};
 use pgwi_testsupport::jwt::ServiceAccountToken;
 use sea_orm::sqlx;
 
-/// `pgwi` with a clean environment: PATH, JSON logs, and the variables added with [`Pgwi::env`].
+/// `pgwi` with a clean environment: PATH, JSON logs at TRACE, and the variables added with [`Pgwi::env`].
 pub(crate) struct Pgwi {
     command: Command,
+    /// `pgwi token --raw` prints a token on stdout by design: only stderr is searched then.
+    secret_on_stdout: bool,
 }
 
 impl Pgwi {
@@ -20,10 +26,19 @@ impl Pgwi {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PGWI_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "trace")
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null());
-        Self { command }
+        Self {
+            command,
+            secret_on_stdout: false,
+        }
+    }
+
+    /// The command prints a secret on stdout by design (`pgwi token --raw`).
+    pub(crate) fn prints_a_secret(mut self) -> Self {
+        self.secret_on_stdout = true;
+        self
     }
 
     pub(crate) fn env(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Self {
@@ -49,9 +64,16 @@ impl Pgwi {
     }
 
     pub(crate) async fn output(mut self) -> Output {
-        tokio::task::spawn_blocking(move || self.command.output().expect("run pgwi"))
+        let secret_on_stdout = self.secret_on_stdout;
+        let output = tokio::task::spawn_blocking(move || self.command.output().expect("run pgwi"))
             .await
-            .expect("join")
+            .expect("join");
+        if secret_on_stdout {
+            assert_no_secret_in(&output.stderr);
+        } else {
+            assert_no_secret(&output);
+        }
+        output
     }
 
     pub(crate) fn spawn(mut self) -> std::process::Child {
@@ -60,6 +82,18 @@ impl Pgwi {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn pgwi")
+    }
+}
+
+/// Fails when any secret the bench issued appears in the output (searched in full, never printed).
+pub(crate) fn assert_no_secret(output: &Output) {
+    assert_no_secret_in(&output.stdout);
+    assert_no_secret_in(&output.stderr);
+}
+
+fn assert_no_secret_in(bytes: &[u8]) {
+    if let Some(leak) = pgwi_testsupport::secrets::find_leak(&text(bytes)) {
+        panic!("{leak}");
     }
 }
 

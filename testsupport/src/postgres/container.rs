@@ -136,6 +136,7 @@ pub(crate) async fn start(
 ) -> Result<Started, TestSupportError> {
     let image = image_name();
     let password = random_alphanumeric(24);
+    crate::secrets::register(&password);
     let checker = tokens::checker_script(token_key, CHECK_LOG)?;
     let container = request(certs, &image, &password, checker)
         .start()

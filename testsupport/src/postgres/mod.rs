@@ -421,6 +421,7 @@ impl TestDatabase {
         password: &str,
         auth: PasswordAuth,
     ) -> Result<(), TestSupportError> {
+        crate::secrets::register(password);
         let ident = quote_ident(name);
         let mut sql = format!(
             "CREATE ROLE {ident} LOGIN PASSWORD {};
@@ -504,6 +505,7 @@ impl TestDatabase {
 
     /// Changes a role's password, as Azure does when a new token becomes valid.
     pub async fn set_password(&self, role: &str, password: &str) -> Result<(), TestSupportError> {
+        crate::secrets::register(password);
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "ALTER ROLE {} PASSWORD {}",
             quote_ident(role),

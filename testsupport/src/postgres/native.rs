@@ -210,6 +210,7 @@ fn start_cluster(
     let (cert, key, hba) =
         write_server_files(certs, &workdir.join("tls"), tokens.service.as_deref())?;
     let password = random_alphanumeric(24);
+    crate::secrets::register(&password);
     if root {
         give_to_postgres(&key)?;
         if !on_path("sudo") {
