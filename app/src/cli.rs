@@ -91,10 +91,6 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
-    /// Run the job against a disposable local PostgreSQL, with a static password and then with workload
-    /// identity against a local Entra ID stand-in (no Azure needed)
-    #[cfg(feature = "demo")]
-    Demo,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,11 +304,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 changed = steps.iter().filter(|s| s.changed).count(),
                 "bootstrap done"
             );
-            Ok(ExitCode::SUCCESS)
-        }
-        #[cfg(feature = "demo")]
-        Command::Demo => {
-            crate::demo::run().await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -3,8 +3,6 @@
 
 pub mod bootstrap;
 pub mod cli;
-#[cfg(feature = "demo")]
-pub mod demo;
 pub mod doctor;
 pub mod job;
 pub mod migration;

@@ -1,4 +1,4 @@
-//! `pgwi demo`: the main job on a machine with no Azure and no database. Starts a disposable PostgreSQL
+//! The demo: pgwi's job on a machine with no Azure and no database (`cargo run -p pgwi --example demo`). Starts a disposable PostgreSQL
 //! through pgwi-testsupport, then runs the job twice — with a static password, then with workload identity
 //! against the local Entra ID stand-in, given the same environment AKS injects — and prints the rows and the
 //! token refreshes it saw.
@@ -20,7 +20,7 @@ use pgwi_testsupport::entra::{EntraOptions, EntraStandIn, IssuedToken, write_tok
 use pgwi_testsupport::jwt::ServiceAccountToken;
 use pgwi_testsupport::{PasswordAuth, TestDatabase, TestPostgres, TestSupportError};
 
-use crate::job;
+use pgwi::job;
 
 fn config_for(db: &TestDatabase, user: &str) -> Config {
     let mut config = Config::default();
@@ -69,7 +69,7 @@ async fn run_job(
 }
 
 /// Runs the demo.
-pub async fn run() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let server = TestPostgres::shared().context("starting a disposable PostgreSQL")?;
     println!(
         "PostgreSQL: {} ({})",
@@ -169,4 +169,20 @@ pub async fn run() -> anyhow::Result<()> {
         entra.issued_tokens().len()
     );
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    pgwi::telemetry::init(
+        "info,sqlx::postgres::notice=warn",
+        pgwi::telemetry::LogFormat::detect(),
+    );
+    pgwi_credentials::install_crypto_provider();
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }
