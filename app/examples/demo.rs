@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use pgwi_core::Config;
-use pgwi_core::config::SslMode;
 use pgwi_credentials::{
     CacheOptions, CachedTokenSource, CredentialConfig, Environment, SourceContext, SourceRegistry,
 };
@@ -23,12 +22,7 @@ use pgwi_testsupport::{PasswordAuth, TestDatabase, TestPostgres, TestSupportErro
 use pgwi::job;
 
 fn config_for(db: &TestDatabase, user: &str) -> Config {
-    let mut config = Config::default();
-    config.database.host = Some("127.0.0.1".into());
-    config.database.port = db.server().port();
-    config.database.name = Some(db.name().into());
-    config.database.user = Some(user.into());
-    config.database.sslmode = SslMode::VerifyFull;
+    let mut config = Config::for_server("127.0.0.1", db.server().port(), db.name(), user);
     config.database.ssl_root_cert = Some(db.server().ca_file().to_owned());
     config.database.application_name = "pgwi-demo".into();
     config

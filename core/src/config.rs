@@ -481,6 +481,23 @@ fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
 }
 
 impl Config {
+    /// A configuration for `user` on `database` at `host:port`, `verify-full` TLS, every other setting at its
+    /// default: where an application configures pgwi from code rather than with [`load`].
+    pub fn for_server(
+        host: impl Into<String>,
+        port: u16,
+        database: impl Into<String>,
+        user: impl Into<String>,
+    ) -> Self {
+        let mut config = Self::default();
+        config.database.host = Some(host.into());
+        config.database.port = port;
+        config.database.name = Some(database.into());
+        config.database.user = Some(user.into());
+        config.database.sslmode = SslMode::VerifyFull;
+        config
+    }
+
     /// The checks [`load`] makes, for a configuration built another way (an application's own settings):
     /// a host, database and user; TLS for remote hosts; sane pool and timing values.
     pub fn validate(&self) -> Result<(), ConfigError> {
