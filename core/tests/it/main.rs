@@ -5,4 +5,5 @@
 mod config;
 mod connection;
 mod rotation;
+mod service;
 mod support;

@@ -1,0 +1,66 @@
+//! A small axum service that keeps a passwordless SeaORM connection for as long as it runs: what a Rust
+//! service using pgwi-core looks like.
+//!
+//! ```sh
+//! PGWI_DATABASE__HOST=myserver.postgres.database.azure.com PGWI_DATABASE__NAME=app \
+//! PGWI_DATABASE__USER=my-identity PGWI_CREDENTIAL__KIND=workload-identity \
+//! cargo run -p pgwi-core --example service
+//! curl -i http://127.0.0.1:8080/healthz
+//! ```
+//!
+//! Configuration comes from pgwi's loader (`pgwi.toml` and its profile via `PGWI_PROFILE`, then `PGWI_*`
+//! variables); it listens on `PGWI_EXAMPLE_ADDR` (default `127.0.0.1:8080`). `GET /healthz` runs a query
+//! through the pool and answers 200, or 503 with the error's message. The state holds only the SeaORM
+//! connection: the password rotation lives in the pool under it.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use pgwi_core::config::{self, ConfigSources};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection};
+
+/// What the handlers share: nothing but the connection.
+#[derive(Clone)]
+struct AppState {
+    db: DatabaseConnection,
+}
+
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.db.execute_unprepared("SELECT 1").await {
+        Ok(_) => (StatusCode::OK, "ok\n".into()),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx::postgres::notice=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    pgwi_credentials::install_crypto_provider();
+
+    let loaded = config::load(&ConfigSources::default())?;
+    // Keep only the SeaORM connection; the RotatingPool value may go.
+    let db = pgwi_core::connect(&loaded.config)
+        .await?
+        .connection()
+        .clone();
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(AppState { db });
+
+    let addr = std::env::var("PGWI_EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    tracing::info!(%addr, "listening; GET /healthz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
