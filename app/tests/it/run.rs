@@ -84,13 +84,10 @@ async fn run_with_workload_identity_through_the_https_stand_in(
         );
     }
     assert_eq!(wi.entra.issued_tokens().len(), 1);
-    let logins: Vec<_> = db
+    let logins = db
         .server()
-        .token_checks()
-        .expect("token checks")
-        .into_iter()
-        .filter(|check| check.user == wi.identity)
-        .collect();
+        .token_checks_for(&wi.identity)
+        .expect("token checks");
     assert_eq!(
         logins.len(),
         1,
@@ -189,8 +186,7 @@ async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDa
         .await
         .expect("role");
     let migrate = Pgwi::new(&["migrate", "up"])
-        .database(&fresh_db, &role.name)
-        .env("PGPASSWORD", &role.password)
+        .as_role(&fresh_db, &role)
         .output()
         .await;
     assert_success(&migrate);
@@ -207,10 +203,7 @@ async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDa
         .await
         .expect("lock the row the job's last statement deletes");
 
-    let child = Pgwi::new(&["run"])
-        .database(&fresh_db, &role.name)
-        .env("PGPASSWORD", &role.password)
-        .spawn();
+    let child = Pgwi::new(&["run"]).as_role(&fresh_db, &role).spawn();
     let pid = child.id();
     let mut waited = Duration::ZERO;
     loop {
@@ -283,8 +276,7 @@ async fn run_with_one_connection_on_a_fresh_database(#[future(awt)] fresh_db: Te
         .expect("role");
 
     let output = Pgwi::new(&["run"])
-        .database(&fresh_db, &role.name)
-        .env("PGPASSWORD", &role.password)
+        .as_role(&fresh_db, &role)
         .env("PGWI_DATABASE__MAX_CONNECTIONS", "1")
         .env("PGWI_DATABASE__CONNECT_TIMEOUT_SECS", "10")
         .output()

@@ -63,6 +63,12 @@ impl Pgwi {
             )
     }
 
+    /// [`Self::database`] as `role`, with its password in `PGPASSWORD`.
+    pub(crate) fn as_role(self, db: &TestDatabase, role: &pgwi_testsupport::TestRole) -> Self {
+        self.database(db, &role.name)
+            .env("PGPASSWORD", &role.password)
+    }
+
     pub(crate) async fn output(mut self) -> Output {
         let secret_on_stdout = self.secret_on_stdout;
         let output = tokio::task::spawn_blocking(move || self.command.output().expect("run pgwi"))

@@ -121,11 +121,8 @@ impl Setup {
     fn checks(&self) -> Vec<TokenCheck> {
         self.db
             .server()
-            .token_checks()
+            .token_checks_for(&self.role)
             .expect("token checks")
-            .into_iter()
-            .filter(|c| c.user == self.role)
-            .collect()
     }
 
     /// The server never saw an expired token from this role, and accepted every token it saw.
@@ -134,7 +131,7 @@ impl Setup {
         assert!(!checks.is_empty(), "the server judged no token");
         for check in &checks {
             assert!(
-                check.accepted && check.expires_at.is_some_and(|exp| exp > check.checked_at),
+                check.accepted_unexpired(),
                 "the server was presented an unacceptable token: {check:?}"
             );
         }

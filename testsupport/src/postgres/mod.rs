@@ -233,6 +233,13 @@ impl TestPostgres {
         self.token_checking.read()
     }
 
+    /// The tokens `user` presented, oldest first.
+    pub fn token_checks_for(&self, user: &str) -> Result<Vec<TokenCheck>, TestSupportError> {
+        let mut checks = self.token_checks()?;
+        checks.retain(|check| check.user == user);
+        Ok(checks)
+    }
+
     /// Creates a database for one test and returns it with an admin pool connected to it.
     pub async fn fresh_database(&'static self) -> Result<TestDatabase, TestSupportError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);

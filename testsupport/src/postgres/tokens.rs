@@ -150,6 +150,13 @@ pub struct TokenCheck {
     pub reason: String,
 }
 
+impl TokenCheck {
+    /// The server accepted it and it had not expired when presented: what every login of pgwi must be.
+    pub fn accepted_unexpired(&self) -> bool {
+        self.accepted && self.expires_at.is_some_and(|exp| exp > self.checked_at)
+    }
+}
+
 /// Parses the checker's log.
 pub(crate) fn parse_log(log: &str) -> Result<Vec<TokenCheck>, TestSupportError> {
     log.lines()
