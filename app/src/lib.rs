@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod cli;
 pub mod doctor;
+pub mod entities;
 pub mod job;
 pub mod migration;
 pub mod telemetry;

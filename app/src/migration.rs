@@ -34,6 +34,11 @@ impl MigrationTrait for CreateInventory {
                      name varchar(50) NOT NULL,
                      quantity integer NOT NULL
                  );
+                 -- Adopting the original demo's table: no NOT NULL, no key on name. Keep the newest row of
+                 -- each name and make it fit before adding the key the job upserts on.
+                 DELETE FROM inventory WHERE name IS NULL OR quantity IS NULL;
+                 DELETE FROM inventory a USING inventory b WHERE a.name = b.name AND a.id < b.id;
+                 ALTER TABLE inventory ALTER COLUMN name SET NOT NULL, ALTER COLUMN quantity SET NOT NULL;
                  CREATE UNIQUE INDEX IF NOT EXISTS inventory_name_key ON inventory (name);",
             )
             .await

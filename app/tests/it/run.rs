@@ -245,7 +245,8 @@ async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDa
     assert_eq!(output.status.code(), Some(1));
     assert!(
         exited_after < Duration::from_secs(10),
-        "took {exited_after:?} to stop"
+        "took {exited_after:?} to stop: {}",
+        text(&output.stderr)
     );
     assert!(
         text(&output.stderr).contains("SIGTERM"),
@@ -322,4 +323,77 @@ async fn a_missing_database_is_one_line_with_the_fix(#[future(awt)] fresh_db: Te
         error_line.contains("3D000") && error_line.contains("pgwi admin bootstrap"),
         "{error_line}"
     );
+}
+
+/// What the original demo's job does to `inventory` on every run.
+const ORIGINAL_DEMO_SQL: &str = "DROP TABLE IF EXISTS inventory;
+     CREATE TABLE inventory (id serial PRIMARY KEY, name VARCHAR(50), quantity INTEGER);
+     INSERT INTO inventory (name, quantity) VALUES ('banana', 150), ('orange', 154), ('apple', 100);";
+
+#[rstest]
+#[tokio::test]
+async fn the_first_run_adopts_the_original_demos_table(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: the original Python demo ran here before (its table: no key on name, nullable columns, and
+    // a duplicate from a second insert); pgwi's first run adopts the table instead of failing, keeps one
+    // row per name and leaves exactly the demo's rows.
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "{ORIGINAL_DEMO_SQL} INSERT INTO inventory (name, quantity) VALUES ('apple', 1);
+         ALTER TABLE inventory OWNER TO \"{}\";",
+        role.name
+    )))
+    .execute(fresh_db.admin())
+    .await
+    .expect("the original demo's table");
+
+    let output = Pgwi::new(&["run"]).as_role(&fresh_db, &role).output().await;
+
+    assert_success(&output);
+    assert_eq!(inventory(&fresh_db).await, demo_rows());
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_table_recreated_under_pgwis_feet_is_one_clear_error(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: after pgwi's migrations ran, the original demo's job drops and re-creates inventory without
+    // the key on name; the next run fails with one error naming the table and the likely cause, never
+    // PostgreSQL's "no unique or exclusion constraint matching the ON CONFLICT specification", and records
+    // the failure.
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+    assert_success(&Pgwi::new(&["run"]).as_role(&fresh_db, &role).output().await);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "{ORIGINAL_DEMO_SQL} ALTER TABLE inventory OWNER TO \"{}\";",
+        role.name
+    )))
+    .execute(fresh_db.admin())
+    .await
+    .expect("the original demo's job ran");
+
+    let output = Pgwi::new(&["run"]).as_role(&fresh_db, &role).output().await;
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let error_line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error_line.contains("table inventory") && error_line.contains("original demo"),
+        "{error_line}"
+    );
+    assert!(!error_line.contains("ON CONFLICT"), "{error_line}");
+    let outcomes: Vec<String> = runs(&fresh_db)
+        .await
+        .into_iter()
+        .map(|(o, _, _)| o)
+        .collect();
+    assert_eq!(outcomes, ["succeeded", "failed"]);
 }
