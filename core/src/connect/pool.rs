@@ -64,6 +64,8 @@ pub(crate) fn base_options(db: &DatabaseConfig, target: &Target) -> PgConnectOpt
         .database(&target.database)
         .username(&target.user)
         .ssl_mode(match db.sslmode {
+            // A socket directory (as libpq): the kernel carries the bytes, and PostgreSQL offers no TLS there.
+            _ if target.host.starts_with('/') => PgSslMode::Disable,
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
             SslMode::Require => PgSslMode::Require,

@@ -204,3 +204,39 @@ async fn a_bad_credential_fails_before_any_connection(#[future(awt)] fresh_db: T
     assert!(matches!(error, ConnectError::Credential(_)), "{error:?}");
     assert!(error.to_string().contains("PGPASSWORD"), "{error}");
 }
+
+#[rstest]
+#[tokio::test]
+async fn a_socket_directory_as_host_connects_over_the_unix_socket(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: database.host names the server's socket directory (as libpq's host=/dir does) while
+    // sslmode stays verify-full: pgwi connects over the Unix socket without TLS (PostgreSQL offers none
+    // there), authenticates with scram, and the server sees a socket client (no client address).
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+    let (dir, port) = fresh_db
+        .server()
+        .unix_socket()
+        .expect("the bench's servers share their socket directory");
+    let mut config = config_for(&fresh_db, &role.name);
+    config.database.host = Some(dir.display().to_string());
+    config.database.port = port;
+
+    let db = connect_with(&config, static_password(&role.password))
+        .await
+        .expect("connect over the socket");
+    let (client_addr, ssl): (Option<String>, bool) = sqlx::query_as(
+        "SELECT client_addr::text, ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.pid = pg_backend_pid()",
+    )
+    .fetch_one(db.pool())
+    .await
+    .expect("query");
+
+    assert_eq!(client_addr, None, "a Unix-socket client has no address");
+    assert!(!ssl);
+    db.close().await;
+}

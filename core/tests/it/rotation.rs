@@ -234,7 +234,8 @@ async fn a_token_endpoint_that_hangs_forever_refuses_new_connections_at_expiry(
 ) {
     // Scenario: after the first token, Entra accepts requests but never answers. Every request is cut at
     // its 1 s deadline; when the token in use reaches its expiry (less the skew) new connections are
-    // refused with the credential's own Timeout error — through acquire() and through SeaORM's connection —
+    // refused with the credential's own Timeout error — through acquire(), the sqlx pool and SeaORM's
+    // connection —
     // while an open connection keeps serving and an idle one is still handed out. When Entra answers again,
     // new connections are served. The server never sees an expired token.
     let s = Setup::start(fresh_db, Timing::short()).await;
@@ -268,6 +269,10 @@ async fn a_token_endpoint_that_hangs_forever_refuses_new_connections_at_expiry(
         .acquire()
         .await
         .expect_err("no valid token: a new connection is refused");
+    let through_sqlx = sqlx::query("SELECT 1")
+        .execute(db.pool())
+        .await
+        .expect_err("the sqlx pool must refuse too");
     let through_seaorm = db
         .connection()
         .execute_unprepared("SELECT 1")
@@ -289,6 +294,10 @@ async fn a_token_endpoint_that_hangs_forever_refuses_new_connections_at_expiry(
         ConnectError::Credential(e) => assert_eq!(e.kind(), ErrorKind::Timeout, "{e}"),
         other => panic!("expected the credential's error, got {other:?}"),
     }
+    assert!(
+        through_sqlx.to_string().contains("no valid token"),
+        "{through_sqlx}"
+    );
     let seaorm_text = through_seaorm.to_string();
     assert!(
         seaorm_text.contains("no valid token") && seaorm_text.contains("fetch_timeout_secs"),

@@ -132,13 +132,29 @@ fn request(
 
 pub(crate) async fn start(
     certs: &TestCertificates,
+    workdir: &std::path::Path,
     token_key: &[u8],
 ) -> Result<Started, TestSupportError> {
     let image = image_name();
+    // The server's socket directory, shared with this machine: clients here can connect over the Unix
+    // socket too. World-writable, as the server's user inside the container is not ours.
+    let socket_dir = workdir.join("socket");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(&socket_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o777))
+            })
+            .map_err(TestSupportError::io("creating the shared socket directory"))?;
+    }
     let password = random_alphanumeric(24);
     crate::secrets::register(&password);
     let checker = tokens::checker_script(token_key, CHECK_LOG)?;
     let container = request(certs, &image, &password, checker)
+        .with_mount(testcontainers::core::Mount::bind_mount(
+            socket_dir.display().to_string(),
+            "/var/run/postgresql",
+        ))
         .start()
         .await
         .map_err(|e| TestSupportError::NoPostgres(format!("starting container {image}: {e}")))?;
@@ -153,6 +169,7 @@ pub(crate) async fn start(
             "testcontainers, image {image}, container {}",
             container.id()
         ),
+        socket: Some((socket_dir, 5432)),
         container_id: Some(container.id().to_owned()),
         keepalive: Keepalive::Container(Box::new(container)),
         foreign_ca: None,

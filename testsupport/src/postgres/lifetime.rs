@@ -164,13 +164,13 @@ async fn start_backend(
     match requested {
         Requested::Only(Backend::Container) => Ok((
             Backend::Container,
-            container::start(certs, token_key).await?,
+            container::start(certs, workdir, token_key).await?,
         )),
         Requested::Only(Backend::Native) => {
             Ok((Backend::Native, native::start(certs, workdir, token_key)?))
         }
         Requested::Only(Backend::External) => Ok((Backend::External, external_from_env()?)),
-        Requested::Auto => match container::start(certs, token_key).await {
+        Requested::Auto => match container::start(certs, workdir, token_key).await {
             Ok(mut started) => {
                 started.how = format!("PGWI_TEST_POSTGRES=auto: Docker answered; {}", started.how);
                 Ok((Backend::Container, started))
@@ -238,6 +238,7 @@ fn external_from_env() -> Result<Started, TestSupportError> {
         keepalive: Keepalive::External,
         foreign_ca: Some((ca_pem, ca_file.into())),
         container_id: None,
+        socket: None,
         token_checking: tokens::TokenChecking::Unavailable(
             "PGWI_TEST_POSTGRES=external: the bench does not configure that server, so it has no token \
              checker; use the container or native backend for token roles"

@@ -127,6 +127,8 @@ pub(crate) struct Started {
     token_checking: tokens::TokenChecking,
     /// Files outside the run's temporary directory to remove when the server stops (the PAM service).
     remove_at_exit: Vec<PathBuf>,
+    /// The Unix-socket directory clients on this machine can use, and the port in the socket's name.
+    socket: Option<(PathBuf, u16)>,
 }
 
 /// The test binary's shared PostgreSQL server.
@@ -139,6 +141,7 @@ pub struct TestPostgres {
     ca_file: PathBuf,
     token_key: Vec<u8>,
     token_checking: tokens::TokenChecking,
+    socket: Option<(PathBuf, u16)>,
 }
 
 impl std::fmt::Debug for TestPostgres {
@@ -233,6 +236,15 @@ impl TestPostgres {
         self.token_checking.read()
     }
 
+    /// The server's Unix-socket directory as a client on this machine reaches it (libpq's `host=/dir`), and
+    /// the port in the socket's name (`.s.PGSQL.<port>`, the server's own port: for a container, 5432).
+    /// `None` for an external server.
+    pub fn unix_socket(&self) -> Option<(&Path, u16)> {
+        self.socket
+            .as_ref()
+            .map(|(dir, port)| (dir.as_path(), *port))
+    }
+
     /// The tokens `user` presented, oldest first.
     pub fn token_checks_for(&self, user: &str) -> Result<Vec<TokenCheck>, TestSupportError> {
         let mut checks = self.token_checks()?;
@@ -296,6 +308,7 @@ impl TestPostgres {
             ca_file,
             token_key,
             token_checking: started.token_checking,
+            socket: started.socket,
         };
         let mut conn = server.wait_until_ready(Duration::from_secs(60)).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

@@ -245,8 +245,10 @@ fn start_cluster(
             ))
         })?;
     let admin = local_admin_options(cluster.db_port(), &password, certs);
+    let socket = Some((cluster.data_dir(), cluster.db_port()));
     Ok(Started {
         admin,
+        socket,
         how: format!("pgtemp cluster from {}", bin.display()),
         keepalive: Keepalive::Native(Box::new(cluster)),
         foreign_ca: None,
@@ -348,6 +350,7 @@ fn start_with_runuser(
     let admin = local_admin_options(port, password, certs);
     Ok(Started {
         admin,
+        socket: Some((data.clone(), port)),
         how: format!(
             "cluster from {} started with runuser (root without sudo)",
             bin.display()
