@@ -219,31 +219,20 @@ fn inputs(
                 inputs.authority_host
             );
             if let Some(claims) = &inputs.token_claims {
-                let claim = |n: &str| claims.get(n).unwrap_or_else(|| "?".into());
                 let expired = claims
                     .expires_at()
                     .is_some_and(|e| e <= time::OffsetDateTime::now_utc());
                 detail.push_str(&format!(
-                    "; projected token iss={} sub={} aud={} exp={}{}; the identity's federated credential must have issuer={} subject={} audience=api://AzureADTokenExchange",
-                    claim("iss"),
-                    claim("sub"),
-                    claim("aud"),
-                    claims.expires_at().map_or_else(|| "?".into(), |e| e.to_string()),
-                    if expired { " (EXPIRED: the kubelet refreshes it; is the pod's clock right?)" } else { "" },
-                    claim("iss"),
-                    claim("sub"),
+                    "; {}{}",
+                    pgwi_credentials::entra::federated_credential_hint(&inputs.token_file.0),
+                    if expired { "; the projected token has EXPIRED (the kubelet refreshes it: is the pod's clock right?)" } else { "" },
                 ));
             }
             Ok(detail)
         }
         "az-cli" => match pgwi_credentials::sources::az_cli::locate(ctx) {
             Some(az) => Ok(format!("az found at {}", az.display())),
-            None => Err(pgwi_credentials::CredentialError::new(
-                pgwi_credentials::ErrorKind::AzCliMissing,
-                "az-cli",
-                "`az` is not on PATH",
-                "install the Azure CLI and run `az login`, or choose another credential.kind",
-            )),
+            None => Err(pgwi_credentials::sources::az_cli::az_missing()),
         },
         "static-password" => {
             let sp = &credential.static_password;
@@ -263,8 +252,43 @@ async fn network_checks(
     credential: Option<Arc<CachedTokenSource>>,
 ) -> Report {
     let db = &loaded.config.database;
-    let (host, port) = match split_host_port(db.host.as_deref().unwrap_or_default()) {
-        Ok((host, port)) => (host, port.unwrap_or(db.port)),
+    let Some((host, port)) =
+        check_host(&mut report, db.host.as_deref().unwrap_or_default(), db.port)
+    else {
+        return report;
+    };
+    if host.starts_with('/') {
+        report.push(
+            "dns",
+            Status::Ok,
+            format!("{host} is a Unix-socket directory: no DNS, TCP or TLS"),
+            None,
+        );
+        report.push("tcp", Status::Ok, "not needed over a Unix socket", None);
+    } else {
+        let Some(addresses) = check_dns(&mut report, &host, port).await else {
+            return report;
+        };
+        if !check_tcp(&mut report, &host, port, &addresses).await {
+            return report;
+        }
+    }
+    let Some(credential) = credential else {
+        report.skip(AFTER_TCP, "needs a token");
+        return report;
+    };
+    check_login(&mut report, loaded, credential, &host).await;
+    report
+}
+
+/// The checks that need a TCP connection, a login, a database: skipped together when an earlier one fails.
+const AFTER_DNS: &[&str] = &["tcp", "tls", "authentication", "database", "privileges"];
+const AFTER_TCP: &[&str] = &["tls", "authentication", "database", "privileges"];
+
+/// `database.host` as host and port.
+fn check_host(report: &mut Report, raw: &str, default_port: u16) -> Option<(String, u16)> {
+    match split_host_port(raw) {
+        Ok((host, port)) => Some((host, port.unwrap_or(default_port))),
         Err(e) => {
             report.push(
                 "dns",
@@ -272,17 +296,29 @@ async fn network_checks(
                 e,
                 Some("write database.host as host or host:port".into()),
             );
-            report.skip(
-                &["tcp", "tls", "authentication", "database", "privileges"],
-                "needs a host",
-            );
-            return report;
+            report.skip(AFTER_DNS, "needs a host");
+            None
         }
-    };
-    let addresses: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host.as_str(), port))
-        .await
-    {
-        Ok(addresses) => addresses.collect(),
+    }
+}
+
+async fn check_dns(
+    report: &mut Report,
+    host: &str,
+    port: u16,
+) -> Option<Vec<std::net::SocketAddr>> {
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addresses) => {
+            let addresses: Vec<_> = addresses.collect();
+            let ips: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
+            report.push(
+                "dns",
+                Status::Ok,
+                format!("{host} resolves to {}", ips.join(", ")),
+                None,
+            );
+            Some(addresses)
+        }
         Err(e) => {
             report.push(
                 "dns",
@@ -290,124 +326,84 @@ async fn network_checks(
                 format!("{host} does not resolve: {e}"),
                 Some("check database.host; for a private server, that the private DNS zone is linked to this network".into()),
             );
-            report.skip(
-                &["tcp", "tls", "authentication", "database", "privileges"],
-                "needs a resolvable host",
-            );
-            return report;
-        }
-    };
-    report.push(
-        "dns",
-        Status::Ok,
-        format!(
-            "{host} resolves to {}",
-            addresses
-                .iter()
-                .map(|a| a.ip().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        None,
-    );
-    match tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(&addresses[..]),
-    )
-    .await
-    {
-        Ok(Ok(_)) => report.push(
-            "tcp",
-            Status::Ok,
-            format!("connected to {host}:{port}"),
-            None,
-        ),
-        Ok(Err(e)) => {
-            report.push("tcp", Status::Failed, format!("{host}:{port}: {e}"), Some("check database.port, that the server runs, and firewall rules / NSGs / private access between here and the server".into()));
-            report.skip(
-                &["tls", "authentication", "database", "privileges"],
-                "needs a TCP connection",
-            );
-            return report;
-        }
-        Err(_) => {
-            report.push("tcp", Status::Failed, format!("{host}:{port}: no answer within 5s"), Some("a firewall or NSG is probably dropping packets; check network rules and private access".into()));
-            report.skip(
-                &["tls", "authentication", "database", "privileges"],
-                "needs a TCP connection",
-            );
-            return report;
+            report.skip(AFTER_DNS, "needs a resolvable host");
+            None
         }
     }
-    let Some(credential) = credential else {
-        report.skip(
-            &["tls", "authentication", "database", "privileges"],
-            "needs a token",
-        );
-        return report;
+}
+
+async fn check_tcp(
+    report: &mut Report,
+    host: &str,
+    port: u16,
+    addresses: &[std::net::SocketAddr],
+) -> bool {
+    let connected = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addresses),
+    )
+    .await;
+    let (detail, fix) = match connected {
+        Ok(Ok(_)) => {
+            report.push(
+                "tcp",
+                Status::Ok,
+                format!("connected to {host}:{port}"),
+                None,
+            );
+            return true;
+        }
+        Ok(Err(e)) => (
+            format!("{host}:{port}: {e}"),
+            "check database.port, that the server runs, and firewall rules / NSGs / private access between here and the server",
+        ),
+        Err(_) => (
+            format!("{host}:{port}: no answer within 5s"),
+            "a firewall or NSG is probably dropping packets; check network rules and private access",
+        ),
     };
+    report.push("tcp", Status::Failed, detail, Some(fix.into()));
+    report.skip(AFTER_TCP, "needs a TCP connection");
+    false
+}
+
+/// TLS and login through pgwi's own connect path, then the database and privileges.
+async fn check_login(
+    report: &mut Report,
+    loaded: &LoadedConfig,
+    credential: Arc<CachedTokenSource>,
+    host: &str,
+) {
+    let sslmode = loaded.config.database.sslmode;
     let mut config = loaded.config.clone();
     config.database.max_connections = 1;
     config.database.connect_timeout_secs = config.database.connect_timeout_secs.min(10);
+    let tls_ok = |report: &mut Report| {
+        report.push(
+            "tls",
+            Status::Ok,
+            format!("handshake done with sslmode={sslmode}"),
+            None,
+        );
+    };
     match connect_with(&config, credential).await {
         Ok(database) => {
-            report.push(
-                "tls",
-                Status::Ok,
-                format!("handshake done with sslmode={}", db.sslmode),
-                None,
-            );
+            tls_ok(report);
             report.push(
                 "authentication",
                 Status::Ok,
                 format!("logged in as {}", database.user()),
                 None,
             );
-            let row: Result<(String, bool, bool), sqlx::Error> = sqlx::query_as(
-                "SELECT current_database()::text, has_database_privilege(current_database(), 'CONNECT'), has_schema_privilege('public', 'CREATE')",
-            )
-            .fetch_one(database.pool())
-            .await;
-            match row {
-                Ok((name, true, can_create)) => {
-                    report.push("database", Status::Ok, format!("connected to {name}"), None);
-                    if can_create {
-                        report.push(
-                            "privileges",
-                            Status::Ok,
-                            format!("{} may create in schema public", database.user()),
-                            None,
-                        );
-                    } else {
-                        report.push("privileges", Status::Failed, format!("{} may not create in schema public", database.user()), Some("run `pgwi admin bootstrap` (it makes the identity owner of schema public)".into()));
-                    }
-                }
-                Ok((name, false, _)) => report.push(
-                    "database",
-                    Status::Failed,
-                    format!("no CONNECT privilege on {name}"),
-                    Some("run `pgwi admin bootstrap`".into()),
-                ),
-                Err(e) => report.push(
-                    "database",
-                    Status::Failed,
-                    e.to_string(),
-                    Some("run `pgwi admin bootstrap`".into()),
-                ),
-            }
+            check_privileges(report, &database).await;
             database.close().await;
         }
         Err(ConnectError::Tls { detail, .. }) => {
-            report.push("tls", Status::Failed, detail, Some(format!("with sslmode={} the certificate must chain to a trusted CA (database.ssl_root_cert adds one) and name {host}", db.sslmode)));
+            report.push("tls", Status::Failed, detail, Some(format!("with sslmode={sslmode} the certificate must chain to a trusted CA (database.ssl_root_cert adds one) and name {host}")));
             report.skip(&["authentication", "database", "privileges"], "needs TLS");
         }
         Err(ConnectError::Authentication(failure)) => {
-            report.push(
-                "tls",
-                Status::Ok,
-                format!("handshake done with sslmode={}", db.sslmode),
-                None,
-            );
+            tls_ok(report);
             report.push(
                 "authentication",
                 Status::Failed,
@@ -429,5 +425,61 @@ async fn network_checks(
             );
         }
     }
-    report
+}
+
+async fn check_privileges(report: &mut Report, database: &pgwi_core::RotatingPool) {
+    let row: Result<(String, bool, bool), sqlx::Error> = sqlx::query_as(
+        "SELECT current_database()::text, has_database_privilege(current_database(), 'CONNECT'), has_schema_privilege('public', 'CREATE')",
+    )
+    .fetch_one(database.pool())
+    .await;
+    let bootstrap = || Some("run `pgwi admin bootstrap`".to_owned());
+    match row {
+        Ok((name, true, can_create)) => {
+            report.push("database", Status::Ok, format!("connected to {name}"), None);
+            if can_create {
+                report.push(
+                    "privileges",
+                    Status::Ok,
+                    format!("{} may create in schema public", database.user()),
+                    None,
+                );
+            } else {
+                report.push(
+                    "privileges",
+                    Status::Failed,
+                    format!("{} may not create in schema public", database.user()),
+                    Some(
+                        "run `pgwi admin bootstrap` (it makes the identity owner of schema public)"
+                            .into(),
+                    ),
+                );
+            }
+        }
+        Ok((name, false, _)) => report.push(
+            "database",
+            Status::Failed,
+            format!("no CONNECT privilege on {name}"),
+            bootstrap(),
+        ),
+        Err(e) => report.push("database", Status::Failed, e.to_string(), bootstrap()),
+    }
+}
+
+/// `pgwi doctor [--json]`: exit status 1 when any check failed.
+pub async fn execute(
+    sources: &ConfigSources,
+    json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let report = run(sources, &SourceContext::default()).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }

@@ -145,10 +145,7 @@ async fn record_outcome(
 ) -> anyhow::Result<()> {
     let (status, rows, error) = outcome.record();
     job_runs::Entity::update_many()
-        .col_expr(
-            job_runs::Column::FinishedAt,
-            Expr::current_timestamp().into(),
-        )
+        .col_expr(job_runs::Column::FinishedAt, Expr::current_timestamp())
         .col_expr(job_runs::Column::Outcome, Expr::value(status))
         .col_expr(job_runs::Column::RowsWritten, Expr::value(rows))
         .col_expr(job_runs::Column::Error, Expr::value(error))
@@ -290,4 +287,53 @@ pub async fn inventory(db: &RotatingPool) -> anyhow::Result<Vec<(String, i32)>> 
         .into_iter()
         .map(|row| (row.name, row.quantity))
         .collect())
+}
+
+/// `pgwi run`: connects with a pool of one, runs the job, and stops cleanly on SIGTERM (exit status 1,
+/// nothing committed, the run recorded as cancelled).
+pub async fn execute(
+    sources: &pgwi_core::config::ConfigSources,
+) -> anyhow::Result<std::process::ExitCode> {
+    let signal = tokio::spawn(shutdown_signal());
+    let mut config = pgwi_core::config::load(sources)?.config;
+    // The job's steps run one after another: a pool of one makes them share ONE physical connection (with
+    // more, a step may open a second while the first is still being returned).
+    config.database.max_connections = 1;
+    let cancelled = async {
+        let _ = signal.await;
+    };
+    tokio::pin!(cancelled);
+    let db = tokio::select! {
+        db = pgwi_core::connect(&config) => db?,
+        () = &mut cancelled => anyhow::bail!(RunError::Cancelled),
+    };
+    let result = run(&db, cancelled).await;
+    if tokio::time::timeout(std::time::Duration::from_secs(5), db.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not close within 5 s; exiting anyway");
+    }
+    result?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::warn!("SIGTERM received: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::warn!("interrupted: stopping"),
+        }
+    }
+    #[cfg(not(unix))]
+    if tokio::signal::ctrl_c().await.is_ok() {
+        tracing::warn!("interrupted: stopping");
+    }
 }

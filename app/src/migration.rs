@@ -154,3 +154,44 @@ pub async fn status(db: &pgwi_core::RotatingPool) -> Result<Vec<(String, bool)>,
         })
         .collect())
 }
+
+/// `pgwi migrate`'s actions.
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Apply every pending migration
+    Up,
+    /// Roll back the most recent migrations
+    Down {
+        /// How many to roll back
+        #[arg(long, default_value_t = 1)]
+        steps: u32,
+    },
+    /// List applied and pending migrations
+    Status,
+}
+
+/// `pgwi migrate ACTION`.
+pub async fn execute(
+    sources: &pgwi_core::config::ConfigSources,
+    action: Action,
+) -> anyhow::Result<std::process::ExitCode> {
+    let config = pgwi_core::config::load(sources)?.config;
+    let db = pgwi_core::connect(&config).await?;
+    match action {
+        Action::Up => {
+            let applied = migrate_under_lock(db.connection(), Change::Up).await?;
+            println!("all migrations applied ({applied} new)");
+        }
+        Action::Down { steps } => {
+            let rolled_back = migrate_under_lock(db.connection(), Change::Down(steps)).await?;
+            println!("rolled back {rolled_back} migration(s)");
+        }
+        Action::Status => {
+            for (name, applied) in status(&db).await? {
+                println!("{} {name}", if applied { "applied" } else { "pending" });
+            }
+        }
+    }
+    db.close().await;
+    Ok(std::process::ExitCode::SUCCESS)
+}

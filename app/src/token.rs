@@ -63,3 +63,25 @@ pub fn describe(source: &dyn TokenSource, token: &Token, configured_user: Option
     }
     out
 }
+
+/// `pgwi token [--raw]`: gets a token from the configured source; prints it only with `--raw`.
+pub async fn execute(
+    sources: &pgwi_core::config::ConfigSources,
+    raw: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let loaded = pgwi_core::config::load_unchecked(sources)?.config;
+    let source = pgwi_credentials::SourceRegistry::default().build(
+        &loaded.credential,
+        &pgwi_credentials::SourceContext::default(),
+    )?;
+    let token = source.token().await?;
+    if raw {
+        println!("{}", token.secret().expose());
+    } else {
+        print!(
+            "{}",
+            describe(source.as_ref(), &token, loaded.database.user.as_deref())
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

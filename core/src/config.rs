@@ -42,6 +42,24 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl std::str::FromStr for SslMode {
+    type Err = String;
+
+    /// Parses libpq's names: `disable`, `prefer`, `require`, `verify-ca`, `verify-full`.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim() {
+            "disable" => Ok(SslMode::Disable),
+            "prefer" => Ok(SslMode::Prefer),
+            "require" => Ok(SslMode::Require),
+            "verify-ca" => Ok(SslMode::VerifyCa),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            other => Err(format!(
+                "{other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            )),
+        }
+    }
+}
+
 impl SslMode {
     /// True for modes that may send the password in the clear.
     pub fn is_below_require(self) -> bool {

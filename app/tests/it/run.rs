@@ -186,7 +186,7 @@ async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDa
         .await
         .expect("role");
     let migrate = Pgwi::new(&["migrate", "up"])
-        .as_role(&fresh_db, &role)
+        .with_role(&fresh_db, &role)
         .output()
         .await;
     assert_success(&migrate);
@@ -203,7 +203,7 @@ async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDa
         .await
         .expect("lock the row the job's last statement deletes");
 
-    let child = Pgwi::new(&["run"]).as_role(&fresh_db, &role).spawn();
+    let child = Pgwi::new(&["run"]).with_role(&fresh_db, &role).spawn();
     let pid = child.id();
     let mut waited = Duration::ZERO;
     loop {
@@ -277,7 +277,7 @@ async fn run_with_one_connection_on_a_fresh_database(#[future(awt)] fresh_db: Te
         .expect("role");
 
     let output = Pgwi::new(&["run"])
-        .as_role(&fresh_db, &role)
+        .with_role(&fresh_db, &role)
         .env("PGWI_DATABASE__MAX_CONNECTIONS", "1")
         .env("PGWI_DATABASE__CONNECT_TIMEOUT_SECS", "10")
         .output()
@@ -349,7 +349,10 @@ async fn the_first_run_adopts_the_original_demos_table(#[future(awt)] fresh_db: 
     .await
     .expect("the original demo's table");
 
-    let output = Pgwi::new(&["run"]).as_role(&fresh_db, &role).output().await;
+    let output = Pgwi::new(&["run"])
+        .with_role(&fresh_db, &role)
+        .output()
+        .await;
 
     assert_success(&output);
     assert_eq!(inventory(&fresh_db).await, demo_rows());
@@ -368,7 +371,12 @@ async fn a_table_recreated_under_pgwis_feet_is_one_clear_error(
         .create_role(PasswordAuth::Scram)
         .await
         .expect("role");
-    assert_success(&Pgwi::new(&["run"]).as_role(&fresh_db, &role).output().await);
+    assert_success(
+        &Pgwi::new(&["run"])
+            .with_role(&fresh_db, &role)
+            .output()
+            .await,
+    );
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "{ORIGINAL_DEMO_SQL} ALTER TABLE inventory OWNER TO \"{}\";",
         role.name
@@ -377,7 +385,10 @@ async fn a_table_recreated_under_pgwis_feet_is_one_clear_error(
     .await
     .expect("the original demo's job ran");
 
-    let output = Pgwi::new(&["run"]).as_role(&fresh_db, &role).output().await;
+    let output = Pgwi::new(&["run"])
+        .with_role(&fresh_db, &role)
+        .output()
+        .await;
 
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);

@@ -64,7 +64,7 @@ impl Pgwi {
     }
 
     /// [`Self::database`] as `role`, with its password in `PGPASSWORD`.
-    pub(crate) fn as_role(self, db: &TestDatabase, role: &pgwi_testsupport::TestRole) -> Self {
+    pub(crate) fn with_role(self, db: &TestDatabase, role: &pgwi_testsupport::TestRole) -> Self {
         self.database(db, &role.name)
             .env("PGPASSWORD", &role.password)
     }

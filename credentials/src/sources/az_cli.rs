@@ -73,6 +73,17 @@ impl Executor for DeadlineExecutor {
     }
 }
 
+/// The error for an `az` that is not installed or not on `PATH`, with the fix.
+pub fn az_missing() -> CredentialError {
+    CredentialError::new(
+        ErrorKind::AzCliMissing,
+        KIND,
+        "the Azure CLI (`az`) is not installed or not on PATH",
+        "install the Azure CLI (https://learn.microsoft.com/cli/azure/install-azure-cli) and run `az login`, \
+         or choose another credential.kind (workload-identity in AKS, static-password locally)",
+    )
+}
+
 /// Where `az` is on the `PATH` the source will use, if anywhere: what `pgwi doctor` shows.
 pub fn locate(ctx: &SourceContext) -> Option<std::path::PathBuf> {
     let path = ctx.env.get("PATH").or_else(|| std::env::var("PATH").ok())?;
@@ -160,19 +171,15 @@ impl AzCliSource {
                     "`az account get-access-token` did not answer within {}s and was killed",
                     self.timeout.as_secs()
                 ),
-                "run `az account get-access-token --scope https://ossrdbms-aad.database.windows.net/.default` by \
-                 hand to see what it waits for (login prompt, proxy, network); raise \
-                 credential.az_cli.timeout_secs if it is merely slow",
+                format!(
+                    "run `az account get-access-token --scope {}` by hand to see what it waits for (login \
+                     prompt, proxy, network); raise credential.az_cli.timeout_secs if it is merely slow",
+                    self.scope
+                ),
             )
         } else if message.contains("not found on PATH") || message.contains("wasn't found on PATH")
         {
-            CredentialError::new(
-                ErrorKind::AzCliMissing,
-                KIND,
-                "the Azure CLI (`az`) is not installed or not on PATH",
-                "install the Azure CLI (https://learn.microsoft.com/cli/azure/install-azure-cli) and run `az login`, \
-                 or choose another credential.kind (workload-identity in AKS, static-password locally)",
-            )
+            az_missing()
         } else if message.contains("az login") {
             CredentialError::new(
                 ErrorKind::AzCliNotLoggedIn,
@@ -190,8 +197,10 @@ impl AzCliSource {
                 ErrorKind::Upstream,
                 KIND,
                 format!("`az account get-access-token` failed: {}", message.trim()),
-                "run `az account get-access-token --scope https://ossrdbms-aad.database.windows.net/.default` by \
-                 hand; Azure CLI 2.54 or newer is needed",
+                format!(
+                    "run `az account get-access-token --scope {}` by hand; Azure CLI 2.54 or newer is needed",
+                    self.scope
+                ),
             )
         }
     }
