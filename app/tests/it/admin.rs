@@ -5,7 +5,7 @@ use pgwi_testsupport::{PasswordAuth, TestDatabase};
 use rstest::rstest;
 use sea_orm::sqlx;
 
-use crate::support::{Pgwi, assert_success, text};
+use crate::support::{Pgwi, assert_success, scram_role, text};
 
 /// An administrator role (CREATEROLE, CREATEDB) on `db` with the pgaadauth stand-in installed.
 async fn administrator(db: &TestDatabase) -> pgwi_testsupport::TestRole {
@@ -116,10 +116,7 @@ async fn bootstrap_without_an_identity_is_a_configuration_error(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Scenario: no --identity-name and no admin.identity_name: exit 2 naming both.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
 
     let output = Pgwi::new(&["admin", "bootstrap"])
         .database(&fresh_db, &role.name)

@@ -1,10 +1,10 @@
 //! `--help`, exit statuses, `pgwi token` and `pgwi migrate`.
 
+use pgwi_testsupport::TestDatabase;
 use pgwi_testsupport::fixtures::fresh_db;
-use pgwi_testsupport::{PasswordAuth, TestDatabase};
 use rstest::rstest;
 
-use crate::support::{Pgwi, WorkloadIdentity, assert_success, text};
+use crate::support::{Pgwi, WorkloadIdentity, assert_success, scram_role, text};
 
 #[tokio::test]
 async fn help_lists_every_command() {
@@ -134,10 +134,7 @@ async fn token_describes_without_printing_and_raw_prints_only_the_token(
 #[tokio::test]
 async fn migrate_status_up_and_down(#[future(awt)] fresh_db: TestDatabase) {
     // Scenario: status lists both migrations as pending, up applies them, down rolls back the last one.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
     let pgwi = |args: &[&str]| {
         Pgwi::new(args)
             .database(&fresh_db, &role.name)

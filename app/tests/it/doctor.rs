@@ -2,10 +2,10 @@
 
 use pgwi_testsupport::entra::Fault;
 use pgwi_testsupport::fixtures::fresh_db;
-use pgwi_testsupport::{PasswordAuth, TestCertificates, TestDatabase};
+use pgwi_testsupport::{TestCertificates, TestDatabase};
 use rstest::rstest;
 
-use crate::support::{Pgwi, WorkloadIdentity, assert_success, text};
+use crate::support::{Pgwi, WorkloadIdentity, assert_success, scram_role, text};
 
 /// The line of `check` in doctor's text output, and the fix line under it.
 fn line<'a>(stdout: &'a str, check: &str) -> (&'a str, &'a str) {
@@ -151,10 +151,7 @@ async fn a_wrong_password_fails_authentication_with_its_causes(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Scenario: a static password that is wrong: TLS ✓, authentication ✗ explaining 28P01.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
 
     let output = Pgwi::new(&["doctor"])
         .database(&fresh_db, &role.name)
@@ -177,10 +174,7 @@ async fn a_wrong_password_fails_authentication_with_its_causes(
 #[tokio::test]
 async fn an_untrusted_certificate_fails_tls(#[future(awt)] fresh_db: TestDatabase) {
     // Scenario: ssl_root_cert is a CA that did not sign the server's certificate: tls ✗ with the fix.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
     let dir = tempfile::tempdir().expect("dir");
     let other = dir.path().join("other-ca.pem");
     std::fs::write(&other, TestCertificates::generate().expect("CA").ca_pem).expect("write");

@@ -1,11 +1,11 @@
 //! The runtime image, run as the CronJob runs it: non-root, read-only root filesystem, only the CronJob's
 //! environment plus a password source, beside the test PostgreSQL container.
 
+use pgwi_testsupport::TestDatabase;
 use pgwi_testsupport::fixtures::fresh_db;
-use pgwi_testsupport::{PasswordAuth, TestDatabase};
 use rstest::rstest;
 
-use crate::support::{demo_rows, inventory, runs, text};
+use crate::support::{demo_rows, inventory, runs, scram_role, text};
 
 #[rstest]
 #[ignore = "needs the runtime image named by PGWI_RUNTIME_IMAGE and the container backend; .ci/run builds the image and runs this"]
@@ -19,10 +19,7 @@ async fn the_runtime_image_runs_the_job_like_the_cronjob(#[future(awt)] fresh_db
     let container = server
         .container_id()
         .expect("run with PGWI_TEST_POSTGRES=container: the image joins the server's network");
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
     let ca = server.ca_file().display().to_string();
 
     let args = [

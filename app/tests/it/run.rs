@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use pgwi_testsupport::az::{AzBehaviour, FakeAz};
 use pgwi_testsupport::fixtures::fresh_db;
-use pgwi_testsupport::{PasswordAuth, TestDatabase, jwt};
+use pgwi_testsupport::{TestDatabase, jwt};
 use rstest::rstest;
 use sea_orm::sqlx::{self, Connection as _};
 
 use crate::support::{
-    Pgwi, WorkloadIdentity, assert_no_secret, assert_success, demo_rows, inventory, runs, text,
+    Pgwi, WorkloadIdentity, assert_no_secret, assert_success, demo_rows, inventory, runs,
+    scram_role, text,
 };
 
 #[rstest]
@@ -17,10 +18,7 @@ use crate::support::{
 async fn run_with_a_static_password_twice_leaves_three_rows(#[future(awt)] fresh_db: TestDatabase) {
     // Scenario: the CronJob's variables plus PGPASSWORD; two runs leave exactly the three rows, two run
     // records, and JSON log lines without the password.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
     for _ in 0..2 {
         let output = Pgwi::new(&["run"])
             .database(&fresh_db, &role.name)
@@ -143,10 +141,7 @@ async fn two_concurrent_runs_leave_three_rows_and_two_records(
 ) {
     // Scenario: two jobs start at the same moment on a fresh database (both apply migrations and write);
     // the result is exactly three rows and two succeeded runs.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
     let start = || {
         Pgwi::new(&["run"])
             .database(&fresh_db, &role.name)
@@ -181,10 +176,7 @@ async fn sigterm_mid_transaction_commits_nothing(#[future(awt)] fresh_db: TestDa
     // statement (the delete of rows that are not the demo's waits for a row another session holds) when
     // Kubernetes sends SIGTERM; pgwi exits promptly with a non-zero status, the upserts already made in the
     // transaction are rolled back, and the run is recorded as cancelled.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
     let migrate = Pgwi::new(&["migrate", "up"])
         .with_role(&fresh_db, &role)
         .output()
@@ -271,10 +263,7 @@ async fn run_with_one_connection_on_a_fresh_database(#[future(awt)] fresh_db: Te
     // Scenario: `PGWI_DATABASE__MAX_CONNECTIONS=1 pgwi run` on a fresh database: migrations, the run record,
     // the rows and the outcome all go through the pool's one connection (before, the migration lock held it
     // while the migrator waited for another, and the run timed out).
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
 
     let output = Pgwi::new(&["run"])
         .with_role(&fresh_db, &role)
@@ -296,10 +285,7 @@ async fn run_with_one_connection_on_a_fresh_database(#[future(awt)] fresh_db: Te
 async fn a_missing_database_is_one_line_with_the_fix(#[future(awt)] fresh_db: TestDatabase) {
     // Scenario: DBNAME names a database that does not exist: pgwi says so once (SQLSTATE 3D000) with what
     // to do, exits 2 (the fix is in configuration), and does not repeat the cause in a chain.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
 
     let output = Pgwi::new(&["run"])
         .database(&fresh_db, &role.name)
@@ -336,10 +322,7 @@ async fn the_first_run_adopts_the_original_demos_table(#[future(awt)] fresh_db: 
     // Scenario: the original Python demo ran here before (its table: no key on name, nullable columns, and
     // a duplicate from a second insert); pgwi's first run adopts the table instead of failing, keeps one
     // row per name and leaves exactly the demo's rows.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "{ORIGINAL_DEMO_SQL} INSERT INTO inventory (name, quantity) VALUES ('apple', 1);
          ALTER TABLE inventory OWNER TO \"{}\";",
@@ -367,10 +350,7 @@ async fn a_table_recreated_under_pgwis_feet_is_one_clear_error(
     // the key on name; the next run fails with one error naming the table and the likely cause, never
     // PostgreSQL's "no unique or exclusion constraint matching the ON CONFLICT specification", and records
     // the failure.
-    let role = fresh_db
-        .create_role(PasswordAuth::Scram)
-        .await
-        .expect("role");
+    let role = scram_role(&fresh_db).await;
     assert_success(
         &Pgwi::new(&["run"])
             .with_role(&fresh_db, &role)

@@ -103,6 +103,13 @@ fn assert_no_secret_in(bytes: &[u8]) {
     }
 }
 
+/// A login role with a scram password on `db`.
+pub(crate) async fn scram_role(db: &TestDatabase) -> pgwi_testsupport::TestRole {
+    db.create_role(pgwi_testsupport::PasswordAuth::Scram)
+        .await
+        .expect("role")
+}
+
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
