@@ -105,6 +105,44 @@ impl GlobalArgs {
     }
 }
 
+/// The one line `pgwi` prints for a failure: a server error with a known SQLSTATE as the server's words, the
+/// code and what to do; anything else as its chain of causes with the repeats (SeaORM wraps sqlx's error
+/// and prints it again) left out.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    for cause in error.chain() {
+        if let Some(db) = database_error(cause)
+            && let Some(code) = db.code()
+            && let Some(fix) = pgwi_core::fix_for_sqlstate(&code)
+        {
+            return format!("{error}: {} (SQLSTATE {code}); {fix}", db.message());
+        }
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|seen| seen.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// The server's error inside an sqlx or SeaORM error, if there is one.
+fn database_error<'a>(
+    cause: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a dyn sea_orm::sqlx::error::DatabaseError> {
+    use sea_orm::{DbErr, RuntimeErr};
+    let sqlx_error = cause.downcast_ref::<sea_orm::sqlx::Error>().or_else(|| {
+        match cause.downcast_ref::<DbErr>()? {
+            DbErr::Exec(RuntimeErr::SqlxError(e))
+            | DbErr::Query(RuntimeErr::SqlxError(e))
+            | DbErr::Conn(RuntimeErr::SqlxError(e)) => Some(&**e),
+            _ => None,
+        }
+    })?;
+    sqlx_error.as_database_error()
+}
+
 /// Exit status for an error: 2 when the fix is in configuration, else 1.
 pub fn exit_status(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {

@@ -54,17 +54,22 @@ pub async fn run(
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let migrations_applied = migrate_under_lock(db.connection(), Change::Up)
-        .instrument(tracing::info_span!("migrate"))
-        .await
-        .context("applying migrations")?;
+    tokio::pin!(cancel);
+    // Waiting for another job's migration lock can take long: SIGTERM ends the wait (dropping the
+    // transaction rolls it back and releases the lock).
+    let migrations_applied = tokio::select! {
+        applied = migrate_under_lock(db.connection(), Change::Up).instrument(tracing::info_span!("migrate")) => {
+            applied.context("applying migrations")?
+        }
+        () = &mut cancel => return Err(RunError::Cancelled),
+    };
     if migrations_applied > 0 {
         tracing::info!(applied = migrations_applied, "migrations applied");
     }
     let credential_kind = db.credential().info().kind;
     let run_id = record_start(db, &credential_kind).await?;
     tracing::info!(run_id, credential = %credential_kind, "run started");
-    let outcome = write_unless_cancelled(db, cancel)
+    let outcome = write_unless_cancelled(db, &mut cancel)
         .instrument(tracing::info_span!("write_rows", run_id))
         .await;
     match outcome {
@@ -294,7 +299,8 @@ pub async fn inventory(db: &RotatingPool) -> anyhow::Result<Vec<(String, i32)>> 
 pub async fn execute(
     sources: &pgwi_core::config::ConfigSources,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let signal = tokio::spawn(shutdown_signal());
+    // Registered before anything else runs, so that an early SIGTERM is not the default (fatal) action.
+    let signal = tokio::spawn(shutdown_signal(terminate_signal()));
     let mut config = pgwi_core::config::load(sources)?.config;
     // The job's steps run one after another: a pool of one makes them share ONE physical connection (with
     // more, a step may open a second while the first is still being returned).
@@ -318,21 +324,32 @@ pub async fn execute(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Resolves when SIGTERM or Ctrl-C arrives.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => tracing::warn!("SIGTERM received: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::warn!("interrupted: stopping"),
-        }
+/// SIGTERM's stream, registered now (Unix).
+#[cfg(unix)]
+fn terminate_signal() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()
+}
+
+#[cfg(not(unix))]
+fn terminate_signal() -> Option<()> {
+    None
+}
+
+/// Resolves when SIGTERM (or Ctrl-C) arrives.
+#[cfg(unix)]
+async fn shutdown_signal(term: Option<tokio::signal::unix::Signal>) {
+    let Some(mut term) = term else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::warn!("SIGTERM received: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::warn!("interrupted: stopping"),
     }
-    #[cfg(not(unix))]
+}
+
+/// Resolves when Ctrl-C arrives.
+#[cfg(not(unix))]
+async fn shutdown_signal(_: Option<()>) {
     if tokio::signal::ctrl_c().await.is_ok() {
         tracing::warn!("interrupted: stopping");
     }

@@ -77,6 +77,15 @@ struct RetryState {
     last_error: Option<CredentialError>,
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The token in the cache and when to replace it.
 #[derive(Clone)]
 struct Cached {
@@ -109,8 +118,16 @@ impl std::fmt::Debug for CachedTokenSource {
 }
 
 impl CachedTokenSource {
-    /// Puts a cache in front of `inner`.
+    /// Puts a cache in front of `inner`. Durations beyond a day are cut to a day, so that no arithmetic on
+    /// them can overflow.
     pub fn new(inner: Arc<dyn TokenSource>, options: CacheOptions) -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let options = CacheOptions {
+            refresh_margin: options.refresh_margin.min(DAY),
+            min_backoff: options.min_backoff.min(DAY),
+            max_backoff: options.max_backoff.min(DAY),
+            fetch_timeout: options.fetch_timeout.min(DAY),
+        };
         Self {
             inner,
             options,
@@ -175,6 +192,8 @@ impl CachedTokenSource {
         let inner = self.inner.clone();
         let task = tokio::spawn(async move { inner.token().await });
         let abort = task.abort_handle();
+        // A caller that stops waiting (a closed pool's refresher) ends the request too.
+        let _abort_on_drop = AbortOnDrop(task.abort_handle());
         let kind = self.inner.info().kind;
         match tokio::time::timeout(self.options.fetch_timeout, task).await {
             Ok(Ok(result)) => result,
@@ -217,7 +236,7 @@ impl CachedTokenSource {
             return;
         };
         let lifetime = expires_at - now;
-        if lifetime < self.options.refresh_margin * 2
+        if lifetime < self.options.refresh_margin.saturating_mul(2)
             && !self.warned_short_lifetime.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(

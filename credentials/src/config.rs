@@ -105,7 +105,9 @@ impl CredentialConfig {
                 ),
             ));
         }
-        if self.fetch_timeout_secs == 0 || self.fetch_timeout_secs * 2 > self.refresh_margin_secs {
+        if self.fetch_timeout_secs == 0
+            || self.fetch_timeout_secs.saturating_mul(2) > self.refresh_margin_secs
+        {
             return Some((
                 "credential.fetch_timeout_secs",
                 format!(

@@ -16,12 +16,19 @@ pub struct Token {
 }
 
 impl Token {
-    /// A token that expires at `expires_at` (`None`: never, as for a static password).
+    /// A token that expires at `expires_at` (`None`: never, as for a static password). When the secret is a
+    /// JWT whose `exp` comes earlier, that is the expiry: the server judges the token by its `exp`, while an
+    /// SDK's `expires_on` (receipt time plus `expires_in`) can overshoot it by the request's latency.
     pub fn new(secret: impl Into<SecretString>, expires_at: Option<OffsetDateTime>) -> Self {
-        Self {
-            secret: secret.into(),
-            expires_at,
-        }
+        let secret = secret.into();
+        let claimed = expires_at
+            .and_then(|_| Claims::decode_unverified(secret.expose()))
+            .and_then(|claims| claims.expires_at());
+        let expires_at = match (expires_at, claimed) {
+            (Some(given), Some(exp)) => Some(given.min(exp)),
+            (given, _) => given,
+        };
+        Self { secret, expires_at }
     }
 
     /// The secret to present as the password.

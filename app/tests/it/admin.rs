@@ -180,3 +180,53 @@ async fn bootstrap_refuses_names_longer_than_63_bytes(#[future(awt)] fresh_db: T
             .expect("lookup");
     assert!(!created);
 }
+
+#[rstest]
+#[tokio::test]
+async fn bootstrap_grants_each_missing_privilege_on_its_own(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: after a first bootstrap, CREATE is revoked from the application role (CONNECT and TEMPORARY
+    // it still holds, through PUBLIC too, so a check of all three at once would say "held"); the next
+    // bootstrap grants exactly CREATE again and reports the other two as held.
+    let admin = administrator(&fresh_db).await;
+    let identity = format!("{}_id", fresh_db.name());
+    let app_db = format!("{}_app", fresh_db.name());
+    assert_success(
+        &bootstrap_command(&fresh_db, &admin, &identity, &app_db)
+            .output()
+            .await,
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "REVOKE CREATE ON DATABASE \"{app_db}\" FROM \"{identity}\""
+    )))
+    .execute(fresh_db.admin())
+    .await
+    .expect("revoke");
+
+    let output = bootstrap_command(&fresh_db, &admin, &identity, &app_db)
+        .output()
+        .await;
+
+    assert_success(&output);
+    let stdout = text(&output.stdout);
+    for (privilege, expected) in [
+        ("CONNECT", "exists"),
+        ("CREATE", "created"),
+        ("TEMPORARY", "exists"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(expected) && l.contains(&format!("{privilege} on database"))),
+            "{privilege} should be {expected}: {stdout}"
+        );
+    }
+    let (create, temporary): (bool, bool) = sqlx::query_as(
+        "SELECT has_database_privilege($1, $2, 'CREATE'), has_database_privilege($1, $2, 'TEMPORARY')",
+    )
+    .bind(&identity)
+    .bind(&app_db)
+    .fetch_one(fresh_db.admin())
+    .await
+    .expect("privileges");
+    assert!(create && temporary);
+}

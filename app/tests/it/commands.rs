@@ -8,12 +8,13 @@ use crate::support::{Pgwi, WorkloadIdentity, assert_success, scram_role, text};
 
 #[tokio::test]
 async fn help_lists_every_command() {
-    // Scenario: `pgwi --help` succeeds and names each command; each command has its own help.
+    // Scenario: `pgwi --help` succeeds and names each command; each command has its own help; the demo is
+    // no command of the production binary (it is `cargo run -p pgwi --example demo`).
     let output = Pgwi::new(&["--help"]).output().await;
 
     assert_success(&output);
     let help = text(&output.stdout);
-    for command in ["run", "migrate", "token", "doctor", "admin", "demo"] {
+    for command in ["run", "migrate", "token", "doctor", "admin"] {
         assert!(
             help.contains(command),
             "--help does not mention {command}:\n{help}"
@@ -26,6 +27,8 @@ async fn help_lists_every_command() {
     ] {
         assert_success(&Pgwi::new(command).output().await);
     }
+    let demo = Pgwi::new(&["demo"]).output().await;
+    assert_eq!(demo.status.code(), Some(2), "{}", text(&demo.stderr));
 }
 
 #[tokio::test]

@@ -388,3 +388,42 @@ async fn a_table_recreated_under_pgwis_feet_is_one_clear_error(
         .collect();
     assert_eq!(outcomes, ["succeeded", "failed"]);
 }
+
+#[rstest]
+#[tokio::test]
+async fn a_permission_error_after_connecting_is_one_line_with_the_fix(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: the role may log in but not create in schema public, so the migrations fail with 42501
+    // after connecting: one error line with the server's words, the SQLSTATE and what to do (no SeaORM
+    // wrapper repeating sqlx's text), exit status 1.
+    let role = scram_role(&fresh_db).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "REVOKE CREATE ON SCHEMA public FROM \"{}\"",
+        role.name
+    )))
+    .execute(fresh_db.admin())
+    .await
+    .expect("revoke");
+
+    let output = Pgwi::new(&["run"])
+        .with_role(&fresh_db, &role)
+        .output()
+        .await;
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    let error_line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error_line.contains("42501") && error_line.contains("pgwi admin bootstrap"),
+        "{error_line}"
+    );
+    assert_eq!(
+        error_line.matches("permission denied").count(),
+        1,
+        "{error_line}"
+    );
+}

@@ -82,12 +82,17 @@ impl Pgwi {
         output
     }
 
-    pub(crate) fn spawn(mut self) -> std::process::Child {
-        self.command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+    /// Starts `pgwi` with its output going to files (a pipe nobody reads would stall a chatty child).
+    pub(crate) fn spawn(mut self) -> Spawned {
+        let dir = tempfile::tempdir().expect("output dir");
+        let file = |name: &str| std::fs::File::create(dir.path().join(name)).expect("output file");
+        let child = self
+            .command
+            .stdout(file("stdout"))
+            .stderr(file("stderr"))
             .spawn()
-            .expect("spawn pgwi")
+            .expect("spawn pgwi");
+        Spawned { child, dir }
     }
 }
 
@@ -108,6 +113,31 @@ pub(crate) async fn scram_role(db: &TestDatabase) -> pgwi_testsupport::TestRole 
     db.create_role(pgwi_testsupport::PasswordAuth::Scram)
         .await
         .expect("role")
+}
+
+/// A running `pgwi` whose output is collected in files.
+pub(crate) struct Spawned {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the exit and returns the whole output, searched for secrets like [`Pgwi::output`]'s.
+    pub(crate) fn wait_with_output(mut self) -> std::io::Result<Output> {
+        let status = self.child.wait()?;
+        let read = |name: &str| std::fs::read(self.dir.path().join(name));
+        let output = Output {
+            status,
+            stdout: read("stdout")?,
+            stderr: read("stderr")?,
+        };
+        assert_no_secret(&output);
+        Ok(output)
+    }
 }
 
 pub(crate) fn text(bytes: &[u8]) -> String {

@@ -44,7 +44,9 @@ pub struct RotationStats {
 /// A connected database: SeaORM's `DatabaseConnection` and the sqlx pool under it, whose password a
 /// background task keeps fresh for as long as the pool lives (until [`RotatingPool::close`], or until the last
 /// clone of the pool or the SeaORM connection is closed). Dropping this value stops nothing: keeping only
-/// `connection().clone()` is enough.
+/// `connection().clone()` is enough. The rotation runs on the tokio runtime that called `connect`, and keeps
+/// a clone of the pool until it is closed: a pool dropped without `close()` lives until that runtime ends.
+/// `pool().connect_options()` holds the current token: never print its `Debug`.
 pub struct RotatingPool {
     connection: DatabaseConnection,
     pool: PgPool,
@@ -142,6 +144,8 @@ impl<'a> Connector<'a> {
             None => SourceRegistry::default()
                 .build_cached(&config.credential, &SourceContext::default())?,
         };
+        let skew = Duration::from_secs(config.credential.expiry_skew_secs);
+        check_cache_timing(&credential, skew)?;
         let db = &config.database;
         let (host, port) = pool::resolve_host(db)?;
         let span = tracing::info_span!("connect", %host, port, database = db.name.as_deref().unwrap_or_default(), credential = %credential.info());
@@ -149,6 +153,9 @@ impl<'a> Connector<'a> {
         let map_connect_options = self.map_connect_options;
         async move {
             let token = credential.token().await?;
+            if !rotation::usable_now(&token, skew) {
+                return Err(rotation::expired_on_arrival(credential.info().kind, &token).into());
+            }
             let user = pool::resolve_user(db, &token, &credential)?;
             let target = Target {
                 host,
@@ -177,7 +184,7 @@ impl<'a> Connector<'a> {
                 user_from_token: target.user_from_token,
                 credential: credential.clone(),
                 state: state.clone(),
-                skew: Duration::from_secs(config.credential.expiry_skew_secs),
+                skew,
                 current: Mutex::new(Current::new(token, credential.options().refresh_margin)),
                 refusal: tokio::sync::Mutex::new(None),
             }
@@ -192,6 +199,38 @@ impl<'a> Connector<'a> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// A cache the caller built has its own margin and deadline: they must leave room for the skew and a retry,
+/// as the loader checks for configuration.
+fn check_cache_timing(credential: &CachedTokenSource, skew: Duration) -> Result<(), ConnectError> {
+    let options = credential.options();
+    let problem = if skew >= options.refresh_margin {
+        Some(format!(
+            "is {}s, but the token source's cache refreshes only {}s before expiry",
+            skew.as_secs(),
+            options.refresh_margin.as_secs_f64()
+        ))
+    } else if options.fetch_timeout.saturating_mul(2) > options.refresh_margin {
+        Some(format!(
+            "leaves no time to retry: the cache's fetch deadline ({}s) is over half its margin ({}s)",
+            options.fetch_timeout.as_secs_f64(),
+            options.refresh_margin.as_secs_f64()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ConnectError::Config(crate::ConfigError::Rejected {
+            key: "credential.expiry_skew_secs".into(),
+            origin: "the configuration and the CachedTokenSource given to pgwi".into(),
+            problem,
+            fix: "give the cache a refresh_margin above the skew and a fetch_timeout of at most half \
+                  the margin (CredentialConfig::cache_options builds them from the configuration)"
+                .into(),
+        })),
+        None => Ok(()),
     }
 }
 

@@ -29,6 +29,12 @@ use super::refusal::RefusalEndpoint;
 const STATIC_RECHECK: Duration = Duration::from_secs(30);
 /// How soon to ask again after a failed refresh (the cache's backoff limits real requests).
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Where new connections go if the refusal endpoint cannot listen: nowhere.
+const NO_ENDPOINT_SOCKET: &str = "/nonexistent/pgwi-no-valid-token";
+/// The shortest wait before asking the cache again when it has nothing new yet.
+const MIN_WAIT: Duration = Duration::from_millis(100);
+/// The longest single sleep: deadlines are re-checked against the wall clock at least this often.
+const TICK: Duration = Duration::from_secs(5);
 /// How long the supervisor waits before restarting a loop that panicked.
 const RESTART_AFTER_PANIC: Duration = Duration::from_secs(1);
 
@@ -96,13 +102,9 @@ impl Rotation {
         lock(&self.current).clone()
     }
 
-    /// The instant after which the current token must not be presented: its expiry less the skew allowance
-    /// (at most a quarter of the token's lifetime, so a short-lived token is still used).
+    /// The instant after which the current token must not be presented.
     fn deadline(&self, current: &Current) -> Option<OffsetDateTime> {
-        let exp = current.token.expires_at()?;
-        let configured = time::Duration::try_from(self.skew).unwrap_or(time::Duration::ZERO);
-        let skew = configured.min((exp - current.installed_at) / 4);
-        Some(exp.checked_sub(skew).unwrap_or(exp))
+        current_deadline(current, self.skew)
     }
 
     /// New connections present `token` from now on.
@@ -131,7 +133,8 @@ impl Rotation {
 
     /// The current token has expired and no new one came: refuse new connections with `error`.
     async fn refuse_new_connections(&self, error: CredentialError) {
-        if lock(&self.state.outage).replace(error.clone()).is_some() {
+        if self.state.outage().is_some() {
+            *lock(&self.state.outage) = Some(error);
             return;
         }
         tracing::error!(%error, "the token expired and no new one can be had: new connections are refused until the credential recovers; open connections keep serving");
@@ -150,21 +153,27 @@ impl Rotation {
             match RefusalEndpoint::start(message).await {
                 Ok(endpoint) => *refusal = Some(endpoint),
                 Err(io) => {
-                    tracing::error!(error = %io, "could not open the loopback refusal endpoint; new connections fail with an I/O error instead");
+                    tracing::error!(error = %io, "could not open the loopback refusal endpoint; new connections fail with \"no such file\" instead");
                 }
             }
         }
         let base = lock(&self.base).clone();
         // A fresh target without a password: nothing secret can reach it.
         let mut options = PgConnectOptions::new_without_pgpass()
-            .host("127.0.0.1")
-            .port(refusal.as_ref().map_or(1, RefusalEndpoint::port))
             .username(base.get_username())
             .ssl_mode(PgSslMode::Disable);
+        options = match refusal.as_ref() {
+            Some(endpoint) => options.host("127.0.0.1").port(endpoint.port()),
+            // Without the endpoint: a socket that cannot exist fails at once (a closed port would be
+            // retried until the acquire timeout).
+            None => options.socket(NO_ENDPOINT_SOCKET),
+        };
         if let Some(database) = base.get_database() {
             options = options.database(database);
         }
         self.pool.set_connect_options(options);
+        // Only once new connections go elsewhere: a loop restarted in between checks the deadline again.
+        *lock(&self.state.outage) = Some(error);
     }
 
     fn no_answer_error(&self, expires_at: Option<OffsetDateTime>) -> CredentialError {
@@ -179,6 +188,38 @@ impl Rotation {
              credential.fetch_timeout_secs and pgwi keeps asking",
         )
     }
+}
+
+/// The instant after which `current` must not be presented: its expiry less the skew allowance, at most a
+/// quarter of the token's lifetime (so a short-lived token is still used), never after the expiry itself.
+pub(crate) fn current_deadline(current: &Current, skew: Duration) -> Option<OffsetDateTime> {
+    let exp = current.token.expires_at()?;
+    let configured = time::Duration::try_from(skew).unwrap_or(time::Duration::ZERO);
+    let lifetime: time::Duration = exp - current.installed_at;
+    let quarter: time::Duration = std::cmp::max(lifetime / 4_i32, time::Duration::ZERO);
+    Some(exp.checked_sub(configured.min(quarter)).unwrap_or(exp))
+}
+
+/// Whether `token`, just obtained, may be presented at all: not already at its deadline.
+pub(crate) fn usable_now(token: &Token, skew: Duration) -> bool {
+    let probe = Current::new(token.clone(), Duration::ZERO);
+    current_deadline(&probe, skew).is_none_or(|deadline| OffsetDateTime::now_utc() < deadline)
+}
+
+/// The error for a token that arrives already expired (or inside the skew allowance).
+pub(crate) fn expired_on_arrival(kind: String, token: &Token) -> CredentialError {
+    CredentialError::new(
+        ErrorKind::Upstream,
+        kind,
+        format!(
+            "the source returned a token that expires at {} (with the skew allowance: already expired)",
+            token
+                .expires_at()
+                .map_or_else(|| "?".into(), |e| e.to_string())
+        ),
+        "check the clock of this machine (and of the token issuer); lower credential.expiry_skew_secs if \
+         tokens are that short-lived on purpose",
+    )
 }
 
 /// Runs the loop; restarts it after a panic; ends when the pool is closed.
@@ -197,13 +238,20 @@ async fn supervise(rotation: Arc<Rotation>) {
 }
 
 /// Sleeps until `at` (wall clock); forever for `None`.
+/// In ticks of at most [`TICK`], checking the wall clock each time: tokio's clock is monotonic and stops
+/// while the machine is suspended, while token expiry follows the wall clock.
 async fn sleep_until(at: Option<OffsetDateTime>) {
-    match at {
-        Some(at) => {
-            let wait = at - OffsetDateTime::now_utc();
-            tokio::time::sleep(Duration::try_from(wait).unwrap_or(Duration::ZERO)).await;
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    loop {
+        let Ok(wait) = Duration::try_from(at - OffsetDateTime::now_utc()) else {
+            return;
+        };
+        if wait.is_zero() {
+            return;
         }
-        None => std::future::pending().await,
+        tokio::time::sleep(wait.min(TICK)).await;
     }
 }
 
@@ -249,6 +297,9 @@ async fn run(rotation: Arc<Rotation>) {
                 }
             };
             match result {
+                Ok(new) if new.secret() != token.secret() && !usable_now(&new, rotation.skew) => {
+                    last_error = Some(expired_on_arrival(rotation.credential.info().kind, &new));
+                }
                 Ok(new) if new.secret() != token.secret() => {
                     rotation.install(new);
                     break;
@@ -258,8 +309,24 @@ async fn run(rotation: Arc<Rotation>) {
                     lock(&rotation.current).refresh_at = None;
                     break;
                 }
-                // The cache served the last good token: its refresh is failing.
-                Ok(_) => last_error = rotation.credential.last_failure().or(last_error),
+                // The same token: the cache's refresh is failing, or its refresh time has not come yet.
+                Ok(_) => match rotation.credential.last_failure() {
+                    Some(error) => last_error = Some(error),
+                    None => {
+                        let now = OffsetDateTime::now_utc();
+                        let wake = rotation
+                            .credential
+                            .refresh_at()
+                            .unwrap_or(now + RETRY_INTERVAL)
+                            .max(now + MIN_WAIT);
+                        let wake = deadline.map_or(wake, |d| wake.min(d));
+                        tokio::select! {
+                            () = &mut closed => return,
+                            () = sleep_until(Some(wake)) => {}
+                        }
+                        continue;
+                    }
+                },
                 Err(error) => last_error = Some(error),
             }
             if let Some(error) = &last_error

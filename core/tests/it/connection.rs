@@ -240,3 +240,25 @@ async fn a_socket_directory_as_host_connects_over_the_unix_socket(
     assert!(!ssl);
     db.close().await;
 }
+
+#[rstest]
+#[tokio::test]
+async fn a_configuration_built_in_code_is_checked_like_a_loaded_one(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: an application builds its Config in code with sslmode=disable towards a remote host and
+    // connects through Connector: the same check as the loader refuses it before any token or connection.
+    let _ = fresh_db;
+    let mut config = pgwi_core::Config::for_server("db.example.com", 5432, "app", "app-identity");
+    config.database.sslmode = SslMode::Disable;
+
+    let error = pgwi_core::Connector::new(&config)
+        .source(static_password("unused-password"))
+        .connect()
+        .await
+        .expect_err("refused");
+
+    assert!(matches!(error, ConnectError::Config(_)), "{error:?}");
+    assert!(error.to_string().contains("database.sslmode"), "{error}");
+    assert!(error.is_configuration());
+}

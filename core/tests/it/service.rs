@@ -63,16 +63,17 @@ async fn healthz(port: u16) -> std::io::Result<(u16, String)> {
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh_db: TestDatabase) {
-    // Scenario: the example service runs with 4 s tokens and connections recycled every second; for 14 s
+    // Scenario: the example service runs with 8 s tokens and connections recycled every second; for 26 s
     // (three token lifetimes and more) /healthz is asked ten times a second. Every answer is 200, new
-    // connections presented at least four different tokens, and the server never saw an expired one.
+    // connections presented at least four different tokens, the server never saw an expired one, and
+    // nothing the service printed at trace level holds a token or password.
     let db = fresh_db;
     let sa_token = ServiceAccountToken::default().encode();
     let dir = tempfile::tempdir().expect("dir");
     let token_file = write_token_file(dir.path(), &sa_token).expect("token file");
     let mut options = EntraOptions::for_server(sa_token, db.server());
     options.identity_name = format!("{}_svc", db.name());
-    options.token_lifetime = Duration::from_secs(4);
+    options.token_lifetime = Duration::from_secs(8);
     let role = options.identity_name.clone();
     db.create_token_role(&role).await.expect("token role");
     let entra = EntraStandIn::start(options).await.expect("entra");
@@ -94,15 +95,17 @@ async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh
         .env("PGWI_DATABASE__SSL_ROOT_CERT", db.server().ca_file())
         .env("PGWI_DATABASE__MAX_LIFETIME_SECS", "1")
         .env("PGWI_CREDENTIAL__KIND", "workload-identity")
-        .env("PGWI_CREDENTIAL__REFRESH_MARGIN_SECS", "2")
-        .env("PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS", "1")
+        .env("PGWI_CREDENTIAL__REFRESH_MARGIN_SECS", "4")
+        .env("PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS", "2")
         .env("PGWI_CREDENTIAL__EXPIRY_SKEW_SECS", "1")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "trace")
         .current_dir(dir.path())
         .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("stdout")).expect("stdout file"))
+        .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
         .spawn()
         .expect("start the service");
-    let _service = Service(child);
+    let service = Service(child);
     let started = tokio::time::Instant::now();
     while healthz(port).await.is_err() {
         assert!(
@@ -112,7 +115,7 @@ async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let until = tokio::time::Instant::now() + Duration::from_secs(14);
+    let until = tokio::time::Instant::now() + Duration::from_secs(26);
     let (mut answers, mut failures) = (0, Vec::new());
     while tokio::time::Instant::now() < until {
         match healthz(port).await {
@@ -134,4 +137,15 @@ async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh
     let tokens: BTreeSet<i64> = checks.iter().filter_map(|c| c.expires_at).collect();
     assert!(tokens.len() >= 4, "{checks:?}");
     assert!(entra.request_count() >= 4);
+    drop(service);
+    for stream in ["stdout", "stderr"] {
+        let output = std::fs::read_to_string(dir.path().join(stream)).expect("output");
+        assert!(
+            output.len() > 1000 || stream == "stdout",
+            "the service logged at trace level"
+        );
+        if let Some(leak) = pgwi_testsupport::secrets::find_leak(&output) {
+            panic!("service {stream}: {leak}");
+        }
+    }
 }

@@ -180,7 +180,7 @@ async fn a_token_request_that_hangs_fails_at_the_deadline() {
     let cache = cached(
         &pod,
         CacheOptions {
-            fetch_timeout: Duration::from_millis(300),
+            fetch_timeout: Duration::from_secs(2),
             min_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(10),
             ..CacheOptions::default()
