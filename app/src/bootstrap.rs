@@ -56,7 +56,11 @@ fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
 }
 
 fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+    use sea_orm::sea_query::{Alias, IntoIden as _, PostgresQueryBuilder, QuotedBuilder as _};
+    // sea-query's own quoting, as in every statement SeaORM builds (an owned name is escaped).
+    let mut quoted = String::new();
+    PostgresQueryBuilder.prepare_iden(&Alias::new(name).into_iden(), &mut quoted);
+    quoted
 }
 
 /// Runs the bootstrap through `admin` (connected to a maintenance database such as `postgres`); connects to

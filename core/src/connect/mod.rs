@@ -80,6 +80,11 @@ pub async fn connect_with(
 
 /// Connects with more control: the token source, sqlx pool options, per-connection options.
 ///
+/// What `sea_orm::ConnectOptions` would set maps onto these two: pool sizes, timeouts and
+/// `test_before_acquire` are pool options; `sqlx_logging`, slow-statement logging and the schema search path
+/// are per-connection options (`log_statements`, `log_slow_statements`, `options([("search_path", ..)])`).
+/// A `ConnectOptions` itself cannot be taken: SeaORM applies it only to pools it builds from a URL.
+///
 /// ```no_run
 /// # async fn run(config: pgwi_core::Config) -> Result<(), pgwi_core::ConnectError> {
 /// use sea_orm::sqlx::postgres::PgPoolOptions;

@@ -558,7 +558,11 @@ pub(crate) fn local_admin_options(
 
 /// Quotes an SQL identifier.
 pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
+    use sea_orm::sea_query::{Alias, IntoIden as _, PostgresQueryBuilder, QuotedBuilder as _};
+    // sea-query's own quoting, as in every statement SeaORM builds (an owned name is escaped).
+    let mut quoted = String::new();
+    PostgresQueryBuilder.prepare_iden(&Alias::new(ident).into_iden(), &mut quoted);
+    quoted
 }
 
 /// Quotes an SQL string literal.
