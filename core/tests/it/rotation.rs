@@ -415,6 +415,69 @@ async fn a_source_that_panics_does_not_end_rotation(#[future(awt)] fresh_db: Tes
     db.close().await;
 }
 
+/// A source whose `info()` panics once, when armed: a panic in the refresher's own task, not in the
+/// isolated request.
+#[derive(Debug)]
+struct InfoPanicsOnce {
+    inner: Arc<dyn TokenSource>,
+    armed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl TokenSource for InfoPanicsOnce {
+    async fn token(&self) -> Result<Token, CredentialError> {
+        self.inner.token().await
+    }
+
+    fn info(&self) -> SourceInfo {
+        assert!(
+            !self.armed.swap(false, Ordering::SeqCst),
+            "a bug while describing the source"
+        );
+        self.inner.info()
+    }
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_refresher_itself_is_survived(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: after connecting, the refresher's own task panics once (describing the source fails while
+    // it refreshes). The supervisor restarts it: rotation goes on for two more token lifetimes, new
+    // connections are served, and the server sees no expired token.
+    let s = Setup::start(fresh_db, Timing::short()).await;
+    let source = Arc::new(InfoPanicsOnce {
+        inner: s.source.clone(),
+        armed: AtomicBool::new(false),
+    });
+    let db = connect_with(&s.config, s.cache(source.clone()))
+        .await
+        .expect("connect");
+    let before = db.rotation_stats().rotations;
+    source.armed.store(true, Ordering::SeqCst);
+
+    let until = tokio::time::Instant::now() + Duration::from_secs(18);
+    let mut failures = Vec::new();
+    while tokio::time::Instant::now() < until {
+        if let Err(e) = new_connection(&db).await {
+            failures.push(e.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    assert!(
+        !source.armed.load(Ordering::SeqCst),
+        "the panic never happened"
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        db.rotation_stats().rotations >= before + 2,
+        "{:?}",
+        db.rotation_stats()
+    );
+    s.assert_no_expired_token_presented();
+    db.close().await;
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelet_replacing_the_projected_token_mid_run_changes_nothing(
