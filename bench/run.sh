@@ -51,18 +51,24 @@ trap cleanup EXIT
 
 step "release build"
 cargo build --release --locked -p pgwi --bin pgwi
-binary="$target/release/pgwi"
+# A copy: building the benches writes target/release/pgwi again, with the dev-dependencies' features.
+binary="$out/pgwi"
+cp "$target/release/pgwi" "$binary"
 export PGWI_BENCH_PGWI="$binary"
 
+step "bench builds"
+# One feature resolution for all three (--workspace), so no bench rebuilds what another built.
+cargo bench --locked --workspace --no-run
+
 step "a, e: the job vs psql and the original Python job"
-cargo bench --locked -p pgwi --bench job
+cargo bench --locked --workspace --bench job
 
 step "b, c, f: workload identity vs a static password through one pool"
-cargo bench --locked -p pgwi-core --bench pool
+cargo bench --locked --workspace --bench pool
 
 step "d: token on a cache hit (criterion)"
 rm -rf "$out/criterion"
-CRITERION_HOME="$out/criterion" cargo bench --locked -p pgwi-credentials --bench token_cache
+CRITERION_HOME="$out/criterion" cargo bench --locked --workspace --bench token_cache
 
 step "e: footprint"
 row() { # section figure pgwi baseline ratio target met note

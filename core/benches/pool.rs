@@ -7,7 +7,7 @@
 //!   connection.
 //! - **c, rotation under load**: W workers running `SELECT 1` through one pool of W connections for
 //!   `PGWI_BENCH_ROTATION_SECS` (default 60) while tokens live 10 s and connections are recycled every 2 s:
-//!   queries/s and failed queries.
+//!   queries/s and failed queries. The three modes' pools live side by side and take turns in 5 s slices.
 //! - **f, growth**: b at 1, 10, 50, 200 connections and c at 1, 4, 16, 64 workers (`PGWI_BENCH_GROWTH_SECS`
 //!   each, default 15; the 16-worker row is c itself), per connection / per worker.
 //!
@@ -22,7 +22,6 @@
 //! `cargo bench -p pgwi-core --bench pool` (the test bench's server: see the README's Test section).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pgwi_core::{Config, Connector, RotatingPool};
@@ -44,6 +43,8 @@ const C_WORKERS: usize = 16;
 /// Token lifetime and connection lifetime of figure c.
 const ROTATION_TOKEN_LIFETIME: Duration = Duration::from_secs(10);
 const ROTATION_MAX_LIFETIME_SECS: u64 = 2;
+/// How long one mode runs before the next takes its turn (figures c and f).
+const SLICE: Duration = Duration::from_secs(5);
 
 /// How the pool gets its password.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -146,10 +147,7 @@ async fn run(server: &'static TestPostgres) {
         } else {
             growth_secs
         };
-        let mut figures = Vec::new();
-        for mode in Mode::ALL {
-            figures.push(bench.load(mode, workers, duration).await);
-        }
+        let figures = bench.load(workers, duration).await;
         bench.report_load(workers, duration, &figures);
     }
 }
@@ -382,72 +380,110 @@ impl Bench {
         (latencies, wall, requests)
     }
 
-    /// `workers` tasks running `SELECT 1` through one pool of as many connections for `duration`.
-    async fn load(&self, mode: Mode, workers: usize, duration: Duration) -> LoadFigures {
+    /// For each mode, `workers` tasks running `SELECT 1` through one pool of as many connections, `duration`
+    /// each. The three pools live side by side for the whole run and take turns in slices of [`SLICE`]
+    /// (token, scram, same check, token, …), so a change in the machine's load hits all three alike; the
+    /// workload-identity pool keeps rotating its token through all of it.
+    async fn load(&self, workers: usize, duration: Duration) -> Vec<LoadFigures> {
         let checks_before = self.token_checks().len();
-        let (pool, entra) = self
-            .pool(
-                mode,
-                workers as u32,
-                ROTATION_MAX_LIFETIME_SECS,
-                ROTATION_TOKEN_LIFETIME,
-            )
-            .await;
-        let pool = Arc::new(pool);
-        let stop = Arc::new(AtomicBool::new(false));
+        let mut pools = Vec::new();
+        for mode in Mode::ALL {
+            pools.push(
+                self.pool(
+                    mode,
+                    workers as u32,
+                    ROTATION_MAX_LIFETIME_SECS,
+                    ROTATION_TOKEN_LIFETIME,
+                )
+                .await,
+            );
+        }
+        let pools: Vec<(Arc<RotatingPool>, Option<EntraStandIn>)> = pools
+            .into_iter()
+            .map(|(pool, entra)| (Arc::new(pool), entra))
+            .collect();
+        // Which mode runs now (an index into Mode::ALL); None: stop.
+        let (turn, _) = tokio::sync::watch::channel(Some(usize::MAX));
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..workers {
-            let (pool, stop) = (pool.clone(), stop.clone());
-            tasks.spawn(async move {
-                let (mut ok, mut failed, mut first_failure) = (0u64, 0u64, None);
-                while !stop.load(Ordering::Relaxed) {
-                    match sqlx::query_scalar::<_, i32>("SELECT 1")
-                        .fetch_one(pool.pool())
-                        .await
-                    {
-                        Ok(_) => ok += 1,
-                        Err(e) => {
-                            failed += 1;
-                            first_failure.get_or_insert_with(|| e.to_string());
+        for (index, (pool, _)) in pools.iter().enumerate() {
+            for _ in 0..workers {
+                let (pool, mut turn) = (pool.clone(), turn.subscribe());
+                tasks.spawn(async move {
+                    let (mut ok, mut failed, mut first_failure) = (0u64, 0u64, None);
+                    loop {
+                        let now = *turn.borrow_and_update();
+                        match now {
+                            None => break,
+                            Some(active) if active == index => {
+                                match sqlx::query_scalar::<_, i32>("SELECT 1")
+                                    .fetch_one(pool.pool())
+                                    .await
+                                {
+                                    Ok(_) => ok += 1,
+                                    Err(e) => {
+                                        failed += 1;
+                                        first_failure.get_or_insert_with(|| e.to_string());
+                                    }
+                                }
+                            }
+                            Some(_) => {
+                                if turn.changed().await.is_err() {
+                                    break;
+                                }
+                            }
                         }
                     }
-                }
-                (ok, failed, first_failure)
+                    (index, ok, failed, first_failure)
+                });
+            }
+        }
+        let mut active = [Duration::ZERO; 3];
+        while active[0] < duration {
+            for (index, spent) in active.iter_mut().enumerate() {
+                let slice = SLICE.min(duration.saturating_sub(*spent));
+                turn.send_replace(Some(index));
+                let began = Instant::now();
+                tokio::time::sleep(slice).await;
+                *spent += began.elapsed();
+            }
+        }
+        turn.send_replace(None);
+        let results = tasks.join_all().await;
+        let mut figures = Vec::new();
+        for ((index, mode), (pool, entra)) in Mode::ALL.into_iter().enumerate().zip(pools) {
+            let rotations = pool.rotation_stats().rotations;
+            Arc::try_unwrap(pool).expect("sole owner").close().await;
+            let mine = || results.iter().filter(|r| r.0 == index);
+            figures.push(LoadFigures {
+                mode,
+                queries: mine().map(|r| r.1).sum(),
+                failed: mine().map(|r| r.2).sum(),
+                first_failure: mine().find_map(|r| r.3.clone()),
+                elapsed: active[index],
+                token_requests: entra.as_ref().map_or(0, EntraStandIn::request_count),
+                rotations,
+                logins: 0,
+                bad_logins: 0,
             });
         }
-        let began = Instant::now();
-        tokio::time::sleep(duration).await;
-        stop.store(true, Ordering::Relaxed);
-        let results = tasks.join_all().await;
-        let elapsed = began.elapsed();
-        let rotations = pool.rotation_stats().rotations;
-        Arc::try_unwrap(pool).expect("sole owner").close().await;
-        let checks: Vec<_> = match mode {
-            Mode::Scram => Vec::new(),
-            Mode::Token | Mode::SameCheck => self
-                .token_checks()
-                .into_iter()
-                .skip(checks_before)
-                .collect(),
-        };
-        let figures = LoadFigures {
-            mode,
-            queries: results.iter().map(|r| r.0).sum(),
-            failed: results.iter().map(|r| r.1).sum(),
-            first_failure: results.iter().find_map(|r| r.2.clone()),
-            elapsed,
-            token_requests: entra.as_ref().map_or(0, EntraStandIn::request_count),
-            rotations,
-            logins: checks.len(),
-            bad_logins: checks.iter().filter(|c| !c.accepted_unexpired()).count(),
-        };
-        println!(
-            "  {workers} workers, {}: {:.0} queries/s, {} failed, {} logins judged",
-            mode.label(),
-            figures.qps(),
-            figures.failed,
-            figures.logins
-        );
+        // Token checks are per role: the identity's logins are workload identity's and the same check's.
+        let checks: Vec<_> = self
+            .token_checks()
+            .into_iter()
+            .skip(checks_before)
+            .collect();
+        let token = &mut figures[0];
+        token.logins = checks.len();
+        token.bad_logins = checks.iter().filter(|c| !c.accepted_unexpired()).count();
+        for f in &figures {
+            println!(
+                "  {workers} workers, {}: {:.0} queries/s over {:.0}s, {} failed",
+                f.mode.label(),
+                f.qps(),
+                f.elapsed.as_secs_f64(),
+                f.failed
+            );
+        }
         figures
     }
 
@@ -531,7 +567,7 @@ impl Bench {
             }
             rows.push(json!({
                 "section": "c",
-                "figure": format!("failed queries (token rotations {}, token requests {}, logins judged {}, refused or expired {})", token.rotations, token.token_requests, token.logins, token.bad_logins),
+                "figure": format!("failed queries (token rotations {}, token requests {}; token-role logins judged {}, refused or expired {})", token.rotations, token.token_requests, token.logins, token.bad_logins),
                 "pgwi": token.failed.to_string(),
                 "baseline": format!("{} / {}", scram.failed, same.failed),
                 "ratio": null,
@@ -544,7 +580,7 @@ impl Bench {
         rows.push(json!({
             "section": "f",
             "figure": format!(
-                "{workers} workers, {}s: queries/s (vs same check: {}, ratio {:.2}; logins judged {}; failed {})",
+                "{workers} workers, {}s: queries/s (vs same check: {}, ratio {:.2}; token-role logins {}; failed {})",
                 duration.as_secs(), show(same), token.qps() / same.qps(), token.logins, token.failed
             ),
             "pgwi": show(token),
