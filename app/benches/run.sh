@@ -3,11 +3,11 @@
 # is missing (psql, Debian's python3-psycopg2, the test image's tools), starts Docker, builds the test bench's
 # PostgreSQL image and the bench's variant of it (max_connections = 300), builds the release `pgwi`, runs the
 # job bench (a, e), the pool bench (b, c, f), the criterion cache bench (d), measures the footprint (e) and
-# prints one table (bench/report.py), also written to $CARGO_TARGET_DIR/bench/table.md (default target/).
+# prints one table (app/benches/report.py), also written to $CARGO_TARGET_DIR/bench/table.md (default target/).
 # Environment: PGWI_BENCH_RUNS (paired job runs, default 15), PGWI_BENCH_ROTATION_SECS (figure c, default
 # 60), PGWI_BENCH_GROWTH_SECS (each other worker count of figure f, default 15). BENCHMARKS.md explains.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 step() { printf '\n=== %s\n' "$*"; }
 started=$(date +%s)
@@ -42,7 +42,7 @@ docker version --format 'engine {{.Server.Version}}'
 step "PostgreSQL images (the test bench's, and the bench's with max_connections = 300)"
 bash testsupport/images/postgres/build.sh pgwi-test-postgres:15-pam
 DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE=pgwi-test-postgres:15-pam \
-  -t pgwi-bench-postgres:15-pam bench/postgres >/dev/null
+  -t pgwi-bench-postgres:15-pam testsupport/images/postgres-bench >/dev/null
 echo "pgwi-bench-postgres:15-pam built"
 export PGWI_TEST_POSTGRES=container PGWI_TEST_POSTGRES_IMAGE=pgwi-bench-postgres:15-pam
 export PGWI_BENCH_RESULTS="$results"
@@ -95,6 +95,6 @@ row e "runtime image pgwi:bench (deploy/Dockerfile runtime-prebuilt) vs its base
   "the base is deploy/ci/runtime-base.sh's distroless-like image made from this machine's files; the real 'runtime' target (gcr.io/distroless/cc-debian12) cannot be built here: no registry"
 
 step "the table"
-python3 bench/report.py "$results" "$out/criterion" "$out/table.md"
+python3 app/benches/report.py "$results" "$out/criterion" "$out/table.md"
 echo
 echo "task bench took $(( $(date +%s) - started ))s; table in $out/table.md"
