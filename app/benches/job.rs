@@ -11,6 +11,8 @@
 //! query, figure e). psql's start-up baseline is `psql -c 'SELECT 1'`.
 //!
 //! - `job.sql` (next to this file) is what the job sends per run on a migrated database, for psql.
+//! - The job and psql also run over the server's Unix socket (`database.host` = its directory): no TCP, so
+//!   none of sqlx 0.9.0's delayed-ACK stalls (and no TLS): what those cost, next to psql on the same path.
 //! - `demo_job.py` is the original demo's job: connect, create the table if needed, three inserts.
 //!
 //! The pgwi binary is `PGWI_BENCH_PGWI` (what `task bench` builds with `cargo build --release`), else the
@@ -18,7 +20,7 @@
 //! `cargo bench -p pgwi --bench job` (the test bench's server: see the README's Test section).
 
 use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -204,15 +206,30 @@ fn demo_env(db: &TestDatabase, role: &TestRole) -> Vec<(String, String)> {
     ]
 }
 
-fn psql_job(db: &TestDatabase, role: &TestRole, args: &[&str]) -> Job {
+/// psql as the job's baseline: over TCP with `verify-full` against the run's CA, or over the Unix socket
+/// (`socket`: its directory and the port in its name; PostgreSQL has no TLS there).
+fn psql_job(
+    db: &TestDatabase,
+    role: &TestRole,
+    args: &[&str],
+    socket: Option<(&Path, u16)>,
+) -> Job {
     let server = db.server();
-    let conninfo = format!(
-        "host=127.0.0.1 port={} dbname={} user={} sslmode=verify-full sslrootcert={}",
-        server.port(),
-        db.name(),
-        role.name,
-        server.ca_file().display()
-    );
+    let conninfo = match socket {
+        None => format!(
+            "host=127.0.0.1 port={} dbname={} user={} sslmode=verify-full sslrootcert={}",
+            server.port(),
+            db.name(),
+            role.name,
+            server.ca_file().display()
+        ),
+        Some((dir, port)) => format!(
+            "host={} port={port} dbname={} user={} sslmode=disable",
+            dir.display(),
+            db.name(),
+            role.name
+        ),
+    };
     let mut all: Vec<String> = ["-X", "-q", "-v", "ON_ERROR_STOP=1"]
         .iter()
         .chain(args)
@@ -220,7 +237,11 @@ fn psql_job(db: &TestDatabase, role: &TestRole, args: &[&str]) -> Job {
         .collect();
     all.push(conninfo);
     Job {
-        name: "psql",
+        name: if socket.is_some() {
+            "psql (socket)"
+        } else {
+            "psql"
+        },
         program: "psql".into(),
         args: all,
         env: vec![("PGPASSWORD".into(), role.password.clone())],
@@ -263,8 +284,31 @@ async fn run() {
         env: pgwi_env,
         pattern: CONNECTED,
     };
-    let psql = psql_job(&db, &role, &["-f", JOB_SQL]);
-    let psql_first_query = psql_job(&db, &role, &["-c", "SELECT 1"]);
+    let psql = psql_job(&db, &role, &["-f", JOB_SQL], None);
+    let psql_first_query = Job {
+        name: "psql -c 'SELECT 1'",
+        ..psql_job(&db, &role, &["-c", "SELECT 1"], None)
+    };
+    // Over the server's Unix socket (`database.host` = its directory, as libpq's host=/dir): no TCP, so none
+    // of sqlx 0.9.0's delayed-ACK stalls; no TLS either (PostgreSQL offers none there).
+    let socket = server.unix_socket();
+    let socket_jobs = socket.map(|(dir, port)| {
+        let mut env = pgwi_job.env.clone();
+        env.retain(|(k, _)| k != "DBHOST");
+        env.push(("DBHOST".into(), dir.display().to_string()));
+        env.push(("PGWI_DATABASE__PORT".into(), port.to_string()));
+        let pgwi = Job {
+            name: "pgwi run (socket)",
+            program: pgwi.clone(),
+            args: vec!["run".into()],
+            env,
+            pattern: CONNECTED,
+        };
+        (
+            pgwi,
+            psql_job(&db, &role, &["-f", JOB_SQL], Some((dir, port))),
+        )
+    });
 
     let python = python_with_psycopg2();
     let demo_db = server.fresh_database().await.expect("a database");
@@ -292,6 +336,8 @@ async fn run() {
         Some(&pgwi_job),
         Some(&psql),
         Some(&psql_first_query),
+        socket_jobs.as_ref().map(|(pgwi, _)| pgwi),
+        socket_jobs.as_ref().map(|(_, psql)| psql),
         demo.as_ref(),
     ]
     .into_iter()
@@ -310,8 +356,10 @@ async fn run() {
             samples.push(job.sample());
         }
     }
-    let [pgwi_s, psql_s, first_query_s, rest @ ..] = samples.as_slice() else {
-        unreachable!("three jobs at least")
+    let of = |name: &str| {
+        jobs.iter()
+            .position(|j| j.name == name)
+            .map(|i| samples[i].as_slice())
     };
     let rows_written: i64 =
         sea_orm::sqlx::query_scalar("SELECT count(*) FROM job_runs WHERE outcome = 'succeeded'")
@@ -320,8 +368,9 @@ async fn run() {
             .expect("job_runs");
     println!("job bench: {rows_written} runs recorded in job_runs (pgwi and psql alike)");
 
+    let (pgwi_s, psql_s) = (of("pgwi run").expect("pgwi"), of("psql").expect("psql"));
     report_against(pgwi_s, psql_s, "psql -f job.sql", "<= 1.00 (wall)");
-    match (rest.first(), &python) {
+    match (of("demo_job.py"), &python) {
         (Some(demo_s), Some(python)) => report_against(
             pgwi_s,
             demo_s,
@@ -334,6 +383,37 @@ async fn run() {
             "note": "no python3 that imports psycopg2 (install python3-psycopg2; task bench does)",
         })),
     }
+    match (of("pgwi run (socket)"), of("psql (socket)")) {
+        (Some(pgwi_socket), Some(psql_socket)) => {
+            let wall = |s: &[Sample]| median(&s.iter().map(|s| s.wall).collect::<Vec<_>>());
+            for (baseline, name) in [
+                (psql_s, "psql -f job.sql over TCP + TLS"),
+                (psql_socket, "psql -f job.sql over the socket"),
+            ] {
+                let (a, b) = (wall(pgwi_socket), wall(baseline));
+                emit(json!({
+                    "section": "a",
+                    "figure": format!("median wall, pgwi run over the Unix socket vs {name}"),
+                    "pgwi": ms(a), "baseline": ms(b),
+                    "ratio": a.as_secs_f64() / b.as_secs_f64(),
+                    "target": "-", "met": null,
+                }));
+            }
+            let (tcp, sock) = (wall(pgwi_s), wall(pgwi_socket));
+            emit(json!({
+                "section": "a",
+                "figure": "median wall, pgwi run over TCP + TLS vs over the Unix socket: what TCP, TLS and the delayed-ACK stalls cost",
+                "pgwi": ms(tcp), "baseline": ms(sock),
+                "ratio": tcp.as_secs_f64() / sock.as_secs_f64(),
+                "target": "-", "met": null,
+            }));
+        }
+        _ => emit(json!({
+            "section": "a", "figure": "the job over the Unix socket",
+            "pgwi": "-", "baseline": "not measured", "ratio": null, "target": "-", "met": null,
+            "note": "this server's socket directory is not reachable from here (an external server)",
+        })),
+    }
     let connected: Vec<Duration> = pgwi_s.iter().filter_map(|s| s.first_match).collect();
     assert_eq!(
         connected.len(),
@@ -341,17 +421,18 @@ async fn run() {
         "every pgwi run logs `connected`"
     );
     let startup = median(&connected);
-    let first_query = median(&first_query_s.iter().map(|s| s.wall).collect::<Vec<_>>());
+    let first_query = median(
+        &of(psql_first_query.name)
+            .expect("psql -c")
+            .iter()
+            .map(|s| s.wall)
+            .collect::<Vec<_>>(),
+    );
     emit(json!({
         "section": "e",
         "figure": "start-up to first query: exec to pgwi's `connected` log line, vs `psql -c 'SELECT 1'` wall (median)",
         "pgwi": ms(startup), "baseline": ms(first_query),
         "ratio": startup.as_secs_f64() / first_query.as_secs_f64(), "target": "-", "met": null,
-    }));
-    emit(json!({
-        "section": "a", "figure": "the job over the Unix socket (no TCP, so no delayed-ACK stalls)",
-        "pgwi": "pending", "baseline": "-", "ratio": null, "target": "-", "met": null,
-        "note": "database.host does not take a socket directory on main yet",
     }));
 }
 

@@ -1,6 +1,7 @@
 -- What `pgwi run` sends per run on a migrated database (app/src/job.rs, app/src/migration.rs and
--- sea-orm-migration's status check), for `psql -f` in the job bench (app/benches/job.rs): the baseline runs
--- the same statements, over the same TLS and authentication, on the same database.
+-- sea-orm-migration's status check), taken from its statement log (RUST_LOG=sqlx::query=debug), for
+-- `psql -f` in the job bench (app/benches/job.rs): the baseline runs the same statements, over the same TLS
+-- and authentication, on the same database. Update it when the job's SQL changes.
 
 -- Connected: pgwi reads the server version on its first connection.
 SHOW server_version;
@@ -14,21 +15,18 @@ SET LOCAL statement_timeout TO DEFAULT;
 CREATE TABLE IF NOT EXISTS "seaql_migrations" ( "version" varchar NOT NULL PRIMARY KEY, "applied_at" bigint NOT NULL );
 CREATE TABLE IF NOT EXISTS "seaql_migrations" ( "version" varchar NOT NULL PRIMARY KEY, "applied_at" bigint NOT NULL );
 CREATE TABLE IF NOT EXISTS "seaql_migrations" ( "version" varchar NOT NULL PRIMARY KEY, "applied_at" bigint NOT NULL );
-SELECT "seaql_migrations"."version", "seaql_migrations"."applied_at" FROM "seaql_migrations" ORDER BY "seaql_migrations"."version" ASC;
+SELECT "version", "applied_at" FROM "seaql_migrations" ORDER BY "version" ASC;
 COMMIT;
 
--- The run record.
-SELECT current_setting('application_name');
-INSERT INTO job_runs (credential_kind, application_name) VALUES ('static-password', 'psql') RETURNING id \gset
-SELECT pg_backend_pid();
+-- The run record (SeaORM's insert returns the whole row).
+INSERT INTO "job_runs" ("credential_kind", "application_name") VALUES ('static-password', 'psql') RETURNING "id", "started_at", "finished_at", "outcome", "rows_written", "credential_kind", "application_name", "error" \gset
 
--- The three rows and the removal of any other, in one transaction.
+-- The three rows (one multi-row upsert) and the removal of any other, in one transaction.
 BEGIN;
-INSERT INTO inventory (name, quantity) VALUES ('banana', 150) ON CONFLICT (name) DO UPDATE SET quantity = EXCLUDED.quantity;
-INSERT INTO inventory (name, quantity) VALUES ('orange', 154) ON CONFLICT (name) DO UPDATE SET quantity = EXCLUDED.quantity;
-INSERT INTO inventory (name, quantity) VALUES ('apple', 100) ON CONFLICT (name) DO UPDATE SET quantity = EXCLUDED.quantity;
-DELETE FROM inventory WHERE name <> ALL(ARRAY['banana', 'orange', 'apple']);
+SELECT pg_backend_pid() AS pid;
+INSERT INTO "inventory" ("name", "quantity") VALUES ('banana', 150), ('orange', 154), ('apple', 100) ON CONFLICT ("name") DO UPDATE SET "quantity" = "excluded"."quantity";
+DELETE FROM "inventory" WHERE "inventory"."name" NOT IN ('banana', 'orange', 'apple');
 COMMIT;
 
 -- The outcome.
-UPDATE job_runs SET finished_at = now(), outcome = 'succeeded', rows_written = 3, error = NULL WHERE id = :id;
+UPDATE "job_runs" SET "finished_at" = CURRENT_TIMESTAMP, "outcome" = 'succeeded', "rows_written" = 3, "error" = NULL WHERE "job_runs"."id" = :id;

@@ -46,8 +46,7 @@ DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE=pgwi-test-postgres:15-pa
 echo "pgwi-bench-postgres:15-pam built"
 export PGWI_TEST_POSTGRES=container PGWI_TEST_POSTGRES_IMAGE=pgwi-bench-postgres:15-pam
 export PGWI_BENCH_RESULTS="$results"
-cleanup() { docker ps -aq --filter label=org.pgwi.testsupport | xargs -r docker rm -f >/dev/null 2>&1 || true; }
-trap cleanup EXIT
+# Each bench removes its own server's container when it exits (pgwi-testsupport); nothing else is touched.
 
 step "release build"
 cargo build --release --locked -p pgwi --bin pgwi
