@@ -9,8 +9,8 @@ use rstest::rstest;
 use sea_orm::sqlx::{self, Connection as _};
 
 use crate::support::{
-    Pgwi, WorkloadIdentity, assert_no_secret, assert_success, demo_rows, inventory, runs,
-    scram_role, text,
+    Pgwi, WorkloadIdentity, assert_no_secret, assert_success, demo_rows, error_line, inventory,
+    runs, scram_role, text,
 };
 
 #[rstest]
@@ -294,12 +294,8 @@ async fn a_missing_database_is_one_line_with_the_fix(#[future(awt)] fresh_db: Te
         .output()
         .await;
 
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    let error_line = stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let error_line = error_line(&output);
     assert_eq!(
         error_line.matches("does not exist").count(),
         1,
@@ -371,11 +367,7 @@ async fn a_table_recreated_under_pgwis_feet_is_one_clear_error(
         .await;
 
     assert_eq!(output.status.code(), Some(1));
-    let stderr = text(&output.stderr);
-    let error_line = stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    let error_line = error_line(&output);
     assert!(
         error_line.contains("table inventory") && error_line.contains("original demo"),
         "{error_line}"
@@ -412,11 +404,7 @@ async fn a_permission_error_after_connecting_is_one_line_with_the_fix(
         .await;
 
     assert_eq!(output.status.code(), Some(1));
-    let stderr = text(&output.stderr);
-    let error_line = stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    let error_line = error_line(&output);
     assert!(
         error_line.contains("42501") && error_line.contains("pgwi admin bootstrap"),
         "{error_line}"

@@ -140,6 +140,16 @@ impl Spawned {
     }
 }
 
+/// The one `error: …` line `pgwi` prints on failure.
+pub(crate) fn error_line(output: &Output) -> String {
+    let stderr = text(&output.stderr);
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no error line: {stderr}"))
+}
+
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
