@@ -57,7 +57,7 @@ export PGWI_BENCH_PGWI="$binary"
 
 step "bench builds"
 # One feature resolution for all three (--workspace), so no bench rebuilds what another built.
-cargo bench --locked --workspace --no-run
+cargo bench --locked --workspace --bench '*' --no-run
 
 step "a, e: the job vs psql and the original Python job"
 cargo bench --locked --workspace --bench job
