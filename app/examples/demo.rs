@@ -149,12 +149,16 @@ async fn run() -> anyhow::Result<()> {
         source,
         CacheOptions {
             refresh_margin: Duration::from_secs(4),
+            fetch_timeout: Duration::from_secs(2),
             ..CacheOptions::default()
         },
     ));
+    // Short demo tokens: a skew below the cache's 4 s margin (pgwi checks the two against each other).
+    let mut wi_run_config = config_for(&db, "auto");
+    wi_run_config.credential.expiry_skew_secs = 1;
     run_job(
         "workload-identity (local Entra ID stand-in)",
-        &config_for(&db, "auto"),
+        &wi_run_config,
         credential,
     )
     .await?;
