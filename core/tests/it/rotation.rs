@@ -153,6 +153,23 @@ async fn new_connection(db: &RotatingPool) -> Result<(), ConnectError> {
     Ok(())
 }
 
+/// Opens a new connection every `interval` for `duration`; the failures.
+async fn new_connections_for(
+    db: &RotatingPool,
+    duration: Duration,
+    interval: Duration,
+) -> Vec<String> {
+    let until = tokio::time::Instant::now() + duration;
+    let mut failures = Vec::new();
+    while tokio::time::Instant::now() < until {
+        if let Err(e) = new_connection(db).await {
+            failures.push(e.to_string());
+        }
+        tokio::time::sleep(interval).await;
+    }
+    failures
+}
+
 /// The start time of the backend serving one query through SeaORM's connection.
 async fn backend_start(conn: &DatabaseConnection) -> Result<i64, sea_orm::DbErr> {
     let row = conn
@@ -392,14 +409,8 @@ async fn a_source_that_panics_does_not_end_rotation(#[future(awt)] fresh_db: Tes
         .await
         .expect("connect");
 
-    let until = tokio::time::Instant::now() + Duration::from_secs(26);
-    let mut failures = Vec::new();
-    while tokio::time::Instant::now() < until {
-        if let Err(e) = new_connection(&db).await {
-            failures.push(e.to_string());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let failures =
+        new_connections_for(&db, Duration::from_secs(26), Duration::from_millis(200)).await;
 
     assert!(failures.is_empty(), "{failures:?}");
     assert!(
@@ -455,14 +466,8 @@ async fn a_panic_in_the_refresher_itself_is_survived(#[future(awt)] fresh_db: Te
     let before = db.rotation_stats().rotations;
     source.armed.store(true, Ordering::SeqCst);
 
-    let until = tokio::time::Instant::now() + Duration::from_secs(18);
-    let mut failures = Vec::new();
-    while tokio::time::Instant::now() < until {
-        if let Err(e) = new_connection(&db).await {
-            failures.push(e.to_string());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let failures =
+        new_connections_for(&db, Duration::from_secs(18), Duration::from_millis(250)).await;
 
     assert!(
         !source.armed.load(Ordering::SeqCst),
@@ -495,14 +500,8 @@ async fn the_kubelet_replacing_the_projected_token_mid_run_changes_nothing(
     std::fs::write(&staged, &renewed).expect("stage");
     std::fs::rename(&staged, &s.token_file).expect("atomic replace");
 
-    let until = tokio::time::Instant::now() + Duration::from_secs(18);
-    let mut failures = Vec::new();
-    while tokio::time::Instant::now() < until {
-        if let Err(e) = new_connection(&db).await {
-            failures.push(e.to_string());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let failures =
+        new_connections_for(&db, Duration::from_secs(18), Duration::from_millis(250)).await;
 
     assert!(failures.is_empty(), "{failures:?}");
     assert!(
