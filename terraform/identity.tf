@@ -16,6 +16,18 @@ resource "azurerm_federated_identity_credential" "app" {
   audience            = ["api://AzureADTokenExchange"]
 }
 
+# Optional: one GitHub Actions job (an environment's, with its protection rules) may act as the application's
+# identity, to run `pgwi migrate up` with no stored secret.
+resource "azurerm_federated_identity_credential" "github" {
+  count               = var.github_oidc_subject == "" ? 0 : 1
+  name                = "github-actions"
+  resource_group_name = azurerm_resource_group.main.name
+  parent_id           = azurerm_user_assigned_identity.app.id
+  issuer              = "https://token.actions.githubusercontent.com"
+  subject             = var.github_oidc_subject
+  audience            = ["api://AzureADTokenExchange"]
+}
+
 # The server's Entra administrator: a service principal (managed identity) federated with the bootstrap
 # Job's ServiceAccount, so the original's manual SQL runs in-cluster with no person's token. That
 # ServiceAccount has a namespace of its own: anyone who may create pods in a namespace may run them as any of

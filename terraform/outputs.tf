@@ -73,3 +73,8 @@ output "k8s_admin_service_account" {
 output "bastion_public_ip" {
   value = var.enable_bastion ? azurerm_public_ip.bastion[0].ip_address : null
 }
+
+output "tenant_id" {
+  description = "The Entra tenant (AZURE_TENANT_ID for the github-actions source)."
+  value       = data.azurerm_client_config.current.tenant_id
+}

@@ -95,6 +95,16 @@ variable "k8s_admin_service_account" {
   }
 }
 
+variable "github_oidc_subject" {
+  description = "A GitHub Actions job allowed to act as the application's identity (pgwi migrate up from a workflow, docs/github-actions.md), as its OIDC subject: repo:OWNER/REPO:environment:NAME. Empty: none."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.github_oidc_subject == "" || can(regex("^repo:[^/:]+/[^/:]+:(environment:[^:]+|ref:refs/(heads|tags)/.+)$", var.github_oidc_subject))
+    error_message = "github_oidc_subject must look like repo:OWNER/REPO:environment:NAME (or repo:OWNER/REPO:ref:refs/heads/BRANCH); pull_request subjects are refused on purpose."
+  }
+}
+
 variable "enable_bastion" {
   description = "Create a bastion VM with a public IP and SSH (not needed: pgwi needs no manual SQL)."
   type        = bool
