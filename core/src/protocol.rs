@@ -84,7 +84,7 @@ fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
         .strip_suffix(&[0])
         .ok_or_else(|| garbage("not terminated"))?;
     let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
-    if fields.len() % 2 != 0 {
+    if !fields.len().is_multiple_of(2) {
         return Err(garbage("with a key without a value"));
     }
     fields

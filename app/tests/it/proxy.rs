@@ -442,7 +442,7 @@ async fn pgbench_with_a_new_connection_per_transaction_across_three_token_lifeti
     let script = tempfile::NamedTempFile::new().expect("script");
     std::fs::write(script.path(), "SELECT 1;\n").expect("script");
     let seconds = SHORT_TOKENS.as_secs() * 3 + 4;
-    let mut command = tool("pgbench", "postgresql-contrib");
+    let mut command = tool("pgbench", "postgresql");
     command
         .args(["-n", "-C", "-c", "2", "-T", &seconds.to_string(), "-f"])
         .arg(script.path())

@@ -121,6 +121,16 @@ pub(crate) struct Spawned {
     dir: tempfile::TempDir,
 }
 
+/// A test that fails midway must not leave a long-running `pgwi` (a proxy) behind.
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Spawned {
     pub(crate) fn id(&self) -> u32 {
         self.child.id()

@@ -60,7 +60,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `key=value` attributes of a SCRAM message.
-fn attribute<'a>(message: &'a str, key: char) -> Option<&'a str> {
+fn attribute(message: &str, key: char) -> Option<&str> {
     message
         .split(',')
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
