@@ -62,7 +62,7 @@ fn figure(report: &str, label: &str) -> f64 {
     report
         .lines()
         .find_map(|line| line.strip_prefix(label))
-        .and_then(|rest| rest.trim().split_whitespace().next()?.parse().ok())
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no {label:?} in pgbench's report:\n{report}"))
 }
 

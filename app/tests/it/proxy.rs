@@ -150,6 +150,14 @@ fn proxy(db: &TestDatabase, wi: &WorkloadIdentity, args: &[&str]) -> Pgwi {
     Pgwi::new(&all).database(db, &wi.identity).envs(wi.env())
 }
 
+/// A fresh identity on `db` (default token lifetime) and a proxy for it on a loopback port.
+async fn loopback_proxy(db: &TestDatabase) -> (WorkloadIdentity, Running, String, u16) {
+    let wi = WorkloadIdentity::start(db).await;
+    let running = Running::start(proxy(db, &wi, &["--listen", "127.0.0.1:0"]), 1, false).await;
+    let (host, port) = running.tcp();
+    (wi, running, host, port)
+}
+
 /// psql through `host`/`port` as `user`, one statement, unaligned tuples only.
 async fn psql(
     host: &str,
@@ -370,9 +378,7 @@ async fn another_user_and_garbage_are_refused_and_the_proxy_serves_on(
     // clients sending garbage or an oversized start-up are disconnected with one log line each; and the
     // proxy serves psql as before after all of them.
     let db = fresh_db;
-    let wi = WorkloadIdentity::start(&db).await;
-    let mut running = Running::start(proxy(&db, &wi, &["--listen", "127.0.0.1:0"]), 1, false).await;
-    let (host, port) = running.tcp();
+    let (wi, mut running, host, port) = loopback_proxy(&db).await;
 
     let out = psql(&host, port, "someone_else", db.name(), "SELECT 1", &[]).await;
     assert!(!out.status.success(), "another user was let in");
@@ -489,9 +495,7 @@ async fn psycopg2_is_served_and_its_cancel_reaches_the_server(
     // connection, carrying the server's own backend key) reaches the server: the running statement ends
     // with SQLSTATE 57014, and the session goes on.
     let db = fresh_db;
-    let wi = WorkloadIdentity::start(&db).await;
-    let mut running = Running::start(proxy(&db, &wi, &["--listen", "127.0.0.1:0"]), 1, false).await;
-    let (host, port) = running.tcp();
+    let (wi, mut running, host, port) = loopback_proxy(&db).await;
     let script = r#"
 import sys, threading, psycopg2
 host, port, user, db = sys.argv[1:5]
@@ -556,9 +560,7 @@ async fn two_hundred_concurrent_clients_each_get_their_own_backend(
     // Proves: 200 clients connected through the proxy at the same time are each served by a backend of
     // their own, logged in with an unexpired token.
     let db = fresh_db;
-    let wi = WorkloadIdentity::start(&db).await;
-    let running = Running::start(proxy(&db, &wi, &["--listen", "127.0.0.1:0"]), 1, false).await;
-    let (host, port) = running.tcp();
+    let (wi, running, host, port) = loopback_proxy(&db).await;
     const CLIENTS: usize = 200;
     let all_connected = Arc::new(tokio::sync::Barrier::new(CLIENTS));
     let mut clients = tokio::task::JoinSet::new();
@@ -614,9 +616,7 @@ async fn a_backend_terminated_mid_session_fails_that_client_only(
     // Proves: when the server ends a session (pg_terminate_backend from an administrator), that client
     // gets an error, and the proxy goes on serving new clients.
     let db = fresh_db;
-    let wi = WorkloadIdentity::start(&db).await;
-    let mut running = Running::start(proxy(&db, &wi, &["--listen", "127.0.0.1:0"]), 1, false).await;
-    let (host, port) = running.tcp();
+    let (wi, mut running, host, port) = loopback_proxy(&db).await;
     let mut victim = connect(&host, port, &wi.identity, db.name())
         .await
         .expect("connect");
