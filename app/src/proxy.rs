@@ -578,15 +578,16 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
         drain_timeout_secs = settings.drain_timeout.as_secs(),
         "draining: not accepting new connections; open sessions may finish"
     );
-    let drained = tokio::time::timeout(settings.drain_timeout, wait_idle(&state))
-        .await
-        .is_ok();
-    if !drained {
+    // A second signal (Ctrl-C again in a terminal) does not wait for the deadline.
+    let unfinished = tokio::select! {
+        drained = tokio::time::timeout(settings.drain_timeout, wait_idle(&state)) => {
+            drained.is_err().then_some("the drain deadline was reached")
+        }
+        _ = termination() => Some("a second signal came"),
+    };
+    if let Some(reason) = unfinished {
         let open = state.sessions.load(Ordering::SeqCst);
-        tracing::warn!(
-            open_sessions = open,
-            "drain deadline reached: closing the open sessions"
-        );
+        tracing::warn!(open_sessions = open, reason, "closing the open sessions");
         let _ = state.close.send(true);
         let _ = tokio::time::timeout(CLOSE_GRACE, wait_idle(&state)).await;
     }

@@ -774,7 +774,7 @@ async fn sigterm_drains_open_sessions_then_closes_them_at_the_deadline(
         .await;
     let output = running.stop().await;
     assert!(
-        text(&output.stderr).contains("drain deadline reached"),
+        text(&output.stderr).contains("the drain deadline was reached"),
         "{}",
         text(&output.stderr)
     );
