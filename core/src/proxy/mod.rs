@@ -239,13 +239,8 @@ impl Proxy {
             return Err(refuse(client, "08P01", "the start-up names no user".into()).await);
         };
         log.database = Some(param("database").unwrap_or_else(|| user.clone()));
-        let token = match self.token_now().await {
-            Ok(token) => token,
-            Err(error) => {
-                let message = format!("pgwi proxy: no valid token for new connections: {error}");
-                return Err(refuse(client, "08001", message).await);
-            }
-        };
+        // For the user check; the one presented is taken again when the server asks.
+        let token = self.token_for_server(client, &mut None).await?;
         let Some(expected) = self.user_for(&token) else {
             let error = ConnectError::UserNotDerivable {
                 source_kind: self.inner.credential.info().kind,
@@ -266,6 +261,7 @@ impl Proxy {
                     SessionError::Client("the local password exchange timed out".into())
                 })??;
         }
+        let connecting = Instant::now();
         let opened = tokio::time::timeout(self.inner.connect_timeout, async {
             let mut upstream = self.inner.target.open().await?;
             upstream
@@ -278,7 +274,12 @@ impl Proxy {
         .unwrap_or_else(|_| Err(self.unreachable(io::Error::from(io::ErrorKind::TimedOut))));
         let mut upstream = match opened {
             Ok(upstream) => upstream,
-            Err(error) => return Err(refuse(client, "08001", format!("pgwi proxy: {error}")).await),
+            Err(mut error) => {
+                if let ConnectError::Unreachable { waited_secs, .. } = &mut error {
+                    *waited_secs = connecting.elapsed().as_secs();
+                }
+                return Err(refuse(client, "08001", format!("pgwi proxy: {error}")).await);
+            }
         };
         params.clear();
         let auth = tokio::time::timeout(
@@ -315,7 +316,27 @@ impl Proxy {
         }
     }
 
-    /// Answers the server's authentication with `token`, then relays its messages up to `ReadyForQuery`
+    /// A token usable now for the server's password request, kept in `presented` for the rest of the
+    /// exchange; without one the client gets the credential's error.
+    async fn token_for_server<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        presented: &mut Option<Token>,
+    ) -> Result<Token, SessionError> {
+        match self.token_now().await {
+            Ok(token) => {
+                *presented = Some(token.clone());
+                Ok(token)
+            }
+            Err(error) => {
+                let message = format!("pgwi proxy: no valid token for new connections: {error}");
+                Err(refuse(client, "08001", message).await)
+            }
+        }
+    }
+
+    /// Answers the server's authentication with a token usable at that moment (`token`, checked when the
+    /// client's user was, serves the diagnosis if the server refuses before asking), then relays its messages up to `ReadyForQuery`
     /// (noting the backend's pid) in one write.
     async fn authenticate<C, U>(
         &self,
@@ -329,7 +350,9 @@ impl Proxy {
         C: AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
     {
-        let password = token.secret().expose();
+        // The token is taken again when the server asks for it: the local password exchange and the
+        // connection to the server took time, and what is presented must be usable at that moment.
+        let mut presented: Option<Token> = None;
         let mut scram: Option<scram::Client> = None;
         let mut pending = Vec::new();
         loop {
@@ -340,7 +363,8 @@ impl Proxy {
                     break;
                 }
                 (b'R', Some(3)) => {
-                    let mut body = password.as_bytes().to_vec();
+                    let token = self.token_for_server(client, &mut presented).await?;
+                    let mut body = token.secret().expose().as_bytes().to_vec();
                     body.push(0);
                     upstream
                         .write_all(&protocol::with_length(Some(b'p'), body))
@@ -357,6 +381,7 @@ impl Proxy {
                             "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
                         )));
                     }
+                    self.token_for_server(client, &mut presented).await?;
                     let (state, first) = scram::Client::start()?;
                     scram = Some(state);
                     let mut body = format!("{}\0", scram::MECHANISM).into_bytes();
@@ -371,6 +396,10 @@ impl Proxy {
                         SessionError::Upstream("SASL continue before SASL start".into())
                     })?;
                     let server_first = String::from_utf8_lossy(&message.body[4..]).into_owned();
+                    let password = presented
+                        .as_ref()
+                        .map(|t| t.secret().expose())
+                        .unwrap_or_default();
                     let last = state.finish(&server_first, password)?;
                     upstream
                         .write_all(&protocol::with_length(Some(b'p'), last.into_bytes()))
@@ -396,6 +425,7 @@ impl Proxy {
                     )));
                 }
                 (b'E', _) => {
+                    let token = presented.as_ref().unwrap_or(token);
                     let error = self.diagnose(&message, user, token, log.database.as_deref());
                     let _ = client.write_all(&error.packet).await;
                     return Err(SessionError::Refused(error.summary));
