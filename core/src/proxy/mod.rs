@@ -46,6 +46,26 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPER_TICK: Duration = Duration::from_secs(5);
 
 /// The proxy: configuration, token source and TLS settings shared by every session. Cheap to clone.
+///
+/// Embedded in a Rust program (the `pgwi proxy` command adds Unix sockets, `/healthz` and the drain):
+///
+/// ```no_run
+/// # async fn run(
+/// #     config: pgwi_core::Config,
+/// #     credential: std::sync::Arc<pgwi_credentials::CachedTokenSource>,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use pgwi_core::proxy::{Client, Proxy};
+///
+/// let proxy = Proxy::start(&config, credential).await?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:6432").await?;
+/// loop {
+///     let (stream, peer) = listener.accept().await?;
+///     let proxy = proxy.clone();
+///     let client = Client { address: peer.to_string(), local_secret: None };
+///     tokio::spawn(async move { proxy.serve(stream, client).await });
+/// }
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
