@@ -17,6 +17,7 @@ use pgwi_core::ConfigError;
 use pgwi_core::config::{ConfigSources, LoadedConfig};
 use pgwi_core::proxy::{Client, Health, LocalSecret, Proxy};
 use pgwi_credentials::{SourceContext, SourceRegistry};
+use serde::Deserialize as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Notify, watch};
@@ -75,8 +76,6 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Stri
         OneOrMany::Many(many) => many,
     }))
 }
-
-use serde::Deserialize as _;
 
 /// `pgwi proxy`'s flags; each falls back to the `proxy` section of the configuration.
 #[derive(Debug, clap::Args)]
@@ -220,11 +219,15 @@ impl Settings {
         } else {
             None
         };
+        let healthz_origin = match &args.healthz {
+            Some(_) => "--healthz".to_owned(),
+            None => loaded.origin("proxy.healthz"),
+        };
         let healthz = match args.healthz.or(section.healthz) {
             Some(text) => Some(parse_socket_addr(&text).ok_or_else(|| {
                 reject(
                     "proxy.healthz",
-                    loaded.origin("proxy.healthz"),
+                    healthz_origin,
                     format!("{text:?} is not HOST:PORT with an IP address"),
                     "write e.g. 0.0.0.0:8080 (probes reach the pod's address) or 127.0.0.1:8080",
                 )
