@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgwi_testsupport::TestDatabase;
+use pgwi_testsupport::entra::Fault;
 use pgwi_testsupport::fixtures::fresh_db;
 use rstest::rstest;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
@@ -833,4 +834,67 @@ async fn a_static_password_is_answered_with_scram(#[future(awt)] fresh_db: TestD
     .await;
     assert_eq!(assert_ok("psql with scram upstream", &out), role.name);
     running.stop().await;
+}
+
+#[rstest]
+#[tokio::test]
+async fn without_a_valid_token_new_sessions_are_refused_until_entra_answers_again(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: when Entra fails for longer than a token lives, new sessions are refused with the
+    // credential's error (08001) and /healthz answers 503 — no expired token is presented — while an open
+    // session keeps working; once Entra answers again, /healthz answers 200 and new sessions are served.
+    let db = fresh_db;
+    let wi = WorkloadIdentity::with_token_lifetime(&db, Some(SHORT_TOKENS)).await;
+    let args = ["--listen", "127.0.0.1:0", "--healthz", "127.0.0.1:0"];
+    let pgwi = proxy(&db, &wi, &args).envs(short_token_settings());
+    let running = Running::start(pgwi, 1, true).await;
+    let (host, port) = running.tcp();
+    let probe = running.healthz.clone().expect("healthz");
+    let mut open = connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("connect");
+
+    wi.entra.set_fault(Some(Fault::ServerError));
+    let body = wait_for_health(&probe, "503", Duration::from_secs(60)).await;
+    assert!(body.contains("no valid token"), "{body}");
+    let (code, message) = login_error(&host, port, &wi.identity, db.name(), None).await;
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("no valid token"), "{message}");
+    let still: String = sqlx::query_scalar("SELECT 'open'")
+        .fetch_one(&mut open)
+        .await
+        .expect("the open session");
+    assert_eq!(still, "open");
+
+    wi.entra.set_fault(None);
+    wait_for_health(&probe, "200", Duration::from_secs(120)).await;
+    let mut next = connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("served again");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut next)
+        .await
+        .expect("query");
+    assert_eq!(one, 1);
+    next.close().await.expect("close");
+    open.close().await.expect("close");
+    running.stop().await;
+    assert_no_expired_token_presented(&db, &wi.identity);
+}
+
+/// Polls `/healthz` until its status line holds `status`; the body then.
+async fn wait_for_health(address: &str, status: &str, limit: Duration) -> String {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        let (line, body) = healthz(address).await;
+        if line.contains(status) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "/healthz did not answer {status} within {limit:?}; last: {line}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
