@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 use pgwi_testsupport::{PasswordAuth, TestDatabase, TestPostgres, TestRole};
 use serde_json::{Value, json};
 
+mod common;
+use common::emit;
+
 /// The SQL psql runs: the job's statements on a migrated database.
 const JOB_SQL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/job.sql");
 /// The original demo's job.
@@ -158,23 +161,6 @@ fn withheld_if_secret(text: &str) -> String {
     match pgwi_testsupport::secrets::find_leak(text) {
         Some(_) => "<withheld: it contains a password or token>".into(),
         None => text.to_owned(),
-    }
-}
-
-fn results_file() -> Option<PathBuf> {
-    std::env::var_os("PGWI_BENCH_RESULTS").map(Into::into)
-}
-
-fn emit(row: Value) {
-    println!("  {row}");
-    if let Some(path) = results_file() {
-        use std::io::Write as _;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-        writeln!(file, "{row}").expect("writing a result");
     }
 }
 

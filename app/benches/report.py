@@ -4,7 +4,7 @@
 Usage: report.py RESULTS.jsonl CRITERION_DIR OUT.md
 
 RESULTS.jsonl holds one JSON object per row (section, figure, pgwi, baseline, ratio, target, met, note),
-written by app/benches/job.rs, core/benches/pool.rs and app/benches/run.sh. The cache-hit figure (d) is read from
+written by app/benches/job.rs, app/benches/proxy.rs, core/benches/pool.rs and app/benches/run.sh. The cache-hit figure (d) is read from
 criterion's estimates for the `token_cache` bench. The table is printed and written to OUT.md as Markdown.
 """
 
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-ORDER = "abcdef"
+ORDER = "abcdefg"
 
 
 def criterion_rows(criterion_dir):

@@ -2,10 +2,11 @@
 # `task bench`: issue #10's figures on this machine, in one go, from a fresh machine of this kind. Installs what
 # is missing (psql, Debian's python3-psycopg2, the test image's tools), starts Docker, builds the test bench's
 # PostgreSQL image and the bench's variant of it (max_connections = 300), builds the release `pgwi`, runs the
-# job bench (a, e), the pool bench (b, c, f), the criterion cache bench (d), measures the footprint (e) and
-# prints one table (app/benches/report.py), also written to $CARGO_TARGET_DIR/bench/table.md (default target/).
+# job bench (a, e), the pool bench (b, c, f), the criterion cache bench (d), the proxy bench (g), measures the
+# footprint (e) and prints one table (app/benches/report.py), also written to $CARGO_TARGET_DIR/bench/table.md (default target/).
 # Environment: PGWI_BENCH_RUNS (paired job runs, default 15), PGWI_BENCH_ROTATION_SECS (figure c, default
-# 60), PGWI_BENCH_GROWTH_SECS (each other worker count of figure f, default 15). BENCHMARKS.md explains.
+# 60), PGWI_BENCH_GROWTH_SECS (each other worker count of figure f, default 15), PGWI_BENCH_PROXY_ROUNDS (figure
+# g, default 5). BENCHMARKS.md explains.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,6 +21,7 @@ results="$out/results.jsonl"
 step "system packages"
 missing=()
 command -v psql >/dev/null || missing+=(postgresql-client)    # the baseline of figure a
+command -v pgbench >/dev/null || missing+=(postgresql)        # figure g (Debian ships pgbench with the server)
 /usr/bin/python3 -c 'import psycopg2' 2>/dev/null || missing+=(python3-psycopg2)   # the original demo's job
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)    # builds the test image's root filesystem
@@ -56,7 +58,7 @@ cp "$target/release/pgwi" "$binary"
 export PGWI_BENCH_PGWI="$binary"
 
 step "bench builds"
-# One feature resolution for all three (--workspace), so no bench rebuilds what another built.
+# One feature resolution for all four (--workspace), so no bench rebuilds what another built.
 cargo bench --locked --workspace --bench '*' --no-run
 
 step "a, e: the job vs psql and the original Python job"
@@ -68,6 +70,9 @@ cargo bench --locked --workspace --bench pool
 step "d: token on a cache hit (criterion)"
 rm -rf "$out/criterion"
 CRITERION_HOME="$out/criterion" cargo bench --locked --workspace --bench token_cache
+
+step "g: pgwi proxy vs direct (connect latency, pgbench -S throughput)"
+cargo bench --locked --workspace --bench proxy
 
 step "e: footprint"
 row() { # section figure pgwi baseline ratio target met note

@@ -7,7 +7,7 @@ use pgwi_core::config::{ConfigSources, Overrides, SslMode};
 use pgwi_core::{ConfigError, ConnectError};
 use pgwi_credentials::CredentialError;
 
-use crate::{bootstrap, doctor, job, migration, token};
+use crate::{bootstrap, doctor, job, migration, proxy, token};
 
 /// Passwordless PostgreSQL for Rust programs on Azure.
 ///
@@ -72,6 +72,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A local PostgreSQL endpoint for any client (psql, Python, Go, pg_dump): each session is logged in
+    /// to the configured server with a fresh token; SIGTERM drains
+    ///
+    /// Clients connect without a password, as the configured user (database.user; `auto` derives it
+    /// from the token), over loopback or a Unix socket: `psql -h 127.0.0.1 -U <user> <database>`. The
+    /// server is reached with TLS per database.sslmode (verify-full by default) and its authentication
+    /// answered with a token valid at that moment (cleartext, as Azure asks an Entra principal; or
+    /// SCRAM-SHA-256 with a static password). Configuration: the [proxy] section (listen, healthz,
+    /// allow_remote, drain_timeout_secs, local_password_file, local_password_env); flags override it.
+    Proxy(proxy::ProxyArgs),
     /// Administrator tasks, run with an administrator's token
     Admin {
         #[command(subcommand)]
@@ -100,7 +110,7 @@ impl GlobalArgs {
                 credential_kind: self.credential.clone(),
             },
             demo_variables: true,
-            app_sections: vec!["admin".into()],
+            app_sections: vec!["admin".into(), "proxy".into()],
         }
     }
 }
@@ -167,6 +177,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { action } => migration::execute(&sources, action).await,
         Command::Token { raw } => token::execute(&sources, raw).await,
         Command::Doctor { json } => doctor::execute(&sources, json).await,
+        Command::Proxy(args) => proxy::execute(&sources, args).await,
         Command::Admin {
             action: AdminAction::Bootstrap(args),
         } => bootstrap::execute(&sources, args).await,

@@ -1,5 +1,5 @@
-//! The `pgwi` program's library: the CronJob's job, migrations, and the token, doctor, admin bootstrap and
-//! demo commands. The binary (`main.rs`) only parses arguments and calls [`cli::dispatch`].
+//! The `pgwi` program's library: the CronJob's job, migrations, and the token, doctor, proxy, admin bootstrap
+//! and demo commands. The binary (`main.rs`) only parses arguments and calls [`cli::dispatch`].
 
 pub mod bootstrap;
 pub mod cli;
@@ -7,5 +7,6 @@ pub mod doctor;
 pub mod entities;
 pub mod job;
 pub mod migration;
+pub mod proxy;
 pub mod telemetry;
 pub mod token;

@@ -22,6 +22,8 @@
 
 pub mod config;
 mod connect;
+mod protocol;
+pub mod proxy;
 
 pub use config::{Config, ConfigError, LoadedConfig};
 pub use connect::{

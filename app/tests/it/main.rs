@@ -5,5 +5,6 @@ mod commands;
 mod deploy;
 mod doctor;
 mod image;
+mod proxy;
 mod run;
 mod support;

@@ -121,9 +121,70 @@ pub(crate) struct Spawned {
     dir: tempfile::TempDir,
 }
 
+/// A test that fails midway must not leave a long-running `pgwi` (a proxy) behind.
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Spawned {
     pub(crate) fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The JSON log lines written so far whose message is `message`.
+    pub(crate) fn log_lines(&self, message: &str) -> Vec<serde_json::Value> {
+        let stderr = std::fs::read(self.dir.path().join("stderr")).unwrap_or_default();
+        text(&stderr)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|json| json["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// Waits until `count` log lines say `message` (failing with the output when the process exits or
+    /// `limit` passes first); those lines.
+    pub(crate) async fn wait_for_log(
+        &mut self,
+        message: &str,
+        count: usize,
+        limit: std::time::Duration,
+    ) -> Vec<serde_json::Value> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let lines = self.log_lines(message);
+            if lines.len() >= count {
+                return lines;
+            }
+            let exited = self.child.try_wait().expect("pgwi's status");
+            if exited.is_some() || std::time::Instant::now() > until {
+                let stderr = std::fs::read(self.dir.path().join("stderr")).unwrap_or_default();
+                assert_no_secret_in(&stderr);
+                panic!(
+                    "pgwi did not log {message:?} {count} time(s) (exit: {exited:?}):\n{}",
+                    text(&stderr)
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -s {signal} failed");
+    }
+
+    /// Whether the process has exited.
+    pub(crate) fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("pgwi's status").is_some()
     }
 
     /// Waits for the exit and returns the whole output, searched for secrets like [`Pgwi::output`]'s.
@@ -199,11 +260,22 @@ pub(crate) struct WorkloadIdentity {
 
 impl WorkloadIdentity {
     pub(crate) async fn start(db: &TestDatabase) -> Self {
+        Self::with_token_lifetime(db, None).await
+    }
+
+    /// [`Self::start`] with tokens living `lifetime` (`None`: the stand-in's default).
+    pub(crate) async fn with_token_lifetime(
+        db: &TestDatabase,
+        lifetime: Option<std::time::Duration>,
+    ) -> Self {
         let sa_token = ServiceAccountToken::default().encode();
         let dir = tempfile::tempdir().expect("dir");
         let token_file = write_token_file(dir.path(), &sa_token).expect("token file");
         let mut options = EntraOptions::for_server(sa_token.clone(), db.server());
         options.identity_name = format!("{}_app", db.name());
+        if let Some(lifetime) = lifetime {
+            options.token_lifetime = lifetime;
+        }
         let identity = options.identity_name.clone();
         db.create_token_role(&identity)
             .await

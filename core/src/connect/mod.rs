@@ -24,7 +24,9 @@ use tracing::Instrument as _;
 
 pub use error::{AuthenticationFailure, ConnectError, fix_for_sqlstate};
 use pool::{Target, sqlstate};
-use rotation::{Current, Rotation, RotationState, lock};
+pub(crate) use pool::{audience, resolve_host, resolve_user};
+use rotation::{Current, Rotation, RotationState};
+pub(crate) use rotation::{expired_on_arrival, lock, usable_now};
 
 use crate::config::Config;
 
@@ -209,7 +211,10 @@ impl<'a> Connector<'a> {
 
 /// A cache the caller built has its own margin and deadline: they must leave room for the skew and a retry,
 /// as the loader checks for configuration.
-fn check_cache_timing(credential: &CachedTokenSource, skew: Duration) -> Result<(), ConnectError> {
+pub(crate) fn check_cache_timing(
+    credential: &CachedTokenSource,
+    skew: Duration,
+) -> Result<(), ConnectError> {
     let options = credential.options();
     let problem = if skew >= options.refresh_margin {
         Some(format!(

@@ -87,6 +87,14 @@ pub(crate) fn base_options(db: &DatabaseConfig, target: &Target) -> PgConnectOpt
     options
 }
 
+/// The token's audience as [`AuthenticationFailure`] words it.
+pub(crate) fn audience(token: &Token) -> String {
+    token.claims().and_then(|c| c.get("aud")).map_or_else(
+        || "no token claims: a static password".into(),
+        |aud| format!("the token's is {aud}"),
+    )
+}
+
 pub(crate) fn sqlstate(error: &sqlx::Error) -> Option<String> {
     error
         .as_database_error()
@@ -123,10 +131,7 @@ pub(crate) async fn establish(
                             .as_database_error()
                             .map(|e| e.message().to_owned())
                             .unwrap_or_default(),
-                        audience: token.claims().and_then(|c| c.get("aud")).map_or_else(
-                            || "no token claims: a static password".into(),
-                            |aud| format!("the token's is {aud}"),
-                        ),
+                        audience: audience(token),
                     },
                 )));
             }

@@ -10,17 +10,13 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::protocol;
 
 /// The SQLSTATE of the refusal: the client could not establish a connection.
 pub(crate) const REFUSAL_SQLSTATE: &str = "08001";
-/// Protocol codes of the requests a client may send before its start-up message.
-const SSL_REQUEST: i32 = 80877103;
-const GSSENC_REQUEST: i32 = 80877104;
-/// The largest start-up packet read (the server's own limit is 10000 bytes).
-const MAX_STARTUP_LEN: usize = 10_000;
-
 /// The running listener; stops when dropped.
 pub(crate) struct RefusalEndpoint {
     port: u16,
@@ -73,44 +69,13 @@ impl RefusalEndpoint {
 
 /// Reads the client's start-up (answering `N` to TLS and GSS requests) and answers with a FATAL error.
 async fn refuse(mut stream: TcpStream, message: &str) -> std::io::Result<()> {
-    loop {
-        let len = usize::try_from(stream.read_i32().await?).unwrap_or(0);
-        if !(8..=MAX_STARTUP_LEN).contains(&len) {
-            return Ok(());
-        }
-        let code = stream.read_i32().await?;
-        let mut rest = vec![0; len - 8];
-        stream.read_exact(&mut rest).await?;
-        if code == SSL_REQUEST || code == GSSENC_REQUEST {
-            stream.write_all(b"N").await?;
-            continue;
-        }
-        break;
+    match protocol::read_startup(&mut stream).await {
+        Ok(_) => {}
+        Err(protocol::StartupError::Io(error)) => return Err(error),
+        Err(protocol::StartupError::Garbage(_)) => return Ok(()),
     }
-    stream.write_all(&error_response(message)).await?;
+    stream
+        .write_all(&protocol::fatal(REFUSAL_SQLSTATE, message))
+        .await?;
     stream.shutdown().await
-}
-
-/// A protocol `ErrorResponse` with severity FATAL, [`REFUSAL_SQLSTATE`] and `message`.
-pub(crate) fn error_response(message: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (field, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', REFUSAL_SQLSTATE),
-        (b'M', message),
-    ] {
-        body.push(field);
-        body.extend(value.bytes().filter(|&b| b != 0));
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = vec![b'E'];
-    packet.extend(
-        i32::try_from(body.len() + 4)
-            .unwrap_or(i32::MAX)
-            .to_be_bytes(),
-    );
-    packet.extend(body);
-    packet
 }

@@ -17,11 +17,11 @@ port = 6432
 kind = "workload-identity"
 "#;
 
-/// What the `pgwi` binary reads: the demo's variables too, and its own `admin` section.
+/// What the `pgwi` binary reads: the demo's variables too, and its own `admin` and `proxy` sections.
 fn cronjob() -> ConfigSources {
     ConfigSources {
         demo_variables: true,
-        app_sections: vec!["admin".into()],
+        app_sections: vec!["admin".into(), "proxy".into()],
         ..ConfigSources::default()
     }
 }

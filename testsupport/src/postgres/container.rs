@@ -127,6 +127,13 @@ fn request(
             file(&format!("/etc/pam.d/{PAM_SERVICE}"), 0o644),
             tokens::pam_service_file(CHECKER).into_bytes(),
         )
+        // The image's own `-c fsync=off`, plus room for the proxy's 200 concurrent clients next to the suite.
+        .with_cmd([
+            "-c".to_owned(),
+            "fsync=off".to_owned(),
+            "-c".to_owned(),
+            format!("max_connections={}", super::MAX_CONNECTIONS),
+        ])
         .with_startup_timeout(Duration::from_secs(120))
 }
 

@@ -59,6 +59,8 @@ pub const SCRAM_GROUP: &str = "pgwi_scram";
 pub const TOKEN_GROUP: &str = "pgwi_token";
 /// The superuser the bench creates on servers it starts.
 const ADMIN_USER: &str = "pgwi_admin";
+/// The server's `max_connections`: the proxy's 200 concurrent clients plus the rest of a suite.
+pub const MAX_CONNECTIONS: u32 = 300;
 
 /// The `pg_hba.conf` every started server uses: TLS only, passwords only. With a PAM service, token roles are
 /// judged by it, after the bench's own password roles (which may be members of token roles) and before

@@ -226,6 +226,7 @@ fn start_cluster(
         .with_dbname("postgres")
         .with_initdb_arg("auth", "scram-sha-256")
         .with_config_param("listen_addresses", "127.0.0.1")
+        .with_config_param("max_connections", &super::MAX_CONNECTIONS.to_string())
         .with_config_param("ssl", "on")
         .with_config_param("ssl_cert_file", &path(&cert))
         .with_config_param("ssl_key_file", &path(&key))
@@ -323,6 +324,7 @@ fn start_with_runuser(
     let options = [
         format!("-c port={port}"),
         "-c listen_addresses=127.0.0.1".into(),
+        format!("-c max_connections={}", super::MAX_CONNECTIONS),
         format!("-c unix_socket_directories={}", path(&data)),
         "-c ssl=on".into(),
         format!("-c ssl_cert_file={}", path(cert)),

@@ -1,0 +1,207 @@
+//! The few pieces of the PostgreSQL wire protocol (3.0) that pgwi speaks itself: a client's first message
+//! (start-up, TLS and GSS requests, cancel requests), framed messages, and error responses. Used by the
+//! refusal endpoint and by the proxy.
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+/// Protocol codes of the messages a client may send first (they have no type byte).
+pub(crate) const SSL_REQUEST: i32 = 80877103;
+pub(crate) const GSSENC_REQUEST: i32 = 80877104;
+pub(crate) const CANCEL_REQUEST: i32 = 80877102;
+/// The largest first message read (the server's own limit is 10000 bytes).
+pub(crate) const MAX_STARTUP_LEN: usize = 10_000;
+/// The largest message read from the server before the session is handed over to byte copying.
+pub(crate) const MAX_MESSAGE_LEN: usize = 1 << 20;
+
+/// What a client asked for with its first message, after any TLS and GSS requests were answered `N`.
+#[derive(Debug)]
+pub(crate) enum FirstMessage {
+    /// A start-up message: protocol version and parameters (`user`, `database`, …) in order.
+    Startup {
+        version: i32,
+        params: Vec<(String, String)>,
+    },
+    /// A cancel request: the bytes after the code (backend pid, then the secret key).
+    Cancel(Vec<u8>),
+}
+
+/// Why a client's first message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartupError {
+    /// The bytes are not a PostgreSQL start-up.
+    #[error("not a PostgreSQL start-up: {0}")]
+    Garbage(String),
+    /// The connection failed or closed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads the client's first message, answering `N` (no TLS, no GSS encryption) to the requests for them.
+pub(crate) async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<FirstMessage, StartupError> {
+    loop {
+        let len = stream.read_i32().await?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|len| (8..=MAX_STARTUP_LEN).contains(len))
+            .ok_or_else(|| {
+                StartupError::Garbage(format!(
+                    "a first message of {len} bytes (8 to {MAX_STARTUP_LEN} expected)"
+                ))
+            })?;
+        let code = stream.read_i32().await?;
+        let mut rest = vec![0; len - 8];
+        stream.read_exact(&mut rest).await?;
+        match code {
+            SSL_REQUEST | GSSENC_REQUEST => stream.write_all(b"N").await?,
+            CANCEL_REQUEST => return Ok(FirstMessage::Cancel(rest)),
+            version if version >> 16 == 3 => {
+                return Ok(FirstMessage::Startup {
+                    version,
+                    params: parse_params(&rest)?,
+                });
+            }
+            other => {
+                return Err(StartupError::Garbage(format!(
+                    "protocol code {other} (3.x start-up, SSL, GSS or cancel request expected)"
+                )));
+            }
+        }
+    }
+}
+
+/// `key\0value\0…\0` into pairs.
+fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
+    let garbage = |what: &str| StartupError::Garbage(format!("start-up parameters {what}"));
+    let body = body
+        .strip_suffix(&[0])
+        .ok_or_else(|| garbage("not terminated"))?;
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = body
+        .strip_suffix(&[0])
+        .ok_or_else(|| garbage("not terminated"))?;
+    let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
+    if !fields.len().is_multiple_of(2) {
+        return Err(garbage("with a key without a value"));
+    }
+    fields
+        .chunks(2)
+        .map(|pair| {
+            let text = |bytes: &[u8]| {
+                String::from_utf8(bytes.to_vec()).map_err(|_| garbage("that are not UTF-8"))
+            };
+            Ok((text(pair[0])?, text(pair[1])?))
+        })
+        .collect()
+}
+
+/// A start-up message with `version` and `params`.
+pub(crate) fn startup_message(version: i32, params: &[(String, String)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (key, value) in params {
+        body.extend(key.as_bytes());
+        body.push(0);
+        body.extend(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    with_length(None, body)
+}
+
+/// A cancel request carrying `key` (backend pid and secret key, as the client sent them).
+pub(crate) fn cancel_request(key: &[u8]) -> Vec<u8> {
+    let mut body = CANCEL_REQUEST.to_be_bytes().to_vec();
+    body.extend(key);
+    with_length(None, body)
+}
+
+/// An SSLRequest.
+pub(crate) fn ssl_request() -> Vec<u8> {
+    with_length(None, SSL_REQUEST.to_be_bytes().to_vec())
+}
+
+/// A framed message: type byte (if any), Int32 length including itself, body.
+pub(crate) fn with_length(tag: Option<u8>, body: Vec<u8>) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(body.len() + 5);
+    packet.extend(tag);
+    packet.extend(
+        i32::try_from(body.len() + 4)
+            .unwrap_or(i32::MAX)
+            .to_be_bytes(),
+    );
+    packet.extend(body);
+    packet
+}
+
+/// One message after the start-up: its type byte and body.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub(crate) tag: u8,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Message {
+    /// The message as it was on the wire.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        with_length(Some(self.tag), self.body.clone())
+    }
+
+    /// The Int32 at `offset` of the body.
+    pub(crate) fn int32(&self, offset: usize) -> Option<i32> {
+        let bytes = self.body.get(offset..offset + 4)?;
+        Some(i32::from_be_bytes(bytes.try_into().ok()?))
+    }
+}
+
+/// Reads one framed message of at most [`MAX_MESSAGE_LEN`] bytes.
+pub(crate) async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Message> {
+    let tag = stream.read_u8().await?;
+    let len = stream.read_i32().await?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|len| (4..=MAX_MESSAGE_LEN).contains(len))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a message of type {:?} with length {len}", tag as char),
+            )
+        })?;
+    let mut body = vec![0; len - 4];
+    stream.read_exact(&mut body).await?;
+    Ok(Message { tag, body })
+}
+
+/// An `ErrorResponse` with these fields (`S` severity, `C` SQLSTATE, `M` message, `H` hint, …).
+pub(crate) fn error_response(fields: &[(u8, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, value) in fields {
+        body.push(*field);
+        body.extend(value.bytes().filter(|&b| b != 0));
+        body.push(0);
+    }
+    body.push(0);
+    with_length(Some(b'E'), body)
+}
+
+/// A FATAL `ErrorResponse` with `code` and `message`.
+pub(crate) fn fatal(code: &str, message: &str) -> Vec<u8> {
+    error_response(&[
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ])
+}
+
+/// The fields of an `ErrorResponse` or `NoticeResponse` body.
+pub(crate) fn parse_fields(body: &[u8]) -> Vec<(u8, String)> {
+    body.split(|&b| b == 0)
+        .filter_map(|field| {
+            let (&code, value) = field.split_first()?;
+            Some((code, String::from_utf8_lossy(value).into_owned()))
+        })
+        .collect()
+}

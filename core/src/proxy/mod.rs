@@ -1,0 +1,800 @@
+//! A PostgreSQL endpoint for programs that cannot use this library (psql, Python, Go, `pg_dump`): each
+//! client session gets its own connection to the configured server, authenticated with a token that is
+//! valid at that moment, and then the bytes flow both ways untouched.
+//!
+//! Per session: the client's TLS and GSS requests are answered `N` (the hop is loopback or a Unix socket;
+//! remote clients must prove the proxy's local password with SCRAM first); its start-up must name the
+//! configured user (or the one `auto` derives from the token), else it gets one error naming that user;
+//! the server's authentication request is answered here — cleartext with the token (what Azure asks an
+//! Entra principal for), or SCRAM-SHA-256 with it (a static password) — and from `AuthenticationOk` on,
+//! every message is the server's own, including `BackendKeyData`, so a client's `CancelRequest` is
+//! forwarded as is, over a new connection with the same TLS. An authentication failure reaches the client
+//! as the server's error with pgwi's diagnosis in its message.
+//!
+//! "No expired token is presented" holds as for the pool: a token is taken from the token source's cache
+//! for each session and presented only if it is before its deadline (expiry less the skew allowance,
+//! [`crate::connect`]'s rule); otherwise the client gets the credential's error. A keeper task asks the
+//! cache ahead of expiry, so sessions rarely wait for a refresh. The listeners, signals and health
+//! endpoint are the caller's (the `pgwi proxy` command); this module serves one accepted connection.
+
+mod scram;
+mod tls;
+mod upstream;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use pgwi_credentials::{CachedTokenSource, CredentialError, Token, TokenSource as _};
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+
+pub use scram::{LocalSecret, ScramError};
+
+use crate::config::Config;
+use crate::connect::{self, AuthenticationFailure, ConnectError, fix_for_sqlstate};
+use crate::protocol::{self, FirstMessage, Message, StartupError};
+
+/// How long a client has for its start-up (and the local password, for remote clients).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a forwarded cancel request may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The keeper's longest sleep: the token's state is re-checked at least this often.
+const KEEPER_TICK: Duration = Duration::from_secs(5);
+
+/// The proxy: configuration, token source and TLS settings shared by every session. Cheap to clone.
+///
+/// Embedded in a Rust program (the `pgwi proxy` command adds Unix sockets, `/healthz` and the drain):
+///
+/// ```no_run
+/// # async fn run(
+/// #     config: pgwi_core::Config,
+/// #     credential: std::sync::Arc<pgwi_credentials::CachedTokenSource>,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
+/// use pgwi_core::proxy::{Client, Proxy};
+///
+/// let proxy = Proxy::start(&config, credential).await?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:6432").await?;
+/// loop {
+///     let (stream, peer) = listener.accept().await?;
+///     let proxy = proxy.clone();
+///     let client = Client { address: peer.to_string(), local_secret: None };
+///     tokio::spawn(async move { proxy.serve(stream, client).await });
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: upstream::Target,
+    configured_user: Option<String>,
+    credential: Arc<CachedTokenSource>,
+    skew: Duration,
+    connect_timeout: Duration,
+    /// The last token the cache gave (to a session or the keeper), for [`Proxy::health`].
+    current: Arc<Mutex<Option<Token>>>,
+    keeper: tokio::task::AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("host", &self.inner.target.host)
+            .field("port", &self.inner.target.port)
+            .field("credential", &self.inner.credential.info().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who is connecting, and what they must prove before the server is contacted.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The peer, for logs: `127.0.0.1:50123`, or the socket path.
+    pub address: String,
+    /// Remote clients must prove this local password with SCRAM-SHA-256 (`None`: a local client).
+    pub local_secret: Option<Arc<LocalSecret>>,
+}
+
+/// Whether the proxy can serve new sessions now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Health {
+    /// A token is held that is before its deadline (`None`: a password without expiry).
+    Ready {
+        /// When that token expires.
+        expires_at: Option<OffsetDateTime>,
+    },
+    /// No usable token: why, secret-free.
+    NoToken(String),
+}
+
+impl Proxy {
+    /// Checks the configuration, builds the TLS settings, fetches the first token (a bad credential fails
+    /// here, not at the first client) and starts the keeper that asks for the next one ahead of expiry.
+    /// The server is not contacted: it may come up after the proxy.
+    pub async fn start(
+        config: &Config,
+        credential: Arc<CachedTokenSource>,
+    ) -> Result<Self, ConnectError> {
+        config.validate()?;
+        let skew = Duration::from_secs(config.credential.expiry_skew_secs);
+        connect::check_cache_timing(&credential, skew)?;
+        let db = &config.database;
+        let (host, port) = connect::resolve_host(db)?;
+        let tls = if host.starts_with('/') {
+            None
+        } else {
+            tls::client_config(db)?
+        };
+        let token = credential.token().await?;
+        if !connect::usable_now(&token, skew) {
+            return Err(connect::expired_on_arrival(credential.info().kind, &token).into());
+        }
+        let user = connect::resolve_user(db, &token, &credential)?;
+        let configured_user = (db.user.as_deref().map(str::trim) != Some("auto")).then_some(user);
+        let current = Arc::new(Mutex::new(Some(token)));
+        let keeper =
+            tokio::spawn(keep_fresh(credential.clone(), skew, current.clone())).abort_handle();
+        let proxy = Self {
+            inner: Arc::new(Inner {
+                target: upstream::Target {
+                    host,
+                    port,
+                    sslmode: db.sslmode,
+                    tls,
+                },
+                configured_user,
+                credential,
+                skew,
+                connect_timeout: Duration::from_secs(db.connect_timeout_secs),
+                current,
+                keeper,
+            }),
+        };
+        Ok(proxy)
+    }
+
+    /// The user sessions log in as now (from the token's claims with `user = "auto"`).
+    pub fn user(&self) -> Option<String> {
+        let current = connect::lock(&self.inner.current).clone();
+        current.and_then(|token| self.user_for(&token))
+    }
+
+    /// The server, as `host:port` (or the socket directory and port).
+    pub fn upstream(&self) -> String {
+        format!("{}:{}", self.inner.target.host, self.inner.target.port)
+    }
+
+    /// Whether a token usable for new sessions is held (for a health endpoint); asks nothing upstream.
+    pub fn health(&self) -> Health {
+        let current = connect::lock(&self.inner.current).clone();
+        match current {
+            Some(token) if connect::usable_now(&token, self.inner.skew) => Health::Ready {
+                expires_at: token.expires_at(),
+            },
+            _ => Health::NoToken(match self.inner.credential.last_failure() {
+                Some(error) => error.to_string(),
+                None => "the token expired and no new one has arrived yet".into(),
+            }),
+        }
+    }
+
+    fn user_for(&self, token: &Token) -> Option<String> {
+        match &self.inner.configured_user {
+            Some(user) => Some(user.clone()),
+            None => token.claims().and_then(|c| c.database_user()),
+        }
+    }
+
+    /// A token that may be presented now: before its deadline, else the credential's error.
+    async fn token_now(&self) -> Result<Token, CredentialError> {
+        let credential = &self.inner.credential;
+        let token = credential.token().await?;
+        if !connect::usable_now(&token, self.inner.skew) {
+            return Err(credential
+                .last_failure()
+                .unwrap_or_else(|| connect::expired_on_arrival(credential.info().kind, &token)));
+        }
+        *connect::lock(&self.inner.current) = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Serves one accepted connection to its end, and logs one line about it then (also when the future is
+    /// dropped, e.g. by a drain deadline): client, database, upstream pid, duration and bytes each way.
+    pub async fn serve<S>(&self, stream: S, client: Client)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut log = SessionLog::new(client.address.clone());
+        let mut stream = Counted {
+            inner: stream,
+            read: log.bytes_from_client.clone(),
+            written: log.bytes_from_server.clone(),
+        };
+        if let Err(error) = self.session(&mut stream, &client, &mut log).await {
+            log.error = Some(error);
+        }
+        let _ = stream.shutdown().await;
+    }
+
+    async fn session<S>(
+        &self,
+        client: &mut S,
+        who: &Client,
+        log: &mut SessionLog,
+    ) -> Result<(), SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let first = tokio::time::timeout(STARTUP_TIMEOUT, protocol::read_startup(client))
+            .await
+            .map_err(|_| {
+                SessionError::Client(format!("no start-up within {}s", STARTUP_TIMEOUT.as_secs()))
+            })??;
+        let (version, mut params) = match first {
+            FirstMessage::Cancel(key) => {
+                log.kind = "cancel";
+                return self.forward_cancel(&key).await;
+            }
+            FirstMessage::Startup { version, params } => (version, params),
+        };
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        let Some(user) = param("user") else {
+            return Err(refuse(client, "08P01", "the start-up names no user".into()).await);
+        };
+        log.database = Some(param("database").unwrap_or_else(|| user.clone()));
+        // For the user check; the one presented is taken again when the server asks.
+        let token = self.token_for_server(client, &mut None).await?;
+        let Some(expected) = self.user_for(&token) else {
+            let error = ConnectError::UserNotDerivable {
+                source_kind: self.inner.credential.info().kind,
+            };
+            return Err(refuse(client, "28000", format!("pgwi proxy: {error}")).await);
+        };
+        if user != expected {
+            let message = format!(
+                "pgwi proxy logs in to PostgreSQL as {expected:?} only, but this client asked for user \
+                 {user:?}: connect with user {expected} (psql -U {expected}, PGUSER={expected})"
+            );
+            return Err(refuse(client, "28000", message).await);
+        }
+        if let Some(secret) = &who.local_secret {
+            tokio::time::timeout(STARTUP_TIMEOUT, local_authentication(client, secret, &user))
+                .await
+                .map_err(|_| {
+                    SessionError::Client("the local password exchange timed out".into())
+                })??;
+        }
+        let connecting = Instant::now();
+        let opened = tokio::time::timeout(self.inner.connect_timeout, async {
+            let mut upstream = self.inner.target.open().await?;
+            upstream
+                .write_all(&protocol::startup_message(version, &params))
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            Ok::<_, ConnectError>(upstream)
+        })
+        .await
+        .unwrap_or_else(|_| Err(self.unreachable(io::Error::from(io::ErrorKind::TimedOut))));
+        let mut upstream = match opened {
+            Ok(upstream) => upstream,
+            Err(mut error) => {
+                if let ConnectError::Unreachable { waited_secs, .. } = &mut error {
+                    *waited_secs = connecting.elapsed().as_secs();
+                }
+                return Err(refuse(client, "08001", format!("pgwi proxy: {error}")).await);
+            }
+        };
+        params.clear();
+        let auth = tokio::time::timeout(
+            self.inner.connect_timeout,
+            self.authenticate(client, &mut upstream, &token, &user, log),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(SessionError::Upstream(format!(
+                "the server did not finish authentication within {}s",
+                self.inner.connect_timeout.as_secs()
+            )))
+        });
+        if let Err(error) = auth {
+            if let SessionError::Upstream(message) = &error {
+                let _ = client
+                    .write_all(&protocol::fatal("08006", &format!("pgwi proxy: {message}")))
+                    .await;
+            }
+            return Err(error);
+        }
+        drop(token);
+        log.relaying = true;
+        tokio::io::copy_bidirectional(client, &mut upstream).await?;
+        Ok(())
+    }
+
+    fn unreachable(&self, error: io::Error) -> ConnectError {
+        ConnectError::Unreachable {
+            host: self.inner.target.host.clone(),
+            port: self.inner.target.port,
+            waited_secs: self.inner.connect_timeout.as_secs(),
+            last: error.to_string(),
+        }
+    }
+
+    /// A token usable now for the server's password request, kept in `presented` for the rest of the
+    /// exchange; without one the client gets the credential's error.
+    async fn token_for_server<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        presented: &mut Option<Token>,
+    ) -> Result<Token, SessionError> {
+        match self.token_now().await {
+            Ok(token) => {
+                *presented = Some(token.clone());
+                Ok(token)
+            }
+            Err(error) => {
+                let message = format!("pgwi proxy: no valid token for new connections: {error}");
+                Err(refuse(client, "08001", message).await)
+            }
+        }
+    }
+
+    /// Answers the server's authentication with a token usable at that moment (`token`, checked when the
+    /// client's user was, serves the diagnosis if the server refuses before asking), then relays its messages up to `ReadyForQuery`
+    /// (noting the backend's pid) in one write.
+    async fn authenticate<C, U>(
+        &self,
+        client: &mut C,
+        upstream: &mut U,
+        token: &Token,
+        user: &str,
+        log: &mut SessionLog,
+    ) -> Result<(), SessionError>
+    where
+        C: AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        // The token is taken again when the server asks for it: the local password exchange and the
+        // connection to the server took time, and what is presented must be usable at that moment.
+        let mut presented: Option<Token> = None;
+        let mut scram: Option<scram::Client> = None;
+        let mut pending = Vec::new();
+        loop {
+            let message = protocol::read_message(upstream).await?;
+            match (message.tag, message.int32(0)) {
+                (b'R', Some(0)) => {
+                    pending.extend(message.encode());
+                    break;
+                }
+                (b'R', Some(3)) => {
+                    let token = self.token_for_server(client, &mut presented).await?;
+                    let mut body = token.secret().expose().as_bytes().to_vec();
+                    body.push(0);
+                    upstream
+                        .write_all(&protocol::with_length(Some(b'p'), body))
+                        .await?;
+                }
+                (b'R', Some(10)) => {
+                    let mechanisms: Vec<String> = message.body[4..]
+                        .split(|&b| b == 0)
+                        .filter(|m| !m.is_empty())
+                        .map(|m| String::from_utf8_lossy(m).into_owned())
+                        .collect();
+                    if !mechanisms.iter().any(|m| m == scram::MECHANISM) {
+                        return Err(SessionError::Upstream(format!(
+                            "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
+                        )));
+                    }
+                    self.token_for_server(client, &mut presented).await?;
+                    let (state, first) = scram::Client::start()?;
+                    scram = Some(state);
+                    let mut body = format!("{}\0", scram::MECHANISM).into_bytes();
+                    body.extend(i32::try_from(first.len()).unwrap_or(0).to_be_bytes());
+                    body.extend(first.as_bytes());
+                    upstream
+                        .write_all(&protocol::with_length(Some(b'p'), body))
+                        .await?;
+                }
+                (b'R', Some(11)) => {
+                    let state = scram.as_mut().ok_or_else(|| {
+                        SessionError::Upstream("SASL continue before SASL start".into())
+                    })?;
+                    let server_first = String::from_utf8_lossy(&message.body[4..]).into_owned();
+                    let password = presented
+                        .as_ref()
+                        .map(|t| t.secret().expose())
+                        .unwrap_or_default();
+                    let last = state.finish(&server_first, password)?;
+                    upstream
+                        .write_all(&protocol::with_length(Some(b'p'), last.into_bytes()))
+                        .await?;
+                }
+                (b'R', Some(12)) => {
+                    let state = scram.as_ref().ok_or_else(|| {
+                        SessionError::Upstream("SASL final before SASL start".into())
+                    })?;
+                    state.verify(&String::from_utf8_lossy(&message.body[4..]))?;
+                }
+                (b'R', Some(5)) => {
+                    return Err(SessionError::Upstream(
+                        "the server asks for an MD5 password; pgwi proxy answers cleartext password \
+                         requests (Entra ID tokens, over TLS) and SCRAM-SHA-256: use scram-sha-256 for \
+                         this role"
+                            .into(),
+                    ));
+                }
+                (b'R', subtype) => {
+                    return Err(SessionError::Upstream(format!(
+                        "the server asks for an authentication method pgwi proxy does not speak ({subtype:?})"
+                    )));
+                }
+                (b'E', _) => {
+                    let token = presented.as_ref().unwrap_or(token);
+                    let error = self.diagnose(&message, user, token, log.database.as_deref());
+                    let _ = client.write_all(&error.packet).await;
+                    return Err(SessionError::Refused(error.summary));
+                }
+                (b'N' | b'v', _) => pending.extend(message.encode()),
+                (tag, _) => {
+                    return Err(SessionError::Upstream(format!(
+                        "unexpected message {:?} during authentication",
+                        tag as char
+                    )));
+                }
+            }
+        }
+        // From here every message is the server's own; note the pid, send all up to ReadyForQuery at once.
+        loop {
+            let message = protocol::read_message(upstream).await?;
+            if message.tag == b'K' {
+                log.upstream_pid = message.int32(0);
+            }
+            pending.extend(message.encode());
+            if matches!(message.tag, b'Z' | b'E') {
+                client.write_all(&pending).await?;
+                return match message.tag {
+                    b'E' => Err(SessionError::Refused(error_summary(&message))),
+                    _ => Ok(()),
+                };
+            }
+        }
+    }
+
+    /// The server's error during authentication, as the client will see it: for a refused login the
+    /// message is pgwi's diagnosis (the same causes and fixes as `pgwi doctor`), else the server's words
+    /// with a hint when the SQLSTATE says what to do.
+    fn diagnose(
+        &self,
+        message: &Message,
+        user: &str,
+        token: &Token,
+        database: Option<&str>,
+    ) -> Diagnosed {
+        let mut fields = protocol::parse_fields(&message.body);
+        let code = field(&fields, b'C').unwrap_or_default();
+        let server_message = field(&fields, b'M').unwrap_or_default();
+        if code == "28P01" || code == "28000" {
+            let diagnosis = AuthenticationFailure {
+                host: self.inner.target.host.clone(),
+                port: self.inner.target.port,
+                user: user.to_owned(),
+                database: database.unwrap_or_default().to_owned(),
+                code: code.clone(),
+                message: server_message,
+                audience: connect::audience(token),
+            }
+            .to_string();
+            set_field(&mut fields, b'M', diagnosis);
+        } else if let Some(fix) = fix_for_sqlstate(&code)
+            && field(&fields, b'H').is_none()
+        {
+            set_field(&mut fields, b'H', format!("pgwi: {fix}"));
+        }
+        let summary = format!(
+            "{} (SQLSTATE {code})",
+            field(&fields, b'M').unwrap_or_default()
+        );
+        let borrowed: Vec<(u8, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Diagnosed {
+            packet: protocol::error_response(&borrowed),
+            summary,
+        }
+    }
+
+    /// Forwards a client's cancel request to the server over a new connection, then waits for the server
+    /// to close it (it answers nothing).
+    async fn forward_cancel(&self, key: &[u8]) -> Result<(), SessionError> {
+        let forwarded = tokio::time::timeout(CANCEL_TIMEOUT, async {
+            let mut upstream = self.inner.target.open().await?;
+            upstream.write_all(&protocol::cancel_request(key)).await?;
+            let mut rest = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut upstream, &mut rest).await;
+            Ok::<_, SessionError>(())
+        })
+        .await;
+        match forwarded {
+            Ok(result) => result,
+            Err(_) => Err(SessionError::Upstream(
+                "the cancel request timed out".into(),
+            )),
+        }
+    }
+}
+
+/// Sends `code`/`message` to the client as a FATAL error; the session's error.
+async fn refuse<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    code: &str,
+    message: String,
+) -> SessionError {
+    let _ = client.write_all(&protocol::fatal(code, &message)).await;
+    SessionError::Refused(format!("{message} (SQLSTATE {code})"))
+}
+
+/// SCRAM-SHA-256 against the proxy's local password, before the server is contacted.
+async fn local_authentication<S>(
+    client: &mut S,
+    secret: &LocalSecret,
+    user: &str,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let failed = |why: String| {
+        (
+            format!(
+                "password authentication failed for user {user:?} (pgwi proxy's local password: {why})"
+            ),
+            SessionError::Refused(format!("local password: {why}")),
+        )
+    };
+    let mut body = 10_i32.to_be_bytes().to_vec();
+    body.extend(format!("{}\0\0", scram::MECHANISM).as_bytes());
+    client
+        .write_all(&protocol::with_length(Some(b'R'), body))
+        .await?;
+    let result = async {
+        let initial = protocol::read_message(client).await?;
+        let (mechanism, rest) =
+            split_cstr(&initial.body).ok_or_else(|| ScramError("malformed".into()))?;
+        if initial.tag != b'p' || mechanism != scram::MECHANISM || rest.len() < 4 {
+            return Err(SessionError::Client(
+                "not a SCRAM-SHA-256 initial response".into(),
+            ));
+        }
+        let (server, server_first) =
+            scram::Server::start(secret, &String::from_utf8_lossy(&rest[4..]))?;
+        let mut body = 11_i32.to_be_bytes().to_vec();
+        body.extend(server_first.as_bytes());
+        client
+            .write_all(&protocol::with_length(Some(b'R'), body))
+            .await?;
+        let last = protocol::read_message(client).await?;
+        let server_final = server.finish(&String::from_utf8_lossy(&last.body))?;
+        let mut body = 12_i32.to_be_bytes().to_vec();
+        body.extend(server_final.as_bytes());
+        client
+            .write_all(&protocol::with_length(Some(b'R'), body))
+            .await?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(SessionError::Io(error)) => Err(SessionError::Io(error)),
+        Err(error) => {
+            let (message, error) = failed(error.to_string());
+            let _ = client.write_all(&protocol::fatal("28P01", &message)).await;
+            Err(error)
+        }
+    }
+}
+
+fn split_cstr(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let end = bytes.iter().position(|&b| b == 0)?;
+    Some((
+        String::from_utf8_lossy(&bytes[..end]).into_owned(),
+        &bytes[end + 1..],
+    ))
+}
+
+fn field(fields: &[(u8, String)], code: u8) -> Option<String> {
+    fields
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, v)| v.clone())
+}
+
+fn set_field(fields: &mut Vec<(u8, String)>, code: u8, value: String) {
+    match fields.iter_mut().find(|(c, _)| *c == code) {
+        Some((_, v)) => *v = value,
+        None => fields.push((code, value)),
+    }
+}
+
+fn error_summary(message: &Message) -> String {
+    let fields = protocol::parse_fields(&message.body);
+    format!(
+        "{} (SQLSTATE {})",
+        field(&fields, b'M').unwrap_or_default(),
+        field(&fields, b'C').unwrap_or_default()
+    )
+}
+
+struct Diagnosed {
+    packet: Vec<u8>,
+    summary: String,
+}
+
+/// Why a session ended before or instead of relaying (secret-free).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// The client sent something that is not PostgreSQL, or too late.
+    #[error("client: {0}")]
+    Client(String),
+    /// The client was sent an error (wrong user, no token, the server refused it).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The server misbehaved during authentication.
+    #[error("server: {0}")]
+    Upstream(String),
+    /// Reaching the server failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// SCRAM failed.
+    #[error(transparent)]
+    Scram(#[from] ScramError),
+    /// A connection failed or closed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<StartupError> for SessionError {
+    fn from(error: StartupError) -> Self {
+        match error {
+            StartupError::Garbage(what) => {
+                SessionError::Client(format!("not a PostgreSQL start-up: {what}"))
+            }
+            StartupError::Io(error) => SessionError::Io(error),
+        }
+    }
+}
+
+/// The one log line of a session, written when it ends however it ends.
+struct SessionLog {
+    client: String,
+    kind: &'static str,
+    database: Option<String>,
+    upstream_pid: Option<i32>,
+    started: Instant,
+    bytes_from_client: Arc<AtomicU64>,
+    bytes_from_server: Arc<AtomicU64>,
+    relaying: bool,
+    error: Option<SessionError>,
+}
+
+impl SessionLog {
+    fn new(client: String) -> Self {
+        Self {
+            client,
+            kind: "session",
+            database: None,
+            upstream_pid: None,
+            started: Instant::now(),
+            bytes_from_client: Arc::default(),
+            bytes_from_server: Arc::default(),
+            relaying: false,
+            error: None,
+        }
+    }
+}
+
+impl Drop for SessionLog {
+    fn drop(&mut self) {
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let bytes_from_client = self.bytes_from_client.load(Ordering::Relaxed);
+        let bytes_from_server = self.bytes_from_server.load(Ordering::Relaxed);
+        let database = self.database.as_deref().unwrap_or_default();
+        let upstream_pid = self.upstream_pid.unwrap_or_default();
+        match &self.error {
+            // A session that was relaying ends with the connection: not the proxy's failure.
+            Some(error) if !self.relaying => tracing::warn!(
+                client = %self.client, kind = self.kind, database, upstream_pid, duration_ms,
+                bytes_from_client, bytes_from_server, %error, "connection refused"
+            ),
+            Some(error) => tracing::info!(
+                client = %self.client, kind = self.kind, database, upstream_pid, duration_ms,
+                bytes_from_client, bytes_from_server, %error, "connection ended"
+            ),
+            None => tracing::info!(
+                client = %self.client, kind = self.kind, database, upstream_pid, duration_ms,
+                bytes_from_client, bytes_from_server, "connection ended"
+            ),
+        }
+    }
+}
+
+/// Counts the bytes read from and written to a stream (shared counters: the log reads them even when the
+/// session is dropped midway).
+struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read
+            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            this.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Asks the cache for a token at its refresh time, so that sessions seldom wait for one, and keeps the last
+/// usable one for [`Proxy::health`].
+async fn keep_fresh(
+    credential: Arc<CachedTokenSource>,
+    skew: Duration,
+    current: Arc<Mutex<Option<Token>>>,
+) {
+    loop {
+        if let Ok(token) = credential.token().await
+            && connect::usable_now(&token, skew)
+        {
+            *connect::lock(&current) = Some(token);
+        }
+        let now = OffsetDateTime::now_utc();
+        let wait = credential
+            .refresh_at()
+            .and_then(|at| Duration::try_from(at - now).ok())
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(100), KEEPER_TICK);
+        tokio::time::sleep(wait).await;
+    }
+}

@@ -1,0 +1,229 @@
+//! SCRAM-SHA-256 (RFC 5802/7677, as PostgreSQL speaks it), both ways: as a client, when the server asks a
+//! password role for it (a static password behind the proxy); as a server, for the proxy's own local
+//! password, which clients on a non-loopback listener must prove (`--allow-remote`). Channel binding is not
+//! used (`n,,`): the upstream hop is already inside TLS checked by the sslmode.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ring::{digest, hmac, pbkdf2, rand::SecureRandom as _};
+use std::num::NonZeroU32;
+
+/// The mechanism name on the wire.
+pub(crate) const MECHANISM: &str = "SCRAM-SHA-256";
+/// Iterations of the local secret (PostgreSQL's default).
+const ITERATIONS: u32 = 4096;
+
+/// Why a SCRAM exchange failed (secret-free).
+#[derive(Debug, thiserror::Error)]
+#[error("SCRAM-SHA-256: {0}")]
+pub struct ScramError(pub(crate) String);
+
+fn fail(what: impl Into<String>) -> ScramError {
+    ScramError(what.into())
+}
+
+fn hmac(key: &[u8], message: &[u8]) -> Vec<u8> {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), message)
+        .as_ref()
+        .to_vec()
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    digest::digest(&digest::SHA256, data).as_ref().to_vec()
+}
+
+fn salted_password(password: &str, salt: &[u8], iterations: u32) -> Result<[u8; 32], ScramError> {
+    let iterations =
+        NonZeroU32::new(iterations).ok_or_else(|| fail("the server asked for 0 iterations"))?;
+    let mut out = [0; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        salt,
+        password.as_bytes(),
+        &mut out,
+    );
+    Ok(out)
+}
+
+fn nonce() -> Result<String, ScramError> {
+    let mut bytes = [0; 18];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| fail("no random numbers from the system"))?;
+    Ok(B64.encode(bytes))
+}
+
+/// Equality without an early exit: how long the check takes says nothing about where a guess went wrong.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `key=value` attributes of a SCRAM message.
+fn attribute(message: &str, key: char) -> Option<&str> {
+    message
+        .split(',')
+        .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The client side of one exchange with the server.
+pub(crate) struct Client {
+    client_first_bare: String,
+    nonce: String,
+    server_signature: Option<Vec<u8>>,
+}
+
+impl Client {
+    /// Starts an exchange; the first message's body (a SASLInitialResponse's data).
+    pub(crate) fn start() -> Result<(Self, String), ScramError> {
+        let nonce = nonce()?;
+        // PostgreSQL takes the user from the start-up message and ignores this one.
+        let client_first_bare = format!("n=,r={nonce}");
+        let first = format!("n,,{client_first_bare}");
+        Ok((
+            Self {
+                client_first_bare,
+                nonce,
+                server_signature: None,
+            },
+            first,
+        ))
+    }
+
+    /// The client-final message answering `server_first`, proving `password`.
+    pub(crate) fn finish(
+        &mut self,
+        server_first: &str,
+        password: &str,
+    ) -> Result<String, ScramError> {
+        let nonce = attribute(server_first, 'r').ok_or_else(|| fail("no nonce from the server"))?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(fail("the server's nonce does not extend ours"));
+        }
+        let salt = attribute(server_first, 's')
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or_else(|| fail("no salt from the server"))?;
+        let iterations = attribute(server_first, 'i')
+            .and_then(|i| i.parse().ok())
+            .ok_or_else(|| fail("no iteration count from the server"))?;
+        let salted = salted_password(password, &salt, iterations)?;
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+        let client_key = hmac(&salted, b"Client Key");
+        let signature = hmac(&sha256(&client_key), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        self.server_signature = Some(hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes()));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks the server's final message: it proves the server knew the password too.
+    pub(crate) fn verify(&self, server_final: &str) -> Result<(), ScramError> {
+        let expected = self
+            .server_signature
+            .as_ref()
+            .ok_or_else(|| fail("the server finished before we did"))?;
+        match attribute(server_final, 'v').and_then(|v| B64.decode(v).ok()) {
+            Some(signature) if &signature == expected => Ok(()),
+            _ => Err(fail("the server's signature does not match")),
+        }
+    }
+}
+
+/// The proxy's local password as a SCRAM verifier: the password itself is not kept.
+pub struct LocalSecret {
+    salt: Vec<u8>,
+    stored_key: Vec<u8>,
+    server_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for LocalSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalSecret(<redacted>)")
+    }
+}
+
+impl LocalSecret {
+    /// The verifier of `password`, with a fresh salt.
+    pub fn new(password: &str) -> Result<Self, ScramError> {
+        let salt = B64
+            .decode(nonce()?)
+            .map_err(|_| fail("could not make a salt"))?;
+        let salted = salted_password(password, &salt, ITERATIONS)?;
+        Ok(Self {
+            stored_key: sha256(&hmac(&salted, b"Client Key")),
+            server_key: hmac(&salted, b"Server Key"),
+            salt,
+        })
+    }
+}
+
+/// The server side of one exchange with a client.
+pub(crate) struct Server<'a> {
+    secret: &'a LocalSecret,
+    client_first_bare: String,
+    server_first: String,
+    nonce: String,
+    gs2_header: String,
+}
+
+impl<'a> Server<'a> {
+    /// Reads the client-first message; the server-first message to send.
+    pub(crate) fn start(
+        secret: &'a LocalSecret,
+        client_first: &str,
+    ) -> Result<(Self, String), ScramError> {
+        let (gs2_header, bare) = match client_first.split_once(',').and_then(|(cb, rest)| {
+            let (authzid, bare) = rest.split_once(',')?;
+            Some((format!("{cb},{authzid},"), bare, cb))
+        }) {
+            Some((header, bare, "n" | "y")) => (header, bare.to_owned()),
+            Some(_) => return Err(fail("channel binding is not offered on the local hop")),
+            None => return Err(fail("a malformed first message")),
+        };
+        let client_nonce = attribute(&bare, 'r').ok_or_else(|| fail("no client nonce"))?;
+        let nonce = format!("{client_nonce}{}", nonce()?);
+        let server_first = format!("r={nonce},s={},i={ITERATIONS}", B64.encode(&secret.salt));
+        Ok((
+            Self {
+                secret,
+                client_first_bare: bare,
+                server_first: server_first.clone(),
+                nonce,
+                gs2_header,
+            },
+            server_first,
+        ))
+    }
+
+    /// Checks the client's proof; the server-final message to send.
+    pub(crate) fn finish(&self, client_final: &str) -> Result<String, ScramError> {
+        let (without_proof, proof) = client_final
+            .rsplit_once(",p=")
+            .ok_or_else(|| fail("no proof"))?;
+        if attribute(without_proof, 'c') != Some(B64.encode(&self.gs2_header).as_str()) {
+            return Err(fail("the channel binding does not match the first message"));
+        }
+        if attribute(without_proof, 'r') != Some(self.nonce.as_str()) {
+            return Err(fail("the nonce does not match"));
+        }
+        let proof = B64.decode(proof).map_err(|_| fail("a malformed proof"))?;
+        let auth_message = format!(
+            "{},{},{without_proof}",
+            self.client_first_bare, self.server_first
+        );
+        let signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
+        if proof.len() != signature.len() {
+            return Err(fail("a proof of the wrong length"));
+        }
+        let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        if !same(&sha256(&client_key), &self.secret.stored_key) {
+            return Err(fail("wrong password"));
+        }
+        let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
+        Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}

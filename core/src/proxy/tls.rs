@@ -1,0 +1,149 @@
+//! TLS to the server for the proxy's upstream connections, with the policy the pool's connections have.
+//!
+//! The pool's TLS is sqlx's, which offers no raw stream to copy bytes over; this builds the same policy for
+//! tokio-rustls: the same roots (Mozilla's set from `webpki-roots`, as sqlx's `tls-rustls`, plus
+//! `database.ssl_root_cert`), the same provider (ring), and the same meaning of each sslmode — `verify-full`
+//! checks chain and host name, `verify-ca` the chain only, `require` and `prefer` encrypt without checking.
+
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+use crate::config::{ConfigError, DatabaseConfig, SslMode};
+
+/// The client configuration for `db`'s sslmode; `None` when TLS is not used (`disable`).
+pub(crate) fn client_config(db: &DatabaseConfig) -> Result<Option<Arc<ClientConfig>>, ConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let rejected = |problem: String| ConfigError::Rejected {
+        key: "database.ssl_root_cert".into(),
+        origin: "configuration".into(),
+        problem,
+        fix: "point it at a readable PEM file of CA certificates".into(),
+    };
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| rejected(format!("cannot be used: {e}")))?;
+    let config = match db.sslmode {
+        SslMode::Disable => return Ok(None),
+        SslMode::Prefer | SslMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Relaxed {
+                provider,
+                chain: None,
+            }))
+            .with_no_client_auth(),
+        mode @ (SslMode::VerifyCa | SslMode::VerifyFull) => {
+            let mut roots =
+                RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(path) = &db.ssl_root_cert {
+                let pem = std::fs::read(path)
+                    .map_err(|e| rejected(format!("names {}, unreadable: {e}", path.display())))?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| {
+                        rejected(format!(
+                            "names {}, not PEM certificates: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        rejected(format!(
+                            "names {}, with a bad certificate: {e}",
+                            path.display()
+                        ))
+                    })?;
+                }
+            }
+            if mode == SslMode::VerifyFull {
+                builder.with_root_certificates(roots).with_no_client_auth()
+            } else {
+                let chain =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| rejected(format!("cannot be used: {e}")))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(Relaxed {
+                        provider,
+                        chain: Some(chain),
+                    }))
+                    .with_no_client_auth()
+            }
+        }
+    };
+    Ok(Some(Arc::new(config)))
+}
+
+/// The name TLS checks the certificate against: a DNS name or an IP address.
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?} is not a host name: {e}"))
+}
+
+/// `require`/`prefer` (no `chain`: encryption without a certificate check) and `verify-ca` (the chain is
+/// checked, the host name is not). Handshake signatures are verified either way.
+#[derive(Debug)]
+struct Relaxed {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
+}
+
+impl ServerCertVerifier for Relaxed {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
