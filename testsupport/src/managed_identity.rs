@@ -55,6 +55,11 @@ impl ManagedIdentityOptions {
     /// An identity named `identity_name` whose tokens `server` accepts (make its token role with
     /// [`crate::TestDatabase::create_token_role`]).
     pub fn for_server(identity_name: impl Into<String>, server: &crate::TestPostgres) -> Self {
+        Self::new(identity_name, server.token_signing_key().to_vec())
+    }
+
+    /// An identity named `identity_name` whose tokens are signed with `signing_key`.
+    pub fn new(identity_name: impl Into<String>, signing_key: Vec<u8>) -> Self {
         let header_secret = random_alphanumeric(32);
         crate::secrets::register(&header_secret);
         Self {
@@ -62,7 +67,7 @@ impl ManagedIdentityOptions {
             client_id: "7c9e6679-7425-40de-944b-e07fc1f90ae7".into(),
             header_secret,
             token_lifetime: Duration::from_secs(3600),
-            signing_key: server.token_signing_key().to_vec(),
+            signing_key,
         }
     }
 }
