@@ -359,7 +359,7 @@ fn none_works(steps: &[ChainStep]) -> CredentialError {
     CredentialError::configuration(
         AUTO,
         format!(
-            "credential.kind = auto found no token source that works here ({})",
+            "found no token source that works here ({})",
             reasons.join("; ")
         ),
         "give one source the input it lacks (above), or set credential.kind to the source you mean so that \
@@ -430,7 +430,7 @@ impl ChainSource {
                 }
                 Err(error) if error.is_unavailable() => {
                     step.outcome = ChainOutcome::Skipped {
-                        reason: format!("{}; fix: {}", error.problem(), error.fix()),
+                        reason: error.problem().to_owned(),
                     };
                 }
                 Err(error) => {

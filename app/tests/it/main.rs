@@ -6,4 +6,5 @@ mod deploy;
 mod doctor;
 mod image;
 mod run;
+mod sources;
 mod support;

@@ -1,7 +1,7 @@
 //! `az-cli`: a developer's own identity, through `azure_identity::AzureCliCredential`.
 //!
 //! The SDK runs `az account get-access-token` with no timeout; we run it through an executor that kills the
-//! whole process group when `timeout_secs` expires, and turn the usual failures into fixes ([`super::cli`],
+//! whole process group when `timeout_secs` expires, and turn the usual failures into fixes (`sources/cli.rs`,
 //! shared with `azure-developer-cli`).
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! `azure-developer-cli`: a developer's own identity through `azd`, via
 //! `azure_identity::AzureDeveloperCliCredential`, with the same deadline, process-group kill and error
-//! explanations as `az-cli` ([`super::cli`]); the registry's cache sits in front of both.
+//! explanations as `az-cli` (`sources/cli.rs`); the registry's cache sits in front of both.
 
 use std::sync::Arc;
 use std::time::Duration;
