@@ -10,8 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_identity::{AzureCliCredential, AzureCliCredentialOptions};
 
-use super::cli::{self, CliTool, DeadlineExecutor};
-use super::common;
+use super::cli::{self, CliTool};
 use crate::{CredentialConfig, CredentialError, SourceContext, SourceInfo, Token, TokenSource};
 
 /// The kind's name in configuration.
@@ -67,19 +66,12 @@ impl AzCliSource {
         let credential = AzureCliCredential::new(Some(AzureCliCredentialOptions {
             subscription: az.subscription.clone(),
             tenant_id: az.tenant_id.clone(),
-            executor: Some(Arc::new(DeadlineExecutor {
-                tool: TOOL,
-                timeout,
-                env: ctx.env.clone(),
-            })),
+            executor: Some(cli::executor(TOOL, timeout, ctx)),
         }))
-        .map_err(|e| {
-            CredentialError::configuration(
-                KIND,
-                format!("the Azure SDK rejected the settings: {e}"),
-                "check credential.az_cli.tenant_id and credential.az_cli.subscription (letters, digits, '.', '-', '_' and spaces only)",
-            )
-        })?;
+        .map_err(cli::rejected(
+            TOOL,
+            "credential.az_cli.tenant_id and credential.az_cli.subscription",
+        ))?;
         Ok(Self {
             credential,
             scope: config.scope.clone(),
@@ -93,17 +85,14 @@ impl AzCliSource {
 #[async_trait]
 impl TokenSource for AzCliSource {
     async fn token(&self) -> Result<Token, CredentialError> {
-        common::sdk_token(self.credential.as_ref(), KIND, &self.scope)
-            .await
-            .map_err(|e| {
-                cli::explain(
-                    TOOL,
-                    &e,
-                    self.timeout,
-                    &self.scope,
-                    self.tenant_id.as_deref(),
-                )
-            })
+        cli::token(
+            TOOL,
+            self.credential.as_ref(),
+            &self.scope,
+            self.timeout,
+            self.tenant_id.as_deref(),
+        )
+        .await
     }
 
     fn info(&self) -> SourceInfo {

@@ -8,8 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_identity::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialOptions};
 
-use super::cli::{self, CliTool, DeadlineExecutor};
-use super::common;
+use super::cli::{self, CliTool};
 use crate::{CredentialConfig, CredentialError, SourceContext, SourceInfo, Token, TokenSource};
 
 /// The kind's name in configuration.
@@ -62,20 +61,13 @@ impl AzureDeveloperCliSource {
         let timeout = cli::check_timeout(TOOL, azd.timeout_secs)?;
         let credential =
             AzureDeveloperCliCredential::new(Some(AzureDeveloperCliCredentialOptions {
-                executor: Some(Arc::new(DeadlineExecutor {
-                    tool: TOOL,
-                    timeout,
-                    env: ctx.env.clone(),
-                })),
+                executor: Some(cli::executor(TOOL, timeout, ctx)),
                 tenant_id: azd.tenant_id.clone(),
             }))
-            .map_err(|e| {
-                CredentialError::configuration(
-                    KIND,
-                    format!("the Azure SDK rejected the settings: {e}"),
-                    "check credential.azure_developer_cli.tenant_id (letters, digits, '.' and '-' only)",
-                )
-            })?;
+            .map_err(cli::rejected(
+                TOOL,
+                "credential.azure_developer_cli.tenant_id",
+            ))?;
         Ok(Self {
             credential,
             scope: config.scope.clone(),
@@ -88,17 +80,14 @@ impl AzureDeveloperCliSource {
 #[async_trait]
 impl TokenSource for AzureDeveloperCliSource {
     async fn token(&self) -> Result<Token, CredentialError> {
-        common::sdk_token(self.credential.as_ref(), KIND, &self.scope)
-            .await
-            .map_err(|e| {
-                cli::explain(
-                    TOOL,
-                    &e,
-                    self.timeout,
-                    &self.scope,
-                    self.tenant_id.as_deref(),
-                )
-            })
+        cli::token(
+            TOOL,
+            self.credential.as_ref(),
+            &self.scope,
+            self.timeout,
+            self.tenant_id.as_deref(),
+        )
+        .await
     }
 
     fn info(&self) -> SourceInfo {

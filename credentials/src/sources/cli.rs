@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
 use azure_identity::Executor;
 
-use crate::{CredentialError, Environment, ErrorKind, SourceContext};
+use crate::{CredentialError, Environment, ErrorKind, SourceContext, Token};
 
 /// A developer tool that prints tokens.
 #[derive(Debug, Clone, Copy)]
@@ -37,10 +40,10 @@ pub(crate) struct CliTool {
 
 /// Runs the tool with a deadline, in its own process group so the shell and the tool die together.
 #[derive(Debug)]
-pub(crate) struct DeadlineExecutor {
-    pub tool: CliTool,
-    pub timeout: Duration,
-    pub env: Environment,
+struct DeadlineExecutor {
+    tool: CliTool,
+    timeout: Duration,
+    env: Environment,
 }
 
 #[async_trait]
@@ -88,6 +91,42 @@ impl Executor for DeadlineExecutor {
             }
         }
     }
+}
+
+/// The executor that runs `tool` for the SDK with `timeout` and the context's `PATH`.
+pub(crate) fn executor(tool: CliTool, timeout: Duration, ctx: &SourceContext) -> Arc<dyn Executor> {
+    Arc::new(DeadlineExecutor {
+        tool,
+        timeout,
+        env: ctx.env.clone(),
+    })
+}
+
+/// The SDK's refusal of the settings (`keys`: what to check), as a configuration error.
+pub(crate) fn rejected(
+    tool: CliTool,
+    keys: &'static str,
+) -> impl Fn(azure_core::Error) -> CredentialError {
+    move |e| {
+        CredentialError::configuration(
+            tool.kind,
+            format!("the Azure SDK rejected the settings: {e}"),
+            format!("check {keys} (letters, digits, '.', '-', '_' and spaces only)"),
+        )
+    }
+}
+
+/// A token from the SDK credential that runs `tool`, its failure explained.
+pub(crate) async fn token(
+    tool: CliTool,
+    credential: &dyn TokenCredential,
+    scope: &str,
+    timeout: Duration,
+    tenant_id: Option<&str>,
+) -> Result<Token, CredentialError> {
+    super::common::sdk_token(credential, tool.kind, scope)
+        .await
+        .map_err(|e| explain(tool, &e, timeout, scope, tenant_id))
 }
 
 /// Refuses a zero deadline.

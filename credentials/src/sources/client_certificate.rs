@@ -23,8 +23,7 @@ use ring::signature::RsaKeyPair;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::common::{self, Origin};
-use crate::entra::{EntraContext, entra_error};
+use super::common::{self, EntraApp, Origin};
 use crate::{CredentialConfig, CredentialError, SourceContext, SourceInfo, Token, TokenSource};
 
 /// The kind's name in configuration.
@@ -60,7 +59,7 @@ struct Signer {
     key: RsaKeyPair,
     /// The JWT header, base64url-encoded.
     header: String,
-    /// SHA-256 thumbprint of the leaf certificate, hex (as the portal shows thumbprints: SHA-1 there).
+    /// SHA-1 thumbprint of the leaf certificate, upper-case hex, as the portal shows it.
     thumbprint_sha1: String,
 }
 
@@ -241,22 +240,18 @@ fn load_signer(path: &Path, chain: bool, password_given: bool) -> Result<Signer,
 pub struct ClientCertificateSource {
     credential: Arc<ClientAssertionCredential<CertificateAssertion>>,
     scope: String,
-    client_id: String,
-    tenant_id: String,
+    app: EntraApp,
     certificate_path: PathBuf,
     thumbprint: String,
     send_chain: bool,
-    authority_host: String,
 }
 
 impl std::fmt::Debug for ClientCertificateSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientCertificateSource")
-            .field("client_id", &self.client_id)
-            .field("tenant_id", &self.tenant_id)
+            .field("app", &self.app)
             .field("certificate_path", &self.certificate_path)
             .field("thumbprint", &self.thumbprint)
-            .field("authority_host", &self.authority_host)
             .finish_non_exhaustive()
     }
 }
@@ -265,21 +260,14 @@ impl ClientCertificateSource {
     /// Resolves the settings (configuration first, then the environment) and reads the certificate.
     pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
         let cc = &config.client_certificate;
-        let tenant_id = common::required(
+        let app = EntraApp::resolve(
             KIND,
-            cc.tenant_id.as_ref(),
-            "credential.client_certificate.tenant_id",
-            "AZURE_TENANT_ID",
-            "the Entra tenant id",
-            "set AZURE_TENANT_ID or credential.client_certificate.tenant_id (az account show --query tenantId)",
-            ctx,
-        )?;
-        let client_id = common::required(
-            KIND,
-            cc.client_id.as_ref(),
-            "credential.client_certificate.client_id",
-            "AZURE_CLIENT_ID",
-            "the application's client id",
+            "client_certificate",
+            [
+                cc.tenant_id.as_ref(),
+                cc.client_id.as_ref(),
+                cc.authority_host.as_ref(),
+            ],
             CLIENT_ID_FIX,
             ctx,
         )?;
@@ -300,47 +288,33 @@ impl ClientCertificateSource {
         };
         let password_given = cc.password_file.is_some() || ctx.env.get(&cc.password_env).is_some();
         let signer = load_signer(&certificate_path, send_chain, password_given)?;
-        let authority_host = common::authority_host(
-            KIND,
-            cc.authority_host.as_ref(),
-            "credential.client_certificate.authority_host",
-            ctx,
-        )?;
         common::check_scope(KIND, &config.scope)?;
         let thumbprint = signer.thumbprint_sha1.clone();
         let assertion = CertificateAssertion {
             signer: Arc::new(signer),
-            client_id: client_id.0.clone(),
+            client_id: app.client_id.0.clone(),
             audience: format!(
                 "{}/{}/oauth2/v2.0/token",
-                authority_host.trim_end_matches('/'),
-                tenant_id.0
+                app.authority_host.trim_end_matches('/'),
+                app.tenant_id.0
             ),
         };
         let credential = ClientAssertionCredential::new(
-            tenant_id.0.clone(),
-            client_id.0.clone(),
+            app.tenant_id.0.clone(),
+            app.client_id.0.clone(),
             assertion,
             Some(ClientAssertionCredentialOptions {
-                client_options: common::client_options(ctx, &authority_host),
+                client_options: app.client_options(ctx),
             }),
         )
-        .map_err(|e| {
-            CredentialError::configuration(
-                KIND,
-                format!("the Azure SDK rejected the settings: {e}"),
-                "check the tenant id (letters, digits, '.' and '-' only) and the client id",
-            )
-        })?;
+        .map_err(|e| app.rejected(&e))?;
         Ok(Self {
             credential,
             scope: config.scope.clone(),
-            client_id: client_id.0,
-            tenant_id: tenant_id.0,
+            app,
             certificate_path,
             thumbprint,
             send_chain,
-            authority_host,
         })
     }
 }
@@ -351,32 +325,22 @@ impl TokenSource for ClientCertificateSource {
         common::sdk_token(self.credential.as_ref(), KIND, &self.scope)
             .await
             .map_err(|e| {
-                entra_error(
+                self.app.refusal(
                     &e,
-                    &EntraContext {
-                        source: KIND,
-                        client_id: &self.client_id,
-                        tenant_id: &self.tenant_id,
-                        authority_host: &self.authority_host,
-                        client_id_fix: CLIENT_ID_FIX,
-                        tenant_fix: "set AZURE_TENANT_ID or credential.client_certificate.tenant_id",
-                        credential_hint: format!(
-                            "the certificate in {} has SHA-1 thumbprint {}",
-                            self.certificate_path.display(),
-                            self.thumbprint
-                        ),
-                    },
+                    format!(
+                        "the certificate in {} has SHA-1 thumbprint {}",
+                        self.certificate_path.display(),
+                        self.thumbprint
+                    ),
                 )
             })
     }
 
     fn info(&self) -> SourceInfo {
-        SourceInfo::new(KIND)
-            .with("client_id", &self.client_id)
-            .with("tenant_id", &self.tenant_id)
-            .with("certificate", self.certificate_path.display().to_string())
-            .with("thumbprint", &self.thumbprint)
-            .with("send_certificate_chain", self.send_chain.to_string())
-            .with("authority_host", &self.authority_host)
+        self.app.info(&[
+            ("certificate", self.certificate_path.display().to_string()),
+            ("thumbprint", self.thumbprint.clone()),
+            ("send_certificate_chain", self.send_chain.to_string()),
+        ])
     }
 }

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
 
-use super::common::{self, Origin};
-use crate::entra::{EntraContext, entra_error};
+use super::common::{self, EntraApp};
 use crate::{
     CredentialConfig, CredentialError, SecretString, SourceContext, SourceInfo, Token, TokenSource,
 };
@@ -65,19 +64,15 @@ static WARNED_INLINE: AtomicBool = AtomicBool::new(false);
 pub struct ClientSecretSource {
     credential: Arc<ClientSecretCredential>,
     scope: String,
-    client_id: (String, Origin),
-    tenant_id: (String, Origin),
+    app: EntraApp,
     secret_origin: SecretOrigin,
-    authority_host: String,
 }
 
 impl std::fmt::Debug for ClientSecretSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientSecretSource")
-            .field("client_id", &self.client_id)
-            .field("tenant_id", &self.tenant_id)
+            .field("app", &self.app)
             .field("secret_origin", &self.secret_origin)
-            .field("authority_host", &self.authority_host)
             .finish_non_exhaustive()
     }
 }
@@ -86,21 +81,14 @@ impl ClientSecretSource {
     /// Resolves the settings (configuration first, then the environment) and reads the secret.
     pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
         let cs = &config.client_secret;
-        let tenant_id = common::required(
+        let app = EntraApp::resolve(
             KIND,
-            cs.tenant_id.as_ref(),
-            "credential.client_secret.tenant_id",
-            "AZURE_TENANT_ID",
-            "the Entra tenant id",
-            "set AZURE_TENANT_ID or credential.client_secret.tenant_id (az account show --query tenantId)",
-            ctx,
-        )?;
-        let client_id = common::required(
-            KIND,
-            cs.client_id.as_ref(),
-            "credential.client_secret.client_id",
-            "AZURE_CLIENT_ID",
-            "the application's client id",
+            "client_secret",
+            [
+                cs.tenant_id.as_ref(),
+                cs.client_id.as_ref(),
+                cs.authority_host.as_ref(),
+            ],
             CLIENT_ID_FIX,
             ctx,
         )?;
@@ -162,35 +150,21 @@ impl ClientSecretSource {
                 "put the client secret's value there",
             ));
         }
-        let authority_host = common::authority_host(
-            KIND,
-            cs.authority_host.as_ref(),
-            "credential.client_secret.authority_host",
-            ctx,
-        )?;
         common::check_scope(KIND, &config.scope)?;
         let credential = ClientSecretCredential::new(
-            &tenant_id.0,
-            client_id.0.clone(),
+            &app.tenant_id.0,
+            app.client_id.0.clone(),
             secret.expose().to_owned().into(),
             Some(ClientSecretCredentialOptions {
-                client_options: common::client_options(ctx, &authority_host),
+                client_options: app.client_options(ctx),
             }),
         )
-        .map_err(|e| {
-            CredentialError::configuration(
-                KIND,
-                format!("the Azure SDK rejected the settings: {e}"),
-                "check the tenant id (letters, digits, '.' and '-' only) and the client id",
-            )
-        })?;
+        .map_err(|e| app.rejected(&e))?;
         Ok(Self {
             credential,
             scope: config.scope.clone(),
-            client_id,
-            tenant_id,
+            app,
             secret_origin,
-            authority_host,
         })
     }
 }
@@ -201,26 +175,12 @@ impl TokenSource for ClientSecretSource {
         common::sdk_token(self.credential.as_ref(), KIND, &self.scope)
             .await
             .map_err(|e| {
-                entra_error(
-                    &e,
-                    &EntraContext {
-                        source: KIND,
-                        client_id: &self.client_id.0,
-                        tenant_id: &self.tenant_id.0,
-                        authority_host: &self.authority_host,
-                        client_id_fix: CLIENT_ID_FIX,
-                        tenant_fix: "set AZURE_TENANT_ID or credential.client_secret.tenant_id",
-                        credential_hint: format!("the secret came from {}", self.secret_origin),
-                    },
-                )
+                self.app
+                    .refusal(&e, format!("the secret came from {}", self.secret_origin))
             })
     }
 
     fn info(&self) -> SourceInfo {
-        SourceInfo::new(KIND)
-            .with("client_id", &self.client_id.0)
-            .with("tenant_id", &self.tenant_id.0)
-            .with("secret", self.secret_origin.to_string())
-            .with("authority_host", &self.authority_host)
+        self.app.info(&[("secret", self.secret_origin.to_string())])
     }
 }

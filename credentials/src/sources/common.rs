@@ -143,3 +143,110 @@ pub(crate) async fn sdk_token(
         Some(access.expires_on),
     ))
 }
+
+/// The Entra application (or managed identity) a service-principal-like source authenticates as: tenant,
+/// client id and authority host from `credential.<table>`, else `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
+/// `AZURE_AUTHORITY_HOST`.
+#[derive(Debug, Clone)]
+pub(crate) struct EntraApp {
+    pub kind: &'static str,
+    pub tenant_id: Resolved,
+    pub client_id: Resolved,
+    pub authority_host: String,
+    /// How to set the tenant id.
+    tenant_fix: String,
+    /// How to set the client id.
+    client_id_fix: &'static str,
+}
+
+impl EntraApp {
+    /// Resolves the application from the table `credential.<table>` (its `tenant_id`, `client_id` and
+    /// `authority_host` keys) and the variables; `client_id_fix` says how to set the client id.
+    pub(crate) fn resolve(
+        kind: &'static str,
+        table: &str,
+        keys: [Option<&String>; 3],
+        client_id_fix: &'static str,
+        ctx: &SourceContext,
+    ) -> Result<Self, CredentialError> {
+        let [tenant, client, authority] = keys;
+        let tenant_fix = format!("set AZURE_TENANT_ID or credential.{table}.tenant_id");
+        let tenant_id = required(
+            kind,
+            tenant,
+            &format!("credential.{table}.tenant_id"),
+            "AZURE_TENANT_ID",
+            "the Entra tenant id",
+            &format!("{tenant_fix} (az account show --query tenantId)"),
+            ctx,
+        )?;
+        let client_id = required(
+            kind,
+            client,
+            &format!("credential.{table}.client_id"),
+            "AZURE_CLIENT_ID",
+            "the client id",
+            client_id_fix,
+            ctx,
+        )?;
+        let authority_host = authority_host(
+            kind,
+            authority,
+            &format!("credential.{table}.authority_host"),
+            ctx,
+        )?;
+        Ok(Self {
+            kind,
+            tenant_id,
+            client_id,
+            authority_host,
+            tenant_fix,
+            client_id_fix,
+        })
+    }
+
+    /// The SDK's options, pointed at the authority host.
+    pub(crate) fn client_options(&self, ctx: &SourceContext) -> azure_core::http::ClientOptions {
+        client_options(ctx, &self.authority_host)
+    }
+
+    /// The SDK's refusal to build a credential from these settings, as a configuration error.
+    pub(crate) fn rejected(&self, error: &azure_core::Error) -> CredentialError {
+        CredentialError::configuration(
+            self.kind,
+            format!("the Azure SDK rejected the settings: {error}"),
+            "check the tenant id (letters, digits, '.' and '-' only) and the client id",
+        )
+    }
+
+    /// Entra's refusal of a token request, explained; `credential_hint` says what the source presented.
+    pub(crate) fn refusal(
+        &self,
+        error: &azure_core::Error,
+        credential_hint: String,
+    ) -> CredentialError {
+        crate::entra::entra_error(
+            error,
+            &crate::entra::EntraContext {
+                source: self.kind,
+                client_id: &self.client_id.0,
+                tenant_id: &self.tenant_id.0,
+                authority_host: &self.authority_host,
+                client_id_fix: self.client_id_fix,
+                tenant_fix: &self.tenant_fix,
+                credential_hint,
+            },
+        )
+    }
+
+    /// The source's description: its kind, the client and tenant ids, then `details`, then the authority.
+    pub(crate) fn info(&self, details: &[(&'static str, String)]) -> crate::SourceInfo {
+        let mut info = crate::SourceInfo::new(self.kind)
+            .with("client_id", &self.client_id.0)
+            .with("tenant_id", &self.tenant_id.0);
+        for (key, value) in details {
+            info = info.with(key, value.clone());
+        }
+        info.with("authority_host", &self.authority_host)
+    }
+}

@@ -15,8 +15,7 @@ use azure_identity::{
     ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
 };
 
-use super::common::{self, Origin};
-use crate::entra::{EntraContext, entra_error};
+use super::common::{self, EntraApp};
 use crate::{
     Claims, CredentialConfig, CredentialError, ErrorKind, SecretString, SourceContext, SourceInfo,
     Token, TokenSource,
@@ -89,18 +88,14 @@ pub struct GithubActionsSource {
     request_token: SecretString,
     audience: String,
     scope: String,
-    client_id: (String, Origin),
-    tenant_id: (String, Origin),
-    authority_host: String,
+    app: EntraApp,
 }
 
 impl std::fmt::Debug for GithubActionsSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GithubActionsSource")
-            .field("client_id", &self.client_id)
-            .field("tenant_id", &self.tenant_id)
+            .field("app", &self.app)
             .field("audience", &self.audience)
-            .field("authority_host", &self.authority_host)
             .finish_non_exhaustive()
     }
 }
@@ -138,33 +133,19 @@ impl GithubActionsSource {
         request_url
             .query_pairs_mut()
             .append_pair("audience", &gh.audience);
-        let tenant_id = common::required(
+        let app = EntraApp::resolve(
             KIND,
-            gh.tenant_id.as_ref(),
-            "credential.github_actions.tenant_id",
-            "AZURE_TENANT_ID",
-            "the Entra tenant id",
-            "set AZURE_TENANT_ID in the workflow's env (e.g. ${{ vars.AZURE_TENANT_ID }}) or \
-             credential.github_actions.tenant_id",
-            ctx,
-        )?;
-        let client_id = common::required(
-            KIND,
-            gh.client_id.as_ref(),
-            "credential.github_actions.client_id",
-            "AZURE_CLIENT_ID",
-            "the client id of the identity with the federated credential",
+            "github_actions",
+            [
+                gh.tenant_id.as_ref(),
+                gh.client_id.as_ref(),
+                gh.authority_host.as_ref(),
+            ],
             CLIENT_ID_FIX,
             ctx,
         )?;
-        let authority_host = common::authority_host(
-            KIND,
-            gh.authority_host.as_ref(),
-            "credential.github_actions.authority_host",
-            ctx,
-        )?;
         common::check_scope(KIND, &config.scope)?;
-        let client_options = common::client_options(ctx, &authority_host);
+        let client_options = app.client_options(ctx);
         let http = Pipeline::new(
             option_env!("CARGO_PKG_NAME"),
             option_env!("CARGO_PKG_VERSION"),
@@ -175,18 +156,12 @@ impl GithubActionsSource {
         );
         let job_token = JobToken::default();
         let credential = ClientAssertionCredential::new(
-            tenant_id.0.clone(),
-            client_id.0.clone(),
+            app.tenant_id.0.clone(),
+            app.client_id.0.clone(),
             job_token.clone(),
             Some(ClientAssertionCredentialOptions { client_options }),
         )
-        .map_err(|e| {
-            CredentialError::configuration(
-                KIND,
-                format!("the Azure SDK rejected the settings: {e}"),
-                "check the tenant id (letters, digits, '.' and '-' only) and the client id",
-            )
-        })?;
+        .map_err(|e| app.rejected(&e))?;
         Ok(Self {
             credential,
             job_token,
@@ -195,9 +170,7 @@ impl GithubActionsSource {
             request_token: SecretString::new(request_token),
             audience: gh.audience.clone(),
             scope: config.scope.clone(),
-            client_id,
-            tenant_id,
-            authority_host,
+            app,
         })
     }
 
@@ -271,7 +244,7 @@ impl GithubActionsSource {
                     claim("iss"),
                     claim("sub"),
                     claim("aud"),
-                    self.client_id.0,
+                    self.app.client_id.0,
                     claim("iss"),
                     claim("sub"),
                     self.audience,
@@ -280,7 +253,7 @@ impl GithubActionsSource {
             None => format!(
                 "add a federated credential on identity {} with issuer={GITHUB_ISSUER}, subject=repo:<owner>/\
                  <repo>:ref:refs/heads/<branch> and audience={}",
-                self.client_id.0, self.audience
+                self.app.client_id.0, self.audience
             ),
         }
     }
@@ -295,27 +268,10 @@ impl TokenSource for GithubActionsSource {
         }
         common::sdk_token(self.credential.as_ref(), KIND, &self.scope)
             .await
-            .map_err(|e| {
-                entra_error(
-                    &e,
-                    &EntraContext {
-                        source: KIND,
-                        client_id: &self.client_id.0,
-                        tenant_id: &self.tenant_id.0,
-                        authority_host: &self.authority_host,
-                        client_id_fix: CLIENT_ID_FIX,
-                        tenant_fix: "set AZURE_TENANT_ID or credential.github_actions.tenant_id",
-                        credential_hint: self.federated_hint(&job_token),
-                    },
-                )
-            })
+            .map_err(|e| self.app.refusal(&e, self.federated_hint(&job_token)))
     }
 
     fn info(&self) -> SourceInfo {
-        SourceInfo::new(KIND)
-            .with("client_id", &self.client_id.0)
-            .with("tenant_id", &self.tenant_id.0)
-            .with("audience", &self.audience)
-            .with("authority_host", &self.authority_host)
+        self.app.info(&[("audience", self.audience.clone())])
     }
 }
