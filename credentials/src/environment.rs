@@ -36,6 +36,7 @@ impl Environment {
     }
 
     /// True when this is a fixed set rather than the process environment.
+    #[cfg(any(feature = "az-cli", feature = "azure-developer-cli"))]
     pub(crate) fn is_fixed(&self) -> bool {
         self.0.is_some()
     }
