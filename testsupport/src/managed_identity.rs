@@ -6,7 +6,8 @@
 //!   `IDENTITY_ENDPOINT` and `IDENTITY_HEADER`); a wrong or missing header is refused with HTTP 401.
 //! - A VM's instance metadata service: `GET /metadata/identity/oauth2/token?…` with `Metadata: true`
 //!   ([`ManagedIdentityStandIn::imds_endpoint`] is the base URL to put in
-//!   `AZURE_POD_IDENTITY_AUTHORITY_HOST`); a request without the header is refused with HTTP 400.
+//!   `AZURE_POD_IDENTITY_AUTHORITY_HOST`); a request without the header is refused with HTTP 400 and
+//!   counted as a probe ([`ManagedIdentityStandIn::probes`]).
 //!
 //! A user-assigned identity other than the one configured is refused with HTTP 400, as Azure refuses an
 //! identity not assigned to the resource. Tokens are compact HS256 tokens signed with the test server's key
@@ -76,6 +77,8 @@ impl ManagedIdentityOptions {
 struct Recorded {
     requests: Vec<String>,
     issued: Vec<String>,
+    /// IMDS requests without `Metadata: true`: how clients probe for IMDS.
+    probes: usize,
 }
 
 struct Shared {
@@ -171,6 +174,11 @@ impl ManagedIdentityStandIn {
         lock(&self.shared.recorded).requests.clone()
     }
 
+    /// IMDS requests without `Metadata: true` (refused with HTTP 400, as Azure does): probes.
+    pub fn probes(&self) -> usize {
+        lock(&self.shared.recorded).probes
+    }
+
     /// Every token issued so far, oldest first.
     pub fn issued_tokens(&self) -> Vec<String> {
         lock(&self.shared.recorded).issued.clone()
@@ -240,7 +248,7 @@ async fn app_service(State(shared): State<Arc<Shared>>, uri: Uri, headers: Heade
 
 async fn imds(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
     if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
-        lock(&shared.recorded).requests.push("imds refused".into());
+        lock(&shared.recorded).probes += 1;
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "invalid_request", "error_description": "Required metadata header not specified"})),

@@ -111,6 +111,33 @@ impl Policy for RedirectImds {
     }
 }
 
+/// Connects to the metadata service and, over plain HTTP, asks for a token without the `Metadata` header:
+/// the answer's status (`None` for an https base URL, where a connection is all the probe checks).
+async fn probe_status(base: &Url) -> std::io::Result<Option<u16>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let host = base.host_str().unwrap_or_default();
+    let port = base.port_or_known_default().unwrap_or(80);
+    let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+    if base.scheme() != "http" {
+        return Ok(None);
+    }
+    let request = format!(
+        "GET {}/metadata/identity/oauth2/token?api-version=2018-02-01 HTTP/1.1\r\nHost: {host}\r\n\
+         Connection: close\r\n\r\n",
+        base.path().trim_end_matches('/')
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = [0u8; 32];
+    let read = stream.read(&mut head).await?;
+    // "HTTP/1.1 400 Bad Request": the status is the second word.
+    String::from_utf8_lossy(&head[..read])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .map(Some)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer"))
+}
+
 /// Tokens for the compute's managed identity.
 pub struct ManagedIdentitySource {
     credential: Arc<ManagedIdentityCredential>,
@@ -195,12 +222,24 @@ impl ManagedIdentitySource {
             client_options,
         }))
         .map_err(|e| {
-            CredentialError::configuration(
-                KIND,
-                format!("the Azure SDK refused the managed identity settings: {e}"),
-                "App Service, Container Apps and Functions accept a user-assigned identity by client_id or \
-                 object_id only, not resource_id",
-            )
+            let message = e.to_string();
+            if message.contains("isn't supported") && !message.contains("resource ID") {
+                // Azure Arc, Cloud Shell, Service Fabric, Azure ML: the SDK has no credential for them.
+                CredentialError::new(
+                    ErrorKind::Unavailable,
+                    KIND,
+                    format!("this host's managed identity is not one the Azure SDK for Rust supports ({message})"),
+                    "choose another credential.kind (in Cloud Shell, az-cli works); pgwi supports App Service, \
+                     Container Apps, Functions and VMs",
+                )
+            } else {
+                CredentialError::configuration(
+                    KIND,
+                    format!("the Azure SDK refused the managed identity settings: {message}"),
+                    "App Service, Container Apps and Functions accept a user-assigned identity by client_id \
+                     or object_id only, not resource_id",
+                )
+            }
         })?;
         Ok(Self {
             credential,
@@ -211,14 +250,13 @@ impl ManagedIdentitySource {
         })
     }
 
-    /// Off Azure, IMDS does not answer: a quick TCP connection tells, instead of the SDK's minute of retries.
+    /// Off Azure, IMDS does not answer: a quick request tells, instead of the SDK's minute of retries. The
+    /// request leaves out the `Metadata` header, which Azure's IMDS answers with HTTP 400; another cloud's
+    /// metadata service at the same address answers otherwise, and counts as no managed identity here.
     async fn probe_imds(&self, base: &str) -> Result<(), CredentialError> {
         if self.reachable.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let address = Url::parse(base)
-            .ok()
-            .and_then(|url| Some((url.host_str()?.to_owned(), url.port_or_known_default()?)));
         let unavailable = |why: String| {
             CredentialError::new(
                 ErrorKind::Unavailable,
@@ -232,19 +270,19 @@ impl ManagedIdentitySource {
                 ),
             )
         };
-        let Some((host, port)) = address else {
-            return Err(unavailable(format!("{base} has no host")));
-        };
-        match tokio::time::timeout(
-            IMDS_PROBE_TIMEOUT,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {
+        let url = Url::parse(base)
+            .ok()
+            .filter(|url| url.host_str().is_some())
+            .ok_or_else(|| unavailable(format!("{base} has no host")))?;
+        match tokio::time::timeout(IMDS_PROBE_TIMEOUT, probe_status(&url)).await {
+            Ok(Ok(None | Some(400))) => {
                 self.reachable.store(true, Ordering::Relaxed);
                 Ok(())
             }
+            Ok(Ok(Some(status))) => Err(unavailable(format!(
+                "the metadata service at {base} answered HTTP {status} where Azure's answers 400 (another \
+                 cloud's?)"
+            ))),
             Ok(Err(e)) => Err(unavailable(format!(
                 "IMDS at {base} refused the connection ({e})"
             ))),

@@ -44,6 +44,7 @@ async fn the_system_assigned_identity_comes_from_imds() {
         "{requests:?}"
     );
     assert_eq!(source.info().detail("identity"), Some("system-assigned"));
+    assert_eq!(imds.probes(), 1, "one probe before the first token");
 }
 
 #[tokio::test]
@@ -94,6 +95,29 @@ async fn no_imds_is_unavailable_at_once() {
         error.problem().contains("IMDS at http://127.0.0.1:9"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn another_clouds_metadata_service_is_not_taken_for_azures() {
+    // Scenario: something answers at the metadata address but not as Azure's IMDS does (HTTP 404 where
+    // Azure says 400 to a request without `Metadata: true`): unavailable, so auto moves on, and the SDK's
+    // minute of retries never starts.
+    let imds = imds().await;
+    let ctx = test_context([(
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        format!("{}/not-azure", imds.imds_endpoint()),
+    )]);
+
+    let error = SourceRegistry::default()
+        .build(&config(), &ctx)
+        .expect("source")
+        .token()
+        .await
+        .expect_err("not Azure's IMDS");
+
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.problem().contains("answered HTTP 404"), "{error}");
+    assert!(imds.issued_tokens().is_empty());
 }
 
 #[test]
