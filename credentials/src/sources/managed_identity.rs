@@ -9,8 +9,9 @@
 //!   variable other Azure SDKs honour), which is how tests reach a loopback stand-in.
 //!
 //! Off Azure no IMDS answers and a request would hang until the SDK's retries give up (over a minute), so
-//! before its first token the source opens a TCP connection to IMDS with a short deadline, as the SDKs'
-//! default credentials probe it: no answer means "no managed identity here" ([`ErrorKind::Unavailable`]),
+//! before its first token the source probes IMDS within a second, as the SDKs' default credentials do: a
+//! request without the `Metadata` header, which Azure's IMDS answers with HTTP 400. No answer, or another
+//! answer (another cloud's metadata service), means "no managed identity here" ([`ErrorKind::Unavailable`]),
 //! and `auto` moves on.
 //!
 //! The SDK reads `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` from the process environment itself; the source
