@@ -149,7 +149,7 @@ impl SourceRegistry {
         self.check_sections(config)?;
         let kind = config.kind.trim();
         if kind == AUTO {
-            return self.build_auto(config, ctx);
+            return Ok(self.build_chain(config, ctx)?);
         }
         // A chain that names unknown kinds is wrong even while another kind is chosen.
         self.chain(config)?;
@@ -179,18 +179,9 @@ impl SourceRegistry {
         )))
     }
 
-    /// `auto`: the chain of `credential.chain` (default [`crate::DEFAULT_CHAIN`]), resolved at the first
-    /// token request. Fails at once when no source of the chain has its inputs.
-    fn build_auto(
-        &self,
-        config: &CredentialConfig,
-        ctx: &SourceContext,
-    ) -> Result<Arc<dyn TokenSource>, CredentialError> {
-        Ok(self.build_chain(config, ctx)?)
-    }
-
-    /// The `auto` source itself, whose [`ChainSource::steps`] say what became of each source of the chain:
-    /// what `pgwi doctor` shows.
+    /// `credential.kind = "auto"`: the chain of `credential.chain` (default [`crate::DEFAULT_CHAIN`]),
+    /// resolved at the first token request, whose [`ChainSource::steps`] say what became of each source (what
+    /// `pgwi doctor` shows). Fails at once when no source of the chain has its inputs.
     pub fn build_chain(
         &self,
         config: &CredentialConfig,
