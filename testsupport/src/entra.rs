@@ -267,6 +267,7 @@ struct Recorded {
     rejections: Vec<String>,
     github_issued: Vec<String>,
     github_refusal: Option<u16>,
+    certificate_headers: Vec<serde_json::Value>,
 }
 
 struct Shared {
@@ -423,6 +424,11 @@ impl EntraStandIn {
     /// Refuses every GitHub job-token request with this HTTP status from now on (`None`: answer again).
     pub fn refuse_github(&self, status: Option<u16>) {
         lock(&self.shared.recorded).github_refusal = status;
+    }
+
+    /// The JOSE headers of the certificate-signed assertions received so far (`x5t#S256`, `x5c`, ...).
+    pub fn certificate_assertion_headers(&self) -> Vec<serde_json::Value> {
+        lock(&self.shared.recorded).certificate_headers.clone()
     }
 
     /// GitHub job tokens issued so far.
@@ -801,6 +807,9 @@ fn check_assertion(
     let Some(x5t) = header["x5t#S256"].as_str() else {
         return Err(no_federation());
     };
+    lock(&shared.recorded)
+        .certificate_headers
+        .push(header.clone());
     let bad_signature = |why: &str| {
         (
             format!("certificate assertion: {why}"),

@@ -209,6 +209,45 @@ async fn a_certificate_signs_an_assertion_entra_verifies() {
     assert_eq!(source.info().detail("thumbprint").map(str::len), Some(40));
 }
 
+#[rstest::rstest]
+#[case::leaf_only(None, false)]
+#[case::chain_from_the_variable(Some("true"), true)]
+#[tokio::test]
+async fn the_chain_is_sent_in_x5c_only_when_asked(
+    #[case] send_chain: Option<&str>,
+    #[case] expect_x5c: bool,
+) {
+    // Scenario: AZURE_CLIENT_SEND_CERTIFICATE_CHAIN=true puts the certificate chain in the assertion's
+    // `x5c` (subject-name/issuer authentication); without it only the thumbprints are sent.
+    let certificate = ClientCertificate::generate("pgwi-ci").expect("certificate");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = certificate.write_pem(dir.path()).expect("pem");
+    let entra = application(vec![], vec![certificate]).await;
+    let path = path.display().to_string();
+    let mut extra = vec![("AZURE_CLIENT_CERTIFICATE_PATH", path.as_str())];
+    if let Some(value) = send_chain {
+        extra.push(("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", value));
+    }
+    let ctx = context(&entra, &extra);
+
+    SourceRegistry::default()
+        .build(&config("client-certificate"), &ctx)
+        .expect("source")
+        .token()
+        .await
+        .expect("token");
+
+    let headers = entra.certificate_assertion_headers();
+    assert_eq!(headers.len(), 1, "{headers:?}");
+    assert_eq!(headers[0]["alg"], "RS256");
+    assert!(headers[0]["x5t"].is_string());
+    assert_eq!(
+        headers[0]["x5c"].as_array().map(Vec::len),
+        expect_x5c.then_some(1),
+        "{headers:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_certificate_the_application_does_not_know_is_aadsts700027() {
     // Scenario: a certificate that was never uploaded to the application: AADSTS700027 with the upload
