@@ -230,18 +230,11 @@ fn static_steps(
     ctx: &SourceContext,
 ) -> Vec<ChainStep> {
     let credential = &loaded.config.credential;
-    registry
-        .chain(credential)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|kind| {
-            let outcome = match pgwi_credentials::presence(&kind, credential, ctx) {
-                Ok(why) => ChainOutcome::Present { why },
-                Err(reason) => ChainOutcome::Skipped { reason },
-            };
-            ChainStep { kind, outcome }
-        })
-        .collect()
+    pgwi_credentials::present_steps(
+        &registry.chain(credential).unwrap_or_default(),
+        credential,
+        ctx,
+    )
 }
 
 /// `chain <kind>` lines: ✓ for the source chosen, – with the reason for those skipped or not tried, ✗ with

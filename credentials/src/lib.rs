@@ -55,7 +55,7 @@ pub use environment::Environment;
 pub use error::{CredentialError, ErrorKind, redact_tokens};
 pub use registry::{
     AUTO, ChainOutcome, ChainSource, ChainStep, SourceContext, SourceFactory, SourceRegistry,
-    presence,
+    presence, present_steps,
 };
 pub use secret::{REDACTED, SecretString};
 pub use source::{SourceInfo, TokenSource};

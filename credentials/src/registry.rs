@@ -378,16 +378,7 @@ impl ChainSource {
 
     /// Each kind with whether its inputs are present, without building or asking anything.
     fn present_steps(&self) -> Vec<ChainStep> {
-        self.kinds
-            .iter()
-            .map(|kind| ChainStep {
-                kind: kind.clone(),
-                outcome: match presence(kind, &self.config, &self.ctx) {
-                    Ok(why) => ChainOutcome::Present { why },
-                    Err(reason) => ChainOutcome::Skipped { reason },
-                },
-            })
-            .collect()
+        present_steps(&self.kinds, &self.config, &self.ctx)
     }
 
     /// Tries the sources in order; see the type's documentation.
@@ -501,6 +492,25 @@ impl TokenSource for ChainSource {
             None => SourceInfo::new(AUTO).with("chain", self.kinds.join(",")),
         }
     }
+}
+
+/// Each of `kinds` with whether its inputs are present ([`ChainOutcome::Present`] or
+/// [`ChainOutcome::Skipped`]), without building or asking anything.
+pub fn present_steps(
+    kinds: &[String],
+    config: &CredentialConfig,
+    ctx: &SourceContext,
+) -> Vec<ChainStep> {
+    kinds
+        .iter()
+        .map(|kind| ChainStep {
+            kind: kind.clone(),
+            outcome: match presence(kind, config, ctx) {
+                Ok(why) => ChainOutcome::Present { why },
+                Err(reason) => ChainOutcome::Skipped { reason },
+            },
+        })
+        .collect()
 }
 
 /// Whether `kind`'s inputs are present in this configuration and environment: `Ok(which)` or
