@@ -264,6 +264,37 @@ async fn run_in_github_actions_with_oidc_and_no_stored_secret(
 
 #[rstest]
 #[tokio::test]
+async fn migrate_up_in_github_actions_as_the_docs_workflow_does(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: the documented workflow's step, `pgwi migrate up` with the job's OIDC token: the schema is
+    // created (an empty inventory), and `migrate status` afterwards has nothing pending.
+    let db = fresh_db;
+    let (entra, identity, mut env) = application(&db, |_| {}).await;
+    env.extend(entra.github_environment());
+    let pgwi = |args: &[&str]| {
+        Pgwi::new(args)
+            .database(&db, &identity)
+            .envs(env.clone())
+            .env("PGWI_CREDENTIAL__KIND", "github-actions")
+            .output()
+    };
+
+    let up = pgwi(&["migrate", "up"]).await;
+    let status = pgwi(&["migrate", "status"]).await;
+
+    assert_success(&up);
+    assert_success(&status);
+    assert_eq!(inventory(&db).await, Vec::<(String, i32)>::new());
+    assert!(
+        !text(&status.stdout).contains("pending"),
+        "{}",
+        text(&status.stdout)
+    );
+}
+
+#[rstest]
+#[tokio::test]
 async fn a_refused_github_token_request_is_one_clear_error(#[future(awt)] fresh_db: TestDatabase) {
     // Scenario: GitHub refuses the job-token request: exit 1, one line with the HTTP status and the fix.
     let db = fresh_db;
