@@ -1,20 +1,6 @@
 //! Turning the Azure SDK's errors into [`CredentialError`]s that say what to fix, with Entra ID's well-known
 //! `AADSTS` codes explained.
 
-// Builds with only some kinds leave some of these shared helpers unused.
-#![cfg_attr(
-    not(all(
-        feature = "workload-identity",
-        feature = "managed-identity",
-        feature = "client-secret",
-        feature = "client-certificate",
-        feature = "github-actions",
-        feature = "az-cli",
-        feature = "azure-developer-cli"
-    )),
-    allow(dead_code)
-)]
-
 use std::path::Path;
 
 use azure_core::error::ErrorKind as SdkErrorKind;

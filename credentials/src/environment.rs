@@ -36,7 +36,6 @@ impl Environment {
     }
 
     /// True when this is a fixed set rather than the process environment.
-    #[cfg(any(feature = "az-cli", feature = "azure-developer-cli"))]
     pub(crate) fn is_fixed(&self) -> bool {
         self.0.is_some()
     }

@@ -5,12 +5,13 @@
 //! shared with `azure-developer-cli`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_identity::{AzureCliCredential, AzureCliCredentialOptions};
 
-use super::cli::{self, CliTool};
+use azure_core::credentials::TokenCredential;
+
+use super::cli::{self, CliSource, CliTool};
 use crate::{CredentialConfig, CredentialError, SourceContext, SourceInfo, Token, TokenSource};
 
 /// The kind's name in configuration.
@@ -39,45 +40,36 @@ pub fn locate(ctx: &SourceContext) -> Option<std::path::PathBuf> {
 }
 
 /// Tokens for whoever is logged in to the Azure CLI.
+#[derive(Debug)]
 pub struct AzCliSource {
-    credential: Arc<AzureCliCredential>,
-    scope: String,
-    tenant_id: Option<String>,
+    cli: CliSource,
     subscription: Option<String>,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for AzCliSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AzCliSource")
-            .field("tenant_id", &self.tenant_id)
-            .field("subscription", &self.subscription)
-            .field("timeout", &self.timeout)
-            .field("scope", &self.scope)
-            .finish_non_exhaustive()
-    }
 }
 
 impl AzCliSource {
     /// Builds the source; `az` itself is first run when a token is asked for.
     pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
         let az = &config.az_cli;
-        let timeout = cli::check_timeout(TOOL, az.timeout_secs)?;
-        let credential = AzureCliCredential::new(Some(AzureCliCredentialOptions {
-            subscription: az.subscription.clone(),
-            tenant_id: az.tenant_id.clone(),
-            executor: Some(cli::executor(TOOL, timeout, ctx)),
-        }))
-        .map_err(cli::rejected(
+        let cli = CliSource::new(
             TOOL,
+            config,
+            ctx,
+            az.timeout_secs,
+            az.tenant_id.as_ref(),
             "credential.az_cli.tenant_id and credential.az_cli.subscription",
-        ))?;
+            |executor| {
+                let credential: Arc<dyn TokenCredential> =
+                    AzureCliCredential::new(Some(AzureCliCredentialOptions {
+                        subscription: az.subscription.clone(),
+                        tenant_id: az.tenant_id.clone(),
+                        executor: Some(executor),
+                    }))?;
+                Ok(credential)
+            },
+        )?;
         Ok(Self {
-            credential,
-            scope: config.scope.clone(),
-            tenant_id: az.tenant_id.clone(),
+            cli,
             subscription: az.subscription.clone(),
-            timeout,
         })
     }
 }
@@ -85,24 +77,14 @@ impl AzCliSource {
 #[async_trait]
 impl TokenSource for AzCliSource {
     async fn token(&self) -> Result<Token, CredentialError> {
-        cli::token(
-            TOOL,
-            self.credential.as_ref(),
-            &self.scope,
-            self.timeout,
-            self.tenant_id.as_deref(),
-        )
-        .await
+        self.cli.token().await
     }
 
     fn info(&self) -> SourceInfo {
-        let mut info = SourceInfo::new(KIND);
-        if let Some(tenant) = &self.tenant_id {
-            info = info.with("tenant_id", tenant);
+        let info = self.cli.info();
+        match &self.subscription {
+            Some(subscription) => info.with("subscription", subscription),
+            None => info,
         }
-        if let Some(subscription) = &self.subscription {
-            info = info.with("subscription", subscription);
-        }
-        info
     }
 }

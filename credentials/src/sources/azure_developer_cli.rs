@@ -3,12 +3,13 @@
 //! explanations as `az-cli` (`sources/cli.rs`); the registry's cache sits in front of both.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_identity::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialOptions};
 
-use super::cli::{self, CliTool};
+use azure_core::credentials::TokenCredential;
+
+use super::cli::{self, CliSource, CliTool};
 use crate::{CredentialConfig, CredentialError, SourceContext, SourceInfo, Token, TokenSource};
 
 /// The kind's name in configuration.
@@ -37,64 +38,42 @@ pub fn azd_missing() -> CredentialError {
 }
 
 /// Tokens for whoever is logged in to the Azure Developer CLI.
+#[derive(Debug)]
 pub struct AzureDeveloperCliSource {
-    credential: Arc<AzureDeveloperCliCredential>,
-    scope: String,
-    tenant_id: Option<String>,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for AzureDeveloperCliSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AzureDeveloperCliSource")
-            .field("tenant_id", &self.tenant_id)
-            .field("timeout", &self.timeout)
-            .field("scope", &self.scope)
-            .finish_non_exhaustive()
-    }
+    cli: CliSource,
 }
 
 impl AzureDeveloperCliSource {
     /// Builds the source; `azd` itself is first run when a token is asked for.
     pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
         let azd = &config.azure_developer_cli;
-        let timeout = cli::check_timeout(TOOL, azd.timeout_secs)?;
-        let credential =
-            AzureDeveloperCliCredential::new(Some(AzureDeveloperCliCredentialOptions {
-                executor: Some(cli::executor(TOOL, timeout, ctx)),
-                tenant_id: azd.tenant_id.clone(),
-            }))
-            .map_err(cli::rejected(
-                TOOL,
-                "credential.azure_developer_cli.tenant_id",
-            ))?;
-        Ok(Self {
-            credential,
-            scope: config.scope.clone(),
-            tenant_id: azd.tenant_id.clone(),
-            timeout,
-        })
+        let cli = CliSource::new(
+            TOOL,
+            config,
+            ctx,
+            azd.timeout_secs,
+            azd.tenant_id.as_ref(),
+            "credential.azure_developer_cli.tenant_id",
+            |executor| {
+                let credential: Arc<dyn TokenCredential> =
+                    AzureDeveloperCliCredential::new(Some(AzureDeveloperCliCredentialOptions {
+                        executor: Some(executor),
+                        tenant_id: azd.tenant_id.clone(),
+                    }))?;
+                Ok(credential)
+            },
+        )?;
+        Ok(Self { cli })
     }
 }
 
 #[async_trait]
 impl TokenSource for AzureDeveloperCliSource {
     async fn token(&self) -> Result<Token, CredentialError> {
-        cli::token(
-            TOOL,
-            self.credential.as_ref(),
-            &self.scope,
-            self.timeout,
-            self.tenant_id.as_deref(),
-        )
-        .await
+        self.cli.token().await
     }
 
     fn info(&self) -> SourceInfo {
-        let mut info = SourceInfo::new(KIND);
-        if let Some(tenant) = &self.tenant_id {
-            info = info.with("tenant_id", tenant);
-        }
-        info
+        self.cli.info()
     }
 }

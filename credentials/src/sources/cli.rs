@@ -93,40 +93,83 @@ impl Executor for DeadlineExecutor {
     }
 }
 
-/// The executor that runs `tool` for the SDK with `timeout` and the context's `PATH`.
-pub(crate) fn executor(tool: CliTool, timeout: Duration, ctx: &SourceContext) -> Arc<dyn Executor> {
-    Arc::new(DeadlineExecutor {
-        tool,
-        timeout,
-        env: ctx.env.clone(),
-    })
+/// What `az-cli` and `azure-developer-cli` are: an SDK credential that runs the tool, with its deadline.
+pub(crate) struct CliSource {
+    pub tool: CliTool,
+    pub credential: Arc<dyn TokenCredential>,
+    pub scope: String,
+    pub tenant_id: Option<String>,
+    pub timeout: Duration,
 }
 
-/// The SDK's refusal of the settings (`keys`: what to check), as a configuration error.
-pub(crate) fn rejected(
-    tool: CliTool,
-    keys: &'static str,
-) -> impl Fn(azure_core::Error) -> CredentialError {
-    move |e| {
-        CredentialError::configuration(
-            tool.kind,
-            format!("the Azure SDK rejected the settings: {e}"),
-            format!("check {keys} (letters, digits, '.', '-', '_' and spaces only)"),
-        )
+impl std::fmt::Debug for CliSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CliSource")
+            .field("tool", &self.tool.program)
+            .field("tenant_id", &self.tenant_id)
+            .field("timeout", &self.timeout)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
-/// A token from the SDK credential that runs `tool`, its failure explained.
-pub(crate) async fn token(
-    tool: CliTool,
-    credential: &dyn TokenCredential,
-    scope: &str,
-    timeout: Duration,
-    tenant_id: Option<&str>,
-) -> Result<Token, CredentialError> {
-    super::common::sdk_token(credential, tool.kind, scope)
-        .await
-        .map_err(|e| explain(tool, &e, timeout, scope, tenant_id))
+impl CliSource {
+    /// Builds the executor with the deadline from `timeout_secs` and hands it to `make`, the SDK
+    /// credential's constructor (whose refusal names `keys`).
+    pub(crate) fn new(
+        tool: CliTool,
+        config: &crate::CredentialConfig,
+        ctx: &SourceContext,
+        timeout_secs: u64,
+        tenant_id: Option<&String>,
+        keys: &'static str,
+        make: impl FnOnce(Arc<dyn Executor>) -> azure_core::Result<Arc<dyn TokenCredential>>,
+    ) -> Result<Self, CredentialError> {
+        let timeout = check_timeout(tool, timeout_secs)?;
+        let credential = make(Arc::new(DeadlineExecutor {
+            tool,
+            timeout,
+            env: ctx.env.clone(),
+        }))
+        .map_err(|e| {
+            CredentialError::configuration(
+                tool.kind,
+                format!("the Azure SDK rejected the settings: {e}"),
+                format!("check {keys} (letters, digits, '.', '-', '_' and spaces only)"),
+            )
+        })?;
+        Ok(Self {
+            tool,
+            credential,
+            scope: config.scope.clone(),
+            tenant_id: tenant_id.cloned(),
+            timeout,
+        })
+    }
+
+    /// A token from the tool, its failure explained.
+    pub(crate) async fn token(&self) -> Result<Token, CredentialError> {
+        super::common::sdk_token(self.credential.as_ref(), self.tool.kind, &self.scope)
+            .await
+            .map_err(|e| {
+                explain(
+                    self.tool,
+                    &e,
+                    self.timeout,
+                    &self.scope,
+                    self.tenant_id.as_deref(),
+                )
+            })
+    }
+
+    /// The kind, and the tenant when one is set.
+    pub(crate) fn info(&self) -> crate::SourceInfo {
+        let info = crate::SourceInfo::new(self.tool.kind);
+        match &self.tenant_id {
+            Some(tenant) => info.with("tenant_id", tenant),
+            None => info,
+        }
+    }
 }
 
 /// Refuses a zero deadline.

@@ -2,20 +2,6 @@
 //! variable, the authority host, the SDK's client options, a secret read from a file, and asking an SDK
 //! credential for a token.
 
-// Builds with only some kinds leave some of these shared helpers unused.
-#![cfg_attr(
-    not(all(
-        feature = "workload-identity",
-        feature = "managed-identity",
-        feature = "client-secret",
-        feature = "client-certificate",
-        feature = "github-actions",
-        feature = "az-cli",
-        feature = "azure-developer-cli"
-    )),
-    allow(dead_code)
-)]
-
 use std::path::Path;
 use std::sync::Arc;
 
