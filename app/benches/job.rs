@@ -189,6 +189,11 @@ fn demo_env(db: &TestDatabase, role: &TestRole) -> Vec<(String, String)> {
         ("DBUSER".into(), role.name.clone()),
         ("SSL_MODE".into(), "verify-full".into()),
         ("PGPASSWORD".into(), role.password.clone()),
+        // Never Azure's metadata address, whatever auto tries.
+        (
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST".into(),
+            pgwi_testsupport::managed_identity::unreachable_imds_endpoint(),
+        ),
     ]
 }
 

@@ -46,7 +46,8 @@ struct GlobalArgs {
     /// disable, prefer, require, verify-ca or verify-full (overrides database.sslmode)
     #[arg(long, global = true, value_parser = clap::builder::ValueParser::new(<SslMode as std::str::FromStr>::from_str))]
     sslmode: Option<SslMode>,
-    /// Token source: auto, workload-identity, az-cli, static-password (overrides credential.kind)
+    /// Token source: auto, workload-identity, managed-identity, client-secret, client-certificate,
+    /// github-actions, az-cli, azure-developer-cli, static-password (overrides credential.kind)
     #[arg(long, global = true, value_name = "KIND")]
     credential: Option<String>,
 }

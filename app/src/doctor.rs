@@ -8,7 +8,8 @@ use std::time::Duration;
 use pgwi_core::config::{ConfigSources, LoadedConfig, split_host_port};
 use pgwi_core::{ConnectError, connect_with};
 use pgwi_credentials::{
-    CacheOptions, CachedTokenSource, SourceContext, SourceRegistry, TokenSource as _, auto_choice,
+    CacheOptions, CachedTokenSource, ChainOutcome, ChainStep, CredentialError, SourceContext,
+    SourceRegistry, TokenSource,
 };
 use sea_orm::sqlx;
 use serde::Serialize;
@@ -28,8 +29,8 @@ pub enum Status {
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
-    /// What was checked.
-    pub name: &'static str,
+    /// What was checked (`chain <kind>` for each source of `auto`'s chain).
+    pub name: std::borrow::Cow<'static, str>,
     /// How it ended.
     pub status: Status,
     /// What was found.
@@ -51,7 +52,7 @@ pub struct Report {
 impl Report {
     fn push(
         &mut self,
-        name: &'static str,
+        name: impl Into<std::borrow::Cow<'static, str>>,
         status: Status,
         detail: impl Into<String>,
         fix: Option<String>,
@@ -60,7 +61,7 @@ impl Report {
             self.ok = false;
         }
         self.checks.push(Check {
-            name,
+            name: name.into(),
             status,
             detail: detail.into(),
             fix,
@@ -69,7 +70,7 @@ impl Report {
 
     fn skip(&mut self, names: &[&'static str], why: &str) {
         for name in names {
-            self.push(name, Status::Skipped, why, None);
+            self.push(*name, Status::Skipped, why, None);
         }
     }
 
@@ -124,22 +125,65 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
     report.push("configuration", Status::Ok, describe_config(&loaded), None);
     let config = &loaded.config;
 
-    let kind = match config.credential.kind.as_str() {
-        "auto" => auto_choice(&config.credential, ctx).0.to_owned(),
-        other => other.to_owned(),
+    let registry = SourceRegistry::default();
+    let auto = config.credential.kind.trim() == pgwi_credentials::AUTO;
+    let (built, chain) = if auto {
+        match registry.build_chain(&config.credential, ctx) {
+            Ok(chain) => (Ok(chain.clone() as Arc<dyn TokenSource>), Some(chain)),
+            Err(e) => (Err(e), None),
+        }
+    } else {
+        (registry.build(&config.credential, ctx), None)
     };
-    match inputs(&kind, &loaded, ctx) {
-        Ok(detail) => report.push("credential inputs", Status::Ok, detail, None),
-        Err(e) => report.push(
+    let credential =
+        built.map(|source| Arc::new(CachedTokenSource::new(source, CacheOptions::default())));
+    let token = match &credential {
+        Ok(credential) => Some(credential.token().await),
+        Err(_) => None,
+    };
+
+    // `auto`: one line per source of the chain, then the inputs of the one chosen (or that stopped it).
+    let kind = if auto {
+        let steps = match &chain {
+            Some(chain) => chain.steps(),
+            None => static_steps(&registry, &loaded, ctx),
+        };
+        report_chain(&mut report, &steps);
+        steps
+            .iter()
+            .find(|step| {
+                matches!(
+                    step.outcome,
+                    ChainOutcome::Chosen { .. } | ChainOutcome::Failed { .. }
+                )
+            })
+            .map(|step| step.kind.clone())
+    } else {
+        Some(config.credential.kind.trim().to_owned())
+    };
+    match kind {
+        Some(kind) => match inputs(&kind, &loaded, ctx) {
+            Ok(detail) => report.push("credential inputs", Status::Ok, detail, None),
+            Err(e) => report.push(
+                "credential inputs",
+                Status::Failed,
+                e.problem(),
+                Some(e.fix().to_owned()),
+            ),
+        },
+        None => report.push(
             "credential inputs",
             Status::Failed,
-            e.problem(),
-            Some(e.fix().to_owned()),
+            "no source of credential.chain works here (see the chain lines above)",
+            Some(
+                "give one source the input it lacks, or set credential.kind to the source you mean"
+                    .into(),
+            ),
         ),
     }
 
-    let source = match SourceRegistry::default().build(&config.credential, ctx) {
-        Ok(source) => source,
+    let credential = match credential {
+        Ok(credential) => credential,
         Err(e) => {
             report.push(
                 "token",
@@ -150,9 +194,8 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
             return network_checks(report, &loaded, None).await;
         }
     };
-    let credential = Arc::new(CachedTokenSource::new(source, CacheOptions::default()));
-    match credential.token().await {
-        Ok(token) => {
+    match token {
+        Some(Ok(token)) => {
             let detail = match (
                 token.expires_at(),
                 token.claims().and_then(|c| c.database_user()),
@@ -167,14 +210,76 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
             report.push("token", Status::Ok, detail, None);
             network_checks(report, &loaded, Some(credential)).await
         }
-        Err(e) => {
-            let detail = match e.code() {
-                Some(code) => format!("{} [AADSTS{code}]", e.problem()),
-                None => e.problem().to_owned(),
-            };
-            report.push("token", Status::Failed, detail, Some(e.fix().to_owned()));
+        Some(Err(e)) => {
+            report.push(
+                "token",
+                Status::Failed,
+                describe(&e),
+                Some(e.fix().to_owned()),
+            );
             network_checks(report, &loaded, None).await
         }
+        None => network_checks(report, &loaded, None).await,
+    }
+}
+
+/// The chain's sources with whether their inputs are there, when the chain could not even be built.
+fn static_steps(
+    registry: &SourceRegistry,
+    loaded: &LoadedConfig,
+    ctx: &SourceContext,
+) -> Vec<ChainStep> {
+    let credential = &loaded.config.credential;
+    pgwi_credentials::present_steps(
+        &registry.chain(credential).unwrap_or_default(),
+        credential,
+        ctx,
+    )
+}
+
+/// `chain <kind>` lines: ✓ for the source chosen, – with the reason for those skipped or not tried, ✗ with
+/// the fix for the one that stopped the chain.
+fn report_chain(report: &mut Report, steps: &[ChainStep]) {
+    let chosen = steps.iter().find_map(|step| match step.outcome {
+        ChainOutcome::Chosen { .. } | ChainOutcome::Failed { .. } => Some(step.kind.as_str()),
+        _ => None,
+    });
+    for step in steps {
+        let name = format!("chain {}", step.kind);
+        match &step.outcome {
+            ChainOutcome::Chosen { why } => {
+                report.push(name, Status::Ok, format!("chosen: {why}"), None)
+            }
+            ChainOutcome::Skipped { reason } => {
+                report.push(name, Status::Skipped, format!("skipped: {reason}"), None)
+            }
+            ChainOutcome::Failed { error } => report.push(
+                name,
+                Status::Failed,
+                format!("stopped the chain: {}", describe(error)),
+                Some(error.fix().to_owned()),
+            ),
+            ChainOutcome::Present { why } => {
+                report.push(name, Status::Skipped, format!("not tried ({why})"), None)
+            }
+            ChainOutcome::NotTried => report.push(
+                name,
+                Status::Skipped,
+                format!(
+                    "not tried: {} came first",
+                    chosen.unwrap_or("another source")
+                ),
+                None,
+            ),
+        }
+    }
+}
+
+/// An error's problem with its AADSTS code.
+fn describe(error: &CredentialError) -> String {
+    match error.code() {
+        Some(code) => format!("{} [AADSTS{code}]", error.problem()),
+        None => error.problem().to_owned(),
     }
 }
 
@@ -234,6 +339,17 @@ fn inputs(
             Some(az) => Ok(format!("az found at {}", az.display())),
             None => Err(pgwi_credentials::sources::az_cli::az_missing()),
         },
+        "managed-identity"
+        | "client-secret"
+        | "client-certificate"
+        | "github-actions"
+        | "azure-developer-cli" => {
+            // These resolve their inputs when built, without contacting anything.
+            let mut single = credential.clone();
+            single.kind = kind.to_owned();
+            let source = SourceRegistry::default().build(&single, ctx)?;
+            Ok(source.info().to_string())
+        }
         "static-password" => {
             let sp = &credential.static_password;
             Ok(match (&sp.password_file, &sp.password) {

@@ -10,6 +10,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::SecretString;
 
+/// The kinds `auto` tries when `credential.chain` is not set, in this order: a static password only where
+/// one is configured, then a service principal from the environment, workload identity, managed identity,
+/// and a developer's own login through `az` then `azd` (the order of the Azure SDKs'
+/// `DefaultAzureCredential`). `github-actions` is tried only when named in `credential.chain`.
+pub const DEFAULT_CHAIN: [&str; 7] = [
+    "static-password",
+    "client-secret",
+    "client-certificate",
+    "workload-identity",
+    "managed-identity",
+    "az-cli",
+    "azure-developer-cli",
+];
+
 /// Entra ID scope for Azure Database for PostgreSQL in the public cloud. Sovereign clouds use other hosts.
 pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
 
@@ -20,9 +34,12 @@ pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.def
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CredentialConfig {
-    /// `auto` (default), `workload-identity`, `az-cli`, `static-password`, or a kind an application
-    /// registered.
+    /// `auto` (default), one of the built-in kinds (`static-password`, `client-secret`,
+    /// `client-certificate`, `github-actions`, `workload-identity`, `managed-identity`, `az-cli`,
+    /// `azure-developer-cli`), or a kind an application registered.
     pub kind: String,
+    /// The kinds `auto` tries, in order. `None`: [`DEFAULT_CHAIN`] (kinds this build lacks left out).
+    pub chain: Option<Vec<String>>,
     /// The Entra ID scope to request. Default [`POSTGRES_SCOPE`].
     pub scope: String,
     /// Refresh a token this many seconds before it expires. Default 300. A token that lives less than this
@@ -41,6 +58,16 @@ pub struct CredentialConfig {
     pub az_cli: AzCliConfig,
     /// Keys of the `static-password` source.
     pub static_password: StaticPasswordConfig,
+    /// Keys of the `managed-identity` source.
+    pub managed_identity: ManagedIdentityConfig,
+    /// Keys of the `client-secret` source.
+    pub client_secret: ClientSecretConfig,
+    /// Keys of the `client-certificate` source.
+    pub client_certificate: ClientCertificateConfig,
+    /// Keys of the `github-actions` source.
+    pub github_actions: GithubActionsConfig,
+    /// Keys of the `azure-developer-cli` source.
+    pub azure_developer_cli: AzureDeveloperCliConfig,
     /// Tables of registered sources, by kind (with `-` written as `_`).
     #[serde(flatten)]
     pub custom: BTreeMap<String, serde_json::Value>,
@@ -50,6 +77,7 @@ impl Default for CredentialConfig {
     fn default() -> Self {
         Self {
             kind: "auto".into(),
+            chain: None,
             scope: POSTGRES_SCOPE.into(),
             refresh_margin_secs: 300,
             fetch_timeout_secs: 30,
@@ -57,6 +85,11 @@ impl Default for CredentialConfig {
             workload_identity: WorkloadIdentityConfig::default(),
             az_cli: AzCliConfig::default(),
             static_password: StaticPasswordConfig::default(),
+            managed_identity: ManagedIdentityConfig::default(),
+            client_secret: ClientSecretConfig::default(),
+            client_certificate: ClientCertificateConfig::default(),
+            github_actions: GithubActionsConfig::default(),
+            azure_developer_cli: AzureDeveloperCliConfig::default(),
             custom: BTreeMap::new(),
         }
     }
@@ -71,6 +104,7 @@ impl std::fmt::Debug for CredentialConfig {
             .collect();
         f.debug_struct("CredentialConfig")
             .field("kind", &self.kind)
+            .field("chain", &self.chain)
             .field("scope", &self.scope)
             .field("refresh_margin_secs", &self.refresh_margin_secs)
             .field("fetch_timeout_secs", &self.fetch_timeout_secs)
@@ -78,6 +112,11 @@ impl std::fmt::Debug for CredentialConfig {
             .field("workload_identity", &self.workload_identity)
             .field("az_cli", &self.az_cli)
             .field("static_password", &self.static_password)
+            .field("managed_identity", &self.managed_identity)
+            .field("client_secret", &self.client_secret)
+            .field("client_certificate", &self.client_certificate)
+            .field("github_actions", &self.github_actions)
+            .field("azure_developer_cli", &self.azure_developer_cli)
             .field("custom", &custom)
             .finish()
     }
@@ -188,6 +227,136 @@ impl Default for StaticPasswordConfig {
             password_env: "PGPASSWORD".into(),
             password_file: None,
             password: None,
+        }
+    }
+}
+
+/// Keys of the `managed-identity` source. At most one of `client_id`, `object_id` and `resource_id`; none
+/// means the system-assigned identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagedIdentityConfig {
+    /// A user-assigned identity's client id. Falls back to `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// A user-assigned identity's object (principal) id.
+    pub object_id: Option<String>,
+    /// A user-assigned identity's Azure resource id (not supported by App Service's endpoint).
+    pub resource_id: Option<String>,
+    /// The instance metadata service's base URL. Falls back to `AZURE_POD_IDENTITY_AUTHORITY_HOST`, then
+    /// `http://169.254.169.254`.
+    pub imds_endpoint: Option<String>,
+}
+
+/// Keys of the `client-secret` source. At most one of `secret_file` and `secret`; with neither, the secret
+/// comes from the variable `secret_env`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientSecretConfig {
+    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// The application's client id. Falls back to `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// A file holding the client secret.
+    pub secret_file: Option<PathBuf>,
+    /// The variable holding the client secret. Default `AZURE_CLIENT_SECRET`.
+    pub secret_env: String,
+    /// The secret itself. Allowed, but logged as a warning: prefer a variable or a file.
+    pub secret: Option<SecretString>,
+    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
+    pub authority_host: Option<String>,
+}
+
+impl Default for ClientSecretConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: None,
+            client_id: None,
+            secret_file: None,
+            secret_env: "AZURE_CLIENT_SECRET".into(),
+            secret: None,
+            authority_host: None,
+        }
+    }
+}
+
+/// Keys of the `client-certificate` source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientCertificateConfig {
+    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// The application's client id. Falls back to `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// A PEM file with the certificate (and its chain) and its unencrypted private key. Falls back to
+    /// `AZURE_CLIENT_CERTIFICATE_PATH`.
+    pub certificate_path: Option<PathBuf>,
+    /// A file holding the certificate's password (encrypted keys and PFX files are refused with the command
+    /// that converts them).
+    pub password_file: Option<PathBuf>,
+    /// The variable holding the certificate's password. Default `AZURE_CLIENT_CERTIFICATE_PASSWORD`.
+    pub password_env: String,
+    /// Send the certificate chain (`x5c`) for subject-name/issuer authentication. Falls back to
+    /// `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`; default false.
+    pub send_certificate_chain: Option<bool>,
+    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
+    pub authority_host: Option<String>,
+}
+
+impl Default for ClientCertificateConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: None,
+            client_id: None,
+            certificate_path: None,
+            password_file: None,
+            password_env: "AZURE_CLIENT_CERTIFICATE_PASSWORD".into(),
+            send_certificate_chain: None,
+            authority_host: None,
+        }
+    }
+}
+
+/// Keys of the `github-actions` source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GithubActionsConfig {
+    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// The client id of the application or managed identity with the federated credential. Falls back to
+    /// `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// The audience of the job's OIDC token. Default `api://AzureADTokenExchange`.
+    pub audience: String,
+    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
+    pub authority_host: Option<String>,
+}
+
+impl Default for GithubActionsConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: None,
+            client_id: None,
+            audience: "api://AzureADTokenExchange".into(),
+            authority_host: None,
+        }
+    }
+}
+
+/// Keys of the `azure-developer-cli` source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AzureDeveloperCliConfig {
+    /// Ask `azd` for a token of this tenant (`--tenant-id`).
+    pub tenant_id: Option<String>,
+    /// Kill `azd` when it has not answered after this many seconds. Default 30.
+    pub timeout_secs: u64,
+}
+
+impl Default for AzureDeveloperCliConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: None,
+            timeout_secs: 30,
         }
     }
 }

@@ -52,12 +52,20 @@ impl EntraFailure {
     }
 }
 
-/// What the workload-identity source knows when Entra refuses it, to explain the refusal.
-pub(crate) struct WorkloadContext<'a> {
+/// What a source knows when Entra refuses it, to explain the refusal.
+pub(crate) struct EntraContext<'a> {
+    /// The source's kind.
+    pub source: &'static str,
     pub client_id: &'a str,
     pub tenant_id: &'a str,
-    pub token_file: &'a Path,
     pub authority_host: &'a str,
+    /// How to set the client id, for AADSTS700016 ("set AZURE_CLIENT_ID or ...").
+    pub client_id_fix: &'a str,
+    /// How to set the tenant id, for AADSTS90002.
+    pub tenant_fix: &'a str,
+    /// What the source presented and how to make Entra accept it: the federated credential a token
+    /// needs, where the secret came from, the certificate's thumbprint.
+    pub credential_hint: String,
 }
 
 /// The fix for a federated-credential mismatch: the projected token's claims, and the federated credential
@@ -91,37 +99,58 @@ pub fn federated_credential_hint(token_file: &Path) -> String {
     }
 }
 
-pub(crate) fn workload_identity_error(
-    error: &azure_core::Error,
-    ctx: &WorkloadContext<'_>,
-) -> CredentialError {
+/// Entra's refusal of a token request as an error with the fix.
+pub(crate) fn entra_error(error: &azure_core::Error, ctx: &EntraContext<'_>) -> CredentialError {
     let failure = EntraFailure::from_sdk(error);
-    let source = "workload-identity";
+    let source = ctx.source;
     let code = failure.codes.clone();
-    let (kind, fix) = if failure.has_code("70021")
-        || failure.has_code("700213")
-        || failure.has_code("700211")
-    {
-        (ErrorKind::Entra, federated_credential_hint(ctx.token_file))
+    let federated = ["70021", "700211", "700212", "700213"];
+    let (kind, fix) = if federated.iter().any(|code| failure.has_code(code)) {
+        (ErrorKind::Entra, ctx.credential_hint.clone())
+    } else if failure.has_code("7000222") {
+        (
+            ErrorKind::Entra,
+            format!(
+                "the client secret of application {} has expired: create a new one (az ad app credential \
+                 reset --id {} --append, or the portal's Certificates & secrets) and replace the old one; {}",
+                ctx.client_id, ctx.client_id, ctx.credential_hint
+            ),
+        )
+    } else if failure.has_code("7000215") {
+        (
+            ErrorKind::Entra,
+            format!(
+                "the client secret is not one of application {}'s secrets: use the secret's Value (shown once \
+                 when it is created), not its Secret ID; {}",
+                ctx.client_id, ctx.credential_hint
+            ),
+        )
+    } else if failure.has_code("700027") {
+        (
+            ErrorKind::Entra,
+            format!(
+                "the client assertion was not signed by a certificate registered on application {}: upload \
+                 the certificate's public part to the application (az ad app credential reset --id {} \
+                 --cert @cert.pem --append); {}",
+                ctx.client_id, ctx.client_id, ctx.credential_hint
+            ),
+        )
     } else if failure.has_code("700016") {
         (
             ErrorKind::Entra,
             format!(
-                "client id {} is not an application or managed identity in tenant {}: set AZURE_CLIENT_ID (the \
-                 ServiceAccount's azure.workload.identity/client-id annotation) or \
-                 credential.workload_identity.client_id to the identity's client id (terraform output), and \
-                 check the tenant",
-                ctx.client_id, ctx.tenant_id
+                "client id {} is not an application or managed identity in tenant {}: {}, and check the \
+                 tenant",
+                ctx.client_id, ctx.tenant_id, ctx.client_id_fix
             ),
         )
     } else if failure.has_code("90002") {
         (
             ErrorKind::Entra,
             format!(
-                "tenant {} was not found at {}: set AZURE_TENANT_ID or credential.workload_identity.tenant_id \
-                 to your directory's tenant id (az account show --query tenantId), and check the authority \
-                 host for your cloud",
-                ctx.tenant_id, ctx.authority_host
+                "tenant {} was not found at {}: {} to your directory's tenant id (az account show --query \
+                 tenantId), and check the authority host for your cloud",
+                ctx.tenant_id, ctx.authority_host, ctx.tenant_fix
             ),
         )
     } else if failure.status == Some(429) {
@@ -135,8 +164,9 @@ pub(crate) fn workload_identity_error(
         (
             ErrorKind::Entra,
             format!(
-                "look up AADSTS{codes} in Microsoft's Entra ID error reference; check the identity's client \
-                 id, tenant and federated credential"
+                "look up AADSTS{codes} in Microsoft's Entra ID error reference; check the client id ({}), \
+                 the tenant ({}) and the credential; {}",
+                ctx.client_id, ctx.tenant_id, ctx.credential_hint
             ),
         )
     } else if failure.status.is_some() {

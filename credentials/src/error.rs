@@ -10,12 +10,15 @@ pub enum ErrorKind {
     Configuration,
     /// An input the source reads at run time is missing or unusable (token file, password file).
     MissingInput,
-    /// The `az` executable is not installed or not on `PATH`.
+    /// The `az` (or `azd`) executable is not installed or not on `PATH`.
     AzCliMissing,
-    /// `az` is installed but not logged in.
+    /// `az` (or `azd`) is installed but not logged in.
     AzCliNotLoggedIn,
-    /// `az` did not answer in time and was killed.
+    /// `az` (or `azd`) did not answer in time and was killed.
     AzCliTimeout,
+    /// The source cannot work here at all: no managed identity endpoint answers, no identity is assigned,
+    /// the variables a CI system provides are absent. `auto` moves on to the next source.
+    Unavailable,
     /// Entra ID refused the request with an `AADSTS` code.
     Entra,
     /// Entra ID is throttling requests (HTTP 429).
@@ -77,6 +80,17 @@ impl CredentialError {
     /// True when fixing the configuration (not retrying) is what helps.
     pub fn is_configuration(&self) -> bool {
         self.kind == ErrorKind::Configuration
+    }
+
+    /// True when the source cannot work in this environment at all (not installed, not logged in, no
+    /// endpoint, no identity assigned): `auto` then tries the next source of its chain. Every other failure
+    /// (a refusal by Entra ID, a broken input, a timeout) stops the chain, because the source was meant
+    /// to work and its error is the one to fix.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Unavailable | ErrorKind::AzCliMissing | ErrorKind::AzCliNotLoggedIn
+        )
     }
 
     /// The token source that failed (`workload-identity`, `az-cli`, ...).

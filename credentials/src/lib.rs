@@ -1,12 +1,14 @@
 //! Token sources that yield PostgreSQL passwords: Microsoft Entra ID access tokens from AKS workload
-//! identity or the Azure CLI, or a static password — selected by name from configuration.
+//! identity, a managed identity, a service principal (client secret or certificate), a GitHub Actions job,
+//! the Azure CLI or the Azure Developer CLI, or a static password — selected by name from configuration,
+//! or by `auto`'s ordered chain.
 //!
 //! - [`TokenSource`]: the trait; [`Token`]: a secret plus an optional expiry.
 //! - [`SourceRegistry`]: maps `credential.kind` to a constructor; applications may register their own.
 //! - [`CachedTokenSource`]: single-flight cache with refresh ahead of expiry and last-good-token fallback.
 //! - Each built-in source lives in [`sources`], behind a default-on cargo feature.
 //!
-//! This is the only pgwi crate that reads Azure's environment variables or talks to Entra ID and `az`.
+//! This is the only pgwi crate that reads Azure's environment variables or talks to Entra ID, `az` and `azd`.
 //!
 //! # Example
 //!
@@ -31,9 +33,25 @@
 //! # }
 //! ```
 
+// A build with only some kinds compiled in leaves some shared helpers unused; the default build (all kinds)
+// is checked for dead code as usual.
+#![cfg_attr(
+    not(all(
+        feature = "workload-identity",
+        feature = "managed-identity",
+        feature = "client-secret",
+        feature = "client-certificate",
+        feature = "github-actions",
+        feature = "az-cli",
+        feature = "azure-developer-cli",
+        feature = "static-password"
+    )),
+    allow(dead_code)
+)]
+
 mod cache;
 mod config;
-#[cfg(any(feature = "workload-identity", feature = "az-cli"))]
+#[cfg(feature = "azure-sdk")]
 pub mod entra;
 mod environment;
 mod error;
@@ -45,11 +63,16 @@ mod token;
 
 pub use cache::{CacheOptions, CacheStats, CachedTokenSource, refresh_time};
 pub use config::{
-    AzCliConfig, CredentialConfig, POSTGRES_SCOPE, StaticPasswordConfig, WorkloadIdentityConfig,
+    AzCliConfig, AzureDeveloperCliConfig, ClientCertificateConfig, ClientSecretConfig,
+    CredentialConfig, DEFAULT_CHAIN, GithubActionsConfig, ManagedIdentityConfig, POSTGRES_SCOPE,
+    StaticPasswordConfig, WorkloadIdentityConfig,
 };
 pub use environment::Environment;
 pub use error::{CredentialError, ErrorKind, redact_tokens};
-pub use registry::{AUTO, SourceContext, SourceFactory, SourceRegistry, auto_choice};
+pub use registry::{
+    AUTO, ChainOutcome, ChainSource, ChainStep, SourceContext, SourceFactory, SourceRegistry,
+    presence, present_steps,
+};
 pub use secret::{REDACTED, SecretString};
 pub use source::{SourceInfo, TokenSource};
 pub use token::{Claims, Token};

@@ -1,7 +1,9 @@
-//! A fake `az` executable for tests: put its folder first on `PATH` and tell it how to behave.
+//! A fake `az` (or `azd`) executable for tests: put its folder first on `PATH` and tell it how to behave.
 //!
-//! It answers `az account get-access-token -o json ...` the way Azure CLI 2.54+ does, or fails like an
-//! unlogged CLI, or hangs, and records each invocation's arguments.
+//! As `az` it answers `az account get-access-token -o json ...` the way Azure CLI 2.54+ does; as `azd`
+//! ([`FakeAz::install_tool`] with [`FakeTool::Azd`]) it answers `azd auth token -o json ...` the way the
+//! Azure Developer CLI does. Either can fail like an unlogged CLI, or hang, and records each invocation's
+//! arguments.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +15,6 @@ here="$(dirname "$0")"
 echo "$*" >> "$here/calls"
 case "$(cat "$here/mode")" in
   token) cat "$here/stdout"; exit 0 ;;
-  not-logged-in) echo "ERROR: Please run 'az login' to setup account." >&2; exit 1 ;;
   hang) sleep 600; exit 0 ;;
   fail) cat "$here/stderr" >&2; exit 1 ;;
 esac
@@ -54,27 +55,51 @@ impl std::fmt::Debug for AzBehaviour {
     }
 }
 
+/// Which tool the fake is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeTool {
+    /// The Azure CLI, `az`.
+    Az,
+    /// The Azure Developer CLI, `azd`.
+    Azd,
+}
+
+impl FakeTool {
+    fn program(self) -> &'static str {
+        match self {
+            Self::Az => "az",
+            Self::Azd => "azd",
+        }
+    }
+}
+
 /// The installed fake; its folder is removed on drop.
 #[derive(Debug)]
 pub struct FakeAz {
     dir: tempfile::TempDir,
+    tool: FakeTool,
 }
 
 impl FakeAz {
-    /// Writes the fake into a fresh folder, answering with `behaviour`.
+    /// Writes a fake `az` into a fresh folder, answering with `behaviour`.
     pub fn install(behaviour: AzBehaviour) -> Result<Self, TestSupportError> {
+        Self::install_tool(FakeTool::Az, behaviour)
+    }
+
+    /// Writes a fake `tool` into a fresh folder, answering with `behaviour`.
+    pub fn install_tool(tool: FakeTool, behaviour: AzBehaviour) -> Result<Self, TestSupportError> {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::Builder::new()
             .prefix("pgwi-fake-az-")
             .tempdir()
             .map_err(TestSupportError::io("creating the fake az folder"))?;
-        let script = dir.path().join("az");
+        let script = dir.path().join(tool.program());
         std::fs::write(&script, SCRIPT)
             .and_then(|()| {
                 std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
             })
             .map_err(TestSupportError::io("writing the fake az"))?;
-        let fake = Self { dir };
+        let fake = Self { dir, tool };
         fake.set(behaviour)?;
         Ok(fake)
     }
@@ -92,18 +117,42 @@ impl FakeAz {
                 expires_on,
             } => {
                 crate::secrets::register(&access_token);
-                let body = serde_json::json!({
-                    "accessToken": access_token,
-                    "expiresOn": "2026-11-28 12:00:00.000000",
-                    "expires_on": expires_on,
-                    "subscription": "00000000-0000-0000-0000-000000000000",
-                    "tenant": "72f988bf-86f1-41af-91ab-2d7cd011db47",
-                    "tokenType": "Bearer"
-                });
+                let body = match self.tool {
+                    FakeTool::Az => serde_json::json!({
+                        "accessToken": access_token,
+                        "expiresOn": "2026-11-28 12:00:00.000000",
+                        "expires_on": expires_on,
+                        "subscription": "00000000-0000-0000-0000-000000000000",
+                        "tenant": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                        "tokenType": "Bearer"
+                    }),
+                    FakeTool::Azd => {
+                        let expires = time::OffsetDateTime::from_unix_timestamp(expires_on)
+                            .ok()
+                            .and_then(|t| {
+                                t.format(&time::format_description::well_known::Rfc3339)
+                                    .ok()
+                            })
+                            .unwrap_or_default();
+                        serde_json::json!({"token": access_token, "expiresOn": expires})
+                    }
+                };
                 write("stdout", &body.to_string())?;
                 write("mode", "token")
             }
-            AzBehaviour::NotLoggedIn => write("mode", "not-logged-in"),
+            AzBehaviour::NotLoggedIn => {
+                let message = match self.tool {
+                    FakeTool::Az => "ERROR: Please run 'az login' to setup account.".to_owned(),
+                    FakeTool::Azd => serde_json::json!({
+                        "type": "consoleMessage",
+                        "timestamp": "2026-11-29T07:00:00Z",
+                        "data": {"message": "\nERROR: fetching token: not logged in, run `azd auth login` to login\n"}
+                    })
+                    .to_string(),
+                };
+                write("stderr", &message)?;
+                write("mode", "fail")
+            }
             AzBehaviour::Hang => write("mode", "hang"),
             AzBehaviour::Fail(message) => {
                 write("stderr", &message)?;
@@ -112,7 +161,7 @@ impl FakeAz {
         }
     }
 
-    /// The folder holding `az`.
+    /// The folder holding the fake.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -129,7 +178,7 @@ impl FakeAz {
             .unwrap_or_default()
     }
 
-    /// A `PATH` with no `az` at all, for "not installed" tests.
+    /// A `PATH` with neither `az` nor `azd`, for "not installed" tests.
     pub fn path_without_az() -> PathBuf {
         PathBuf::from("/nonexistent-pgwi-bin:/usr/bin:/bin")
     }

@@ -1,9 +1,17 @@
 //! A local stand-in for Entra ID's token endpoint, served over HTTPS from 127.0.0.1 with a test CA.
 //!
-//! Implements `POST /{tenant}/oauth2/v2.0/token` for the client-assertion grant that workload identity uses:
-//! it checks the tenant, client id, assertion (equal to the projected token), assertion type, grant type and
-//! scope; issues distinct JWT-shaped tokens with a configurable lifetime; counts requests; and injects faults
-//! on demand. In-process tests reach it through [`EntraStandIn::azure_client_options`]; a child process
+//! Implements `POST /{tenant}/oauth2/v2.0/token` for the client-credentials grant: with a client assertion
+//! (workload identity's projected token; a certificate-signed RS256 assertion, verified against the
+//! certificates registered with [`EntraOptions::certificates`]; a GitHub Actions job token this stand-in
+//! issued, matched against [`EntraOptions::github_subject`]) or with a client secret
+//! ([`EntraOptions::client_secrets`], some of which may have expired). It checks the tenant, client id,
+//! assertion type, grant type and scope and answers with Entra's AADSTS codes (700016 unknown client,
+//! 7000215 wrong secret, 7000222 expired secret, 700027 bad certificate signature, 70021 / 700213 no
+//! matching federated credential); issues distinct JWT-shaped tokens with a configurable lifetime; counts
+//! requests; and injects faults on demand.
+//!
+//! The same server stands in for GitHub's OIDC token endpoint (`GET /github/idtoken?api-version=2.0&
+//! audience=…` with the job's request token as bearer): see [`EntraStandIn::github_environment`]. In-process tests reach it through [`EntraStandIn::azure_client_options`]; a child process
 //! through `AZURE_AUTHORITY_HOST` = [`EntraStandIn::authority_host`] and `SSL_CERT_FILE` =
 //! [`EntraStandIn::ca_file`].
 //!
@@ -69,10 +77,57 @@ pub struct EntraOptions {
     /// Give every token its own identity name (`<identity_name>-<n>`), so a test can make one role per
     /// token: PostgreSQL holds one password per role, while Azure accepts every unexpired token.
     pub identity_per_token: bool,
+    /// Client secrets of the application, each current or expired.
+    pub client_secrets: Vec<ClientSecret>,
+    /// Certificates registered on the application (their public parts).
+    pub certificates: Vec<RegisteredCertificate>,
+    /// The subject of the GitHub Actions federated credential (`repo:<owner>/<repo>:ref:refs/heads/<branch>`);
+    /// job tokens this stand-in issued are accepted as assertions when their `sub` is this and their `aud`
+    /// is [`jwt::TOKEN_EXCHANGE_AUDIENCE`].
+    pub github_subject: String,
+    /// The `sub` of the job tokens the GitHub endpoint issues.
+    pub github_job_subject: String,
+    /// The bearer token the GitHub endpoint requires (`ACTIONS_ID_TOKEN_REQUEST_TOKEN`).
+    pub github_request_token: String,
     /// Sign compact HS256 tokens with this key (the test server's
     /// [`crate::TestPostgres::token_signing_key`]), which the server checks as Azure does. `None`: Entra-like
     /// tokens with random signatures.
     pub signing_key: Option<Vec<u8>>,
+}
+
+/// A client secret of the application.
+#[derive(Clone)]
+pub struct ClientSecret {
+    /// Its value.
+    pub value: String,
+    /// Past its end date: Entra answers AADSTS7000222.
+    pub expired: bool,
+}
+
+impl ClientSecret {
+    /// A fresh random secret (registered with [`crate::secrets`]).
+    pub fn generate(expired: bool) -> Self {
+        let value = format!("pgwi~{}", random_alphanumeric(34));
+        crate::secrets::register(&value);
+        Self { value, expired }
+    }
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecret")
+            .field("expired", &self.expired)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The public part of a certificate registered on the application.
+#[derive(Debug, Clone)]
+pub struct RegisteredCertificate {
+    /// base64url SHA-256 of the certificate's DER (`x5t#S256`).
+    pub x5t_s256: String,
+    /// The RSA public key (PKCS#1 `RSAPublicKey` DER).
+    pub public_key: Vec<u8>,
 }
 
 /// A token the stand-in issued, as seen by an [`IssueHook`].
@@ -112,6 +167,9 @@ impl std::fmt::Debug for EntraOptions {
             .field("token_lifetime", &self.token_lifetime)
             .field("identity_name", &self.identity_name)
             .field("identity_per_token", &self.identity_per_token)
+            .field("client_secrets", &self.client_secrets)
+            .field("certificates", &self.certificates)
+            .field("github_subject", &self.github_subject)
             .field(
                 "signing_key",
                 &self.signing_key.as_ref().map(|_| "<redacted>"),
@@ -133,6 +191,15 @@ impl EntraOptions {
             identity_name: "pgwi-app".into(),
             object_id: "0b5d2c47-9a0e-4b6f-8f55-a1b2c3d4e5f6".into(),
             identity_per_token: false,
+            client_secrets: Vec::new(),
+            certificates: Vec::new(),
+            github_subject: GITHUB_SUBJECT.into(),
+            github_job_subject: GITHUB_SUBJECT.into(),
+            github_request_token: {
+                let token = format!("ghs_{}", random_alphanumeric(36));
+                crate::secrets::register(&token);
+                token
+            },
             signing_key: None,
         }
     }
@@ -148,6 +215,11 @@ impl EntraOptions {
     }
 }
 
+/// The subject of a job on the default branch of the test repository.
+pub const GITHUB_SUBJECT: &str = "repo:pgwi/pgwi:ref:refs/heads/main";
+/// GitHub's OIDC issuer.
+pub const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
+
 /// The `xms_mirid` of a user-assigned managed identity named `name`, kept short for compact tokens.
 fn compact_mirid(name: &str) -> String {
     format!(
@@ -158,7 +230,7 @@ fn compact_mirid(name: &str) -> String {
 /// A compact token the test server can check: HS256, and only `aud`, `iat`, `exp`, `jti`, `xms_mirid`.
 /// Refused (with the reason) when it would be longer than [`jwt::MAX_CHECKABLE_TOKEN_LEN`]: PAM would cut
 /// it, and the server refuse it.
-fn compact_token(
+pub(crate) fn compact_token(
     identity_name: &str,
     now: i64,
     lifetime: i64,
@@ -193,9 +265,14 @@ struct Recorded {
     next_faults: VecDeque<Fault>,
     persistent_fault: Option<Fault>,
     rejections: Vec<String>,
+    github_issued: Vec<String>,
+    github_refusal: Option<u16>,
+    certificate_headers: Vec<serde_json::Value>,
 }
 
 struct Shared {
+    /// `https://127.0.0.1:<port>`, for the audience of client assertions.
+    authority: String,
     options: Mutex<EntraOptions>,
     recorded: Mutex<Recorded>,
     on_issue: Mutex<Option<IssueHook>>,
@@ -245,12 +322,14 @@ impl EntraStandIn {
         std::io::Write::write_all(&mut ca_file, certs.ca_pem.as_bytes())
             .map_err(TestSupportError::io("writing the CA file"))?;
         let shared = Arc::new(Shared {
+            authority: format!("https://127.0.0.1:{port}"),
             options: Mutex::new(options),
             recorded: Mutex::new(Recorded::default()),
             on_issue: Mutex::new(None),
         });
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+            .route("/github/idtoken", axum::routing::get(github_endpoint))
             .with_state(shared.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let server = tokio::spawn(async move {
@@ -340,6 +419,55 @@ impl EntraStandIn {
     /// Answers every request with `fault` until set to `None`.
     pub fn set_fault(&self, fault: Option<Fault>) {
         lock(&self.shared.recorded).persistent_fault = fault;
+    }
+
+    /// Refuses every GitHub job-token request with this HTTP status from now on (`None`: answer again).
+    pub fn refuse_github(&self, status: Option<u16>) {
+        lock(&self.shared.recorded).github_refusal = status;
+    }
+
+    /// The JOSE headers of the certificate-signed assertions received so far (`x5t#S256`, `x5c`, ...).
+    pub fn certificate_assertion_headers(&self) -> Vec<serde_json::Value> {
+        lock(&self.shared.recorded).certificate_headers.clone()
+    }
+
+    /// GitHub job tokens issued so far.
+    pub fn github_tokens(&self) -> Vec<String> {
+        lock(&self.shared.recorded).github_issued.clone()
+    }
+
+    /// What a GitHub Actions job with `permissions: id-token: write` sees, pointing at this stand-in, plus
+    /// the application's `AZURE_CLIENT_ID` / `AZURE_TENANT_ID` / `AZURE_AUTHORITY_HOST` as a workflow sets
+    /// them.
+    pub fn github_environment(&self) -> Vec<(String, String)> {
+        let options = self.options();
+        vec![
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_URL".into(),
+                format!(
+                    "https://127.0.0.1:{}/github/idtoken?api-version=2.0",
+                    self.port
+                ),
+            ),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN".into(),
+                options.github_request_token,
+            ),
+            ("AZURE_CLIENT_ID".into(), options.client_id),
+            ("AZURE_TENANT_ID".into(), options.tenant_id),
+            ("AZURE_AUTHORITY_HOST".into(), self.authority_host()),
+        ]
+    }
+
+    /// A service principal's variables as the SDKs' environment credential reads them (without its secret
+    /// or certificate), pointing at this stand-in.
+    pub fn service_principal_environment(&self) -> Vec<(String, String)> {
+        let options = self.options();
+        vec![
+            ("AZURE_CLIENT_ID".into(), options.client_id),
+            ("AZURE_TENANT_ID".into(), options.tenant_id),
+            ("AZURE_AUTHORITY_HOST".into(), self.authority_host()),
+        ]
     }
 
     /// Azure SDK client options for in-process tests: HTTPS trusting only the stand-in's CA, no retries.
@@ -494,16 +622,60 @@ async fn token_endpoint(
             ),
         );
     }
-    if field("client_assertion_type") != ASSERTION_TYPE {
-        return refuse(
-            "client_assertion_type".into(),
-            entra_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                50027,
-                "Invalid client assertion type.",
-            ),
-        );
+    if let Some(secret) = form.get("client_secret") {
+        match options.client_secrets.iter().find(|s| &s.value == secret) {
+            Some(found) if found.expired => {
+                return refuse(
+                    "client_secret expired".into(),
+                    entra_error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_client",
+                        7000222,
+                        &format!(
+                            "The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app.",
+                            options.client_id
+                        ),
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                return refuse(
+                    "client_secret".into(),
+                    entra_error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_client",
+                        7000215,
+                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+                    ),
+                );
+            }
+        }
+    } else {
+        if field("client_assertion_type") != ASSERTION_TYPE {
+            return refuse(
+                "client_assertion_type".into(),
+                entra_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    50027,
+                    "Invalid client assertion type.",
+                ),
+            );
+        }
+        if let Err((reason, code, description)) =
+            check_assertion(&shared, &options, &tenant, field("client_assertion"))
+        {
+            return refuse(
+                reason,
+                entra_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_client",
+                    code,
+                    &description,
+                ),
+            );
+        }
     }
     if field("scope") != options.scope {
         return refuse(
@@ -513,20 +685,6 @@ async fn token_endpoint(
                 "invalid_scope",
                 70011,
                 "The provided value for scope is not valid.",
-            ),
-        );
-    }
-    let assertion = field("client_assertion");
-    if assertion != options.expected_assertion
-        && !options.also_accepted.iter().any(|a| a == assertion)
-    {
-        return refuse(
-            "client_assertion".into(),
-            entra_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_client",
-                70021,
-                "No matching federated identity record found for presented assertion.",
             ),
         );
     }
@@ -589,6 +747,156 @@ async fn token_endpoint(
         "access_token": token,
     }))
     .into_response()
+}
+
+/// Why an assertion is refused: (reason for [`EntraStandIn::rejections`], AADSTS code, description).
+type Refusal = (String, u32, String);
+
+/// Accepts the projected token, a job token this stand-in issued whose claims match the GitHub federated
+/// credential, or an RS256 assertion signed by a registered certificate with the right claims.
+fn check_assertion(
+    shared: &Shared,
+    options: &EntraOptions,
+    tenant: &str,
+    assertion: &str,
+) -> Result<(), Refusal> {
+    if assertion == options.expected_assertion
+        || options.also_accepted.iter().any(|a| a == assertion)
+    {
+        return Ok(());
+    }
+    let no_federation = || {
+        (
+            "client_assertion".to_owned(),
+            70021,
+            "No matching federated identity record found for presented assertion.".to_owned(),
+        )
+    };
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let decode = |part: &str| -> Option<serde_json::Value> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    };
+    let (Some(header), Some(claims)) = (
+        parts.first().and_then(|p| decode(p)),
+        parts.get(1).and_then(|p| decode(p)),
+    ) else {
+        return Err(no_federation());
+    };
+    let claim = |name: &str| claims[name].as_str().unwrap_or_default().to_owned();
+    if lock(&shared.recorded)
+        .github_issued
+        .iter()
+        .any(|t| t == assertion)
+    {
+        if claim("sub") != options.github_subject || claim("aud") != jwt::TOKEN_EXCHANGE_AUDIENCE {
+            return Err((
+                format!("github subject {} audience {}", claim("sub"), claim("aud")),
+                700213,
+                format!(
+                    "No matching federated identity record found for presented assertion subject '{}'. Check your federated identity credential Subject, Audience and Issuer against the presented assertion.",
+                    claim("sub")
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let Some(x5t) = header["x5t#S256"].as_str() else {
+        return Err(no_federation());
+    };
+    lock(&shared.recorded)
+        .certificate_headers
+        .push(header.clone());
+    let bad_signature = |why: &str| {
+        (
+            format!("certificate assertion: {why}"),
+            700027,
+            "Client assertion failed signature validation.".to_owned(),
+        )
+    };
+    let Some(certificate) = options.certificates.iter().find(|c| c.x5t_s256 == x5t) else {
+        return Err(bad_signature("unknown thumbprint"));
+    };
+    if header["alg"] != "RS256" || parts.len() != 3 {
+        return Err(bad_signature("not RS256"));
+    }
+    let signature = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[2])
+            .map_err(|_| bad_signature("signature is not base64url"))?
+    };
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        &certificate.public_key,
+    )
+    .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+    .map_err(|_| bad_signature("signature does not verify"))?;
+    let audience = format!("{}/{tenant}/oauth2/v2.0/token", shared.authority);
+    let now = jwt::unix_now();
+    let claims_ok = claim("aud") == audience
+        && claim("iss") == options.client_id
+        && claim("sub") == options.client_id
+        && !claim("jti").is_empty()
+        && claims["exp"].as_i64().is_some_and(|exp| exp > now)
+        && claims["nbf"].as_i64().is_some_and(|nbf| nbf <= now + 60);
+    if !claims_ok {
+        return Err((
+            format!("certificate assertion claims {claims}"),
+            700024,
+            "Client assertion is not within its valid time range or has wrong claims.".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// GitHub's OIDC token endpoint: the request token as bearer, the audience as a query parameter.
+async fn github_endpoint(
+    State(shared): State<Arc<Shared>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let options = lock(&shared.options).clone();
+    if let Some(status) = lock(&shared.recorded).github_refusal {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+        return (
+            status,
+            Json(json!({"message": "Unable to get ACTIONS_ID_TOKEN_REQUEST_URL env variable"})),
+        )
+            .into_response();
+    }
+    let expected = format!("Bearer {}", options.github_request_token);
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "Bad credentials"})),
+        )
+            .into_response();
+    }
+    let audience = query_value(&uri, "audience").unwrap_or_default();
+    let now = jwt::unix_now();
+    let token = jwt::encode(&json!({
+        "iss": GITHUB_ISSUER,
+        "sub": options.github_job_subject,
+        "aud": audience,
+        "repository": "pgwi/pgwi",
+        "ref": "refs/heads/main",
+        "iat": now, "nbf": now, "exp": now + 300,
+        "jti": random_alphanumeric(16),
+    }));
+    lock(&shared.recorded).github_issued.push(token.clone());
+    Json(json!({"count": 1, "value": token})).into_response()
+}
+
+/// A query parameter of `uri`, decoded.
+pub(crate) fn query_value(uri: &axum::http::Uri, name: &str) -> Option<String> {
+    let url = azure_core::http::Url::parse(&format!("http://localhost{uri}")).ok()?;
+    url.query_pairs()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 /// Writes a projected service-account token to a file in `dir` and returns its path.

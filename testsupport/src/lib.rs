@@ -9,10 +9,12 @@
 //! [`postgres`] and the README's "Testing" section.
 
 pub mod az;
+pub mod certificate;
 pub mod entra;
 pub mod fixtures;
 pub mod jwt;
 pub mod logs;
+pub mod managed_identity;
 pub mod postgres;
 pub mod secrets;
 pub mod tls;

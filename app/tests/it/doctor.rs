@@ -196,3 +196,96 @@ async fn an_untrusted_certificate_fails_tls(#[future(awt)] fresh_db: TestDatabas
         "{stdout}"
     );
 }
+
+#[rstest]
+#[tokio::test]
+async fn doctor_shows_every_source_of_autos_chain(#[future(awt)] fresh_db: TestDatabase) {
+    // Scenario: credential.kind = auto on a CI runner with a service principal's variables: one `chain`
+    // line per source — skipped ones with what they lack, ✓ for the one chosen, "not tried" after it — then
+    // the chosen source's inputs and every later check ✓; --json carries the same lines.
+    let db = fresh_db;
+    let secret = pgwi_testsupport::entra::ClientSecret::generate(false);
+    let mut options = pgwi_testsupport::entra::EntraOptions::for_server("unused", db.server());
+    options.identity_name = format!("{}_sp", db.name());
+    options.client_secrets = vec![secret.clone()];
+    let identity = options.identity_name.clone();
+    db.create_token_role(&identity).await.expect("token role");
+    let entra = pgwi_testsupport::entra::EntraStandIn::start(options)
+        .await
+        .expect("Entra");
+    let mut env = entra.service_principal_environment();
+    env.push(("AZURE_CLIENT_SECRET".into(), secret.value.clone()));
+    env.push((
+        "SSL_CERT_FILE".into(),
+        entra.ca_file().display().to_string(),
+    ));
+
+    let output = Pgwi::new(&["doctor"])
+        .database(&db, &identity)
+        .envs(env.clone())
+        .output()
+        .await;
+    let json = Pgwi::new(&["doctor", "--json"])
+        .database(&db, &identity)
+        .envs(env)
+        .output()
+        .await;
+
+    assert_success(&output);
+    let stdout = text(&output.stdout);
+    assert!(
+        line(&stdout, "chain static-password")
+            .0
+            .starts_with("– chain static-password: skipped: PGPASSWORD is not set"),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, "chain client-secret")
+            .0
+            .starts_with("✓ chain client-secret: chosen: ")
+            && line(&stdout, "chain client-secret")
+                .0
+                .contains("AZURE_CLIENT_SECRET"),
+        "{stdout}"
+    );
+    for skipped in [
+        "client-certificate",
+        "workload-identity",
+        "az-cli",
+        "azure-developer-cli",
+    ] {
+        assert!(
+            line(&stdout, &format!("chain {skipped}"))
+                .0
+                .starts_with('–'),
+            "{skipped}:\n{stdout}"
+        );
+    }
+    assert!(
+        line(&stdout, "chain managed-identity")
+            .0
+            .contains("not tried: client-secret came first"),
+        "{stdout}"
+    );
+    for check in ["credential inputs", "token", "authentication", "privileges"] {
+        assert!(
+            line(&stdout, check).0.starts_with('✓'),
+            "{check}:\n{stdout}"
+        );
+    }
+    assert!(
+        line(&stdout, "credential inputs")
+            .0
+            .contains("secret=variable AZURE_CLIENT_SECRET"),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .filter(|n| n.starts_with("chain "))
+        .collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+}

@@ -37,6 +37,12 @@ async fn the_runtime_image_runs_the_job_like_the_cronjob(#[future(awt)] fresh_db
         "--volume".into(),
         format!("{ca}:/etc/pgwi/ca.crt:ro"),
         "--env".into(),
+        // Never Azure's metadata address, whatever auto tries.
+        format!(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST={}",
+            pgwi_testsupport::managed_identity::unreachable_imds_endpoint()
+        ),
+        "--env".into(),
         "DBHOST=127.0.0.1:5432".into(),
         "--env".into(),
         format!("DBNAME={}", fresh_db.name()),

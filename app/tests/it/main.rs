@@ -7,4 +7,5 @@ mod doctor;
 mod image;
 mod proxy;
 mod run;
+mod sources;
 mod support;

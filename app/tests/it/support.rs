@@ -11,7 +11,9 @@ use pgwi_testsupport::entra::{EntraOptions, EntraStandIn, write_token_file};
 use pgwi_testsupport::jwt::ServiceAccountToken;
 use sea_orm::sqlx;
 
-/// `pgwi` with a clean environment: PATH, JSON logs at TRACE, and the variables added with [`Pgwi::env`].
+/// `pgwi` with a clean environment: PATH, JSON logs at TRACE, an IMDS address on loopback where nothing
+/// listens (no test may ever reach Azure's real metadata address; a test with an IMDS stand-in overrides
+/// it), and the variables added with [`Pgwi::env`].
 pub(crate) struct Pgwi {
     command: Command,
     /// `pgwi token --raw` prints a token on stdout by design: only stderr is searched then.
@@ -27,6 +29,10 @@ impl Pgwi {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PGWI_LOG_FORMAT", "json")
             .env("RUST_LOG", "trace")
+            .env(
+                "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                pgwi_testsupport::managed_identity::unreachable_imds_endpoint(),
+            )
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null());
         Self {

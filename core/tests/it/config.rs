@@ -315,7 +315,16 @@ fn the_example_configuration_loads_in_every_profile() {
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../pgwi.example.toml"))
             .expect("pgwi.example.toml");
-    for profile in ["local", "aks", "admin"] {
+    for (profile, kind) in [
+        ("local", "static-password"),
+        ("aks", "workload-identity"),
+        ("admin", "az-cli"),
+        ("azure", "managed-identity"),
+        ("ci", "github-actions"),
+        ("ci-secret", "client-secret"),
+        ("ci-certificate", "client-certificate"),
+        ("azd", "azure-developer-cli"),
+    ] {
         Jail::expect_with(|jail| {
             jail.create_file("pgwi.toml", &example)?;
             let loaded = load(&ConfigSources {
@@ -323,6 +332,7 @@ fn the_example_configuration_loads_in_every_profile() {
                 ..cronjob()
             })?;
             assert!(loaded.config.database.host.is_some(), "{profile}");
+            assert_eq!(loaded.config.credential.kind, kind, "{profile}");
             Ok(())
         });
     }

@@ -85,6 +85,11 @@ async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh
     let child = Command::new(service_binary())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // No test process may ever reach Azure's metadata address.
+        .env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            pgwi_testsupport::managed_identity::unreachable_imds_endpoint(),
+        )
         .envs(entra.webhook_environment(&token_file))
         .env("SSL_CERT_FILE", entra.ca_file())
         .env("PGWI_EXAMPLE_ADDR", format!("127.0.0.1:{port}"))

@@ -7,22 +7,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use azure_core::cloud::CustomConfiguration;
-use azure_core::credentials::TokenCredential as _;
 use azure_identity::{
     ClientAssertionCredentialOptions, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
-use tracing::Instrument as _;
 
-use crate::entra::{WorkloadContext, workload_identity_error};
+use super::common;
+pub use super::common::PUBLIC_AUTHORITY_HOST;
+use crate::entra::{EntraContext, entra_error, federated_credential_hint};
 use crate::{
     CredentialConfig, CredentialError, ErrorKind, SourceContext, SourceInfo, Token, TokenSource,
 };
 
 /// The kind's name in configuration.
 pub const KIND: &str = "workload-identity";
-/// Entra ID of the public cloud.
-pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
 
 const WEBHOOK_FIX: &str = "in AKS the workload-identity webhook injects it: label the pod \
     azure.workload.identity/use: \"true\", annotate its ServiceAccount with \
@@ -72,52 +69,40 @@ pub fn inspect(
     ctx: &SourceContext,
 ) -> Result<WorkloadInputs, CredentialError> {
     let wi = &config.workload_identity;
-    let setting = |configured: &Option<String>, var: &'static str, key: &str, what: &str| {
-        if let Some(value) = configured {
-            return Ok((value.clone(), "configuration"));
-        }
-        ctx.env.get(var).map(|v| (v, var)).ok_or_else(|| {
-            CredentialError::configuration(
-                KIND,
-                format!("{var} is not set and credential.workload_identity.{key} is not configured ({what})"),
-                format!("{WEBHOOK_FIX}; outside AKS set credential.workload_identity.{key}"),
-            )
-        })
+    let setting = |configured: Option<&String>, var: &'static str, key: &str, what: &str| {
+        let key = format!("credential.workload_identity.{key}");
+        let fix = format!("{WEBHOOK_FIX}; outside AKS set {key}");
+        common::required(KIND, configured, &key, var, what, &fix, ctx)
     };
     let client_id = setting(
-        &wi.client_id,
+        wi.client_id.as_ref(),
         "AZURE_CLIENT_ID",
         "client_id",
         "the identity's client id",
     )?;
     let tenant_id = setting(
-        &wi.tenant_id,
+        wi.tenant_id.as_ref(),
         "AZURE_TENANT_ID",
         "tenant_id",
         "the Entra tenant id",
     )?;
     let (token_file, from) = setting(
-        &wi.token_file.as_ref().map(|p| p.display().to_string()),
+        wi.token_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .as_ref(),
         "AZURE_FEDERATED_TOKEN_FILE",
         "token_file",
         "the projected service-account token",
     )?;
     let token_file = PathBuf::from(token_file);
     check_token_file(&token_file)?;
-    let authority_host = wi
-        .authority_host
-        .clone()
-        .or_else(|| ctx.env.get("AZURE_AUTHORITY_HOST"))
-        .unwrap_or_else(|| PUBLIC_AUTHORITY_HOST.to_owned());
-    if !authority_host.starts_with("https://") {
-        return Err(CredentialError::configuration(
-            KIND,
-            format!(
-                "authority host {authority_host:?} (AZURE_AUTHORITY_HOST or credential.workload_identity.authority_host) is not an https:// URL"
-            ),
-            format!("use Entra ID's https URL for your cloud, e.g. {PUBLIC_AUTHORITY_HOST}"),
-        ));
-    }
+    let authority_host = common::authority_host(
+        KIND,
+        wi.authority_host.as_ref(),
+        "credential.workload_identity.authority_host",
+        ctx,
+    )?;
     let token_claims = std::fs::read_to_string(&token_file)
         .ok()
         .and_then(|jwt| crate::Claims::decode_unverified(&jwt));
@@ -140,22 +125,8 @@ impl WorkloadIdentitySource {
             inputs.token_file.0,
             inputs.authority_host,
         );
-        if config.scope.trim().is_empty() {
-            return Err(CredentialError::configuration(
-                KIND,
-                "credential.scope is empty",
-                format!(
-                    "set it to {} or your cloud's equivalent",
-                    crate::POSTGRES_SCOPE
-                ),
-            ));
-        }
-
-        crate::install_crypto_provider();
-        let mut client_options = ctx.azure_client_options.clone().unwrap_or_default();
-        let mut cloud = CustomConfiguration::default();
-        cloud.authority_host = authority_host.clone();
-        client_options.cloud = Some(Arc::new(cloud.into()));
+        common::check_scope(KIND, &config.scope)?;
+        let client_options = common::client_options(ctx, &authority_host);
         let credential = WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
             credential_options: ClientAssertionCredentialOptions {
                 client_options,
@@ -205,28 +176,24 @@ fn check_token_file(path: &std::path::Path) -> Result<(), CredentialError> {
 #[async_trait]
 impl TokenSource for WorkloadIdentitySource {
     async fn token(&self) -> Result<Token, CredentialError> {
-        let span =
-            tracing::debug_span!("token_request", source = KIND, client_id = %self.client_id);
-        match self
-            .credential
-            .get_token(&[self.scope.as_str()], None)
-            .instrument(span)
+        common::sdk_token(self.credential.as_ref(), KIND, &self.scope)
             .await
-        {
-            Ok(access) => Ok(Token::new(
-                access.token.secret().to_owned(),
-                Some(access.expires_on),
-            )),
-            Err(e) => Err(workload_identity_error(
-                &e,
-                &WorkloadContext {
-                    client_id: &self.client_id,
-                    tenant_id: &self.tenant_id,
-                    token_file: &self.token_file,
-                    authority_host: &self.authority_host,
-                },
-            )),
-        }
+            .map_err(|e| {
+                entra_error(
+                    &e,
+                    &EntraContext {
+                        source: KIND,
+                        client_id: &self.client_id,
+                        tenant_id: &self.tenant_id,
+                        authority_host: &self.authority_host,
+                        client_id_fix: "set AZURE_CLIENT_ID (the ServiceAccount's \
+                            azure.workload.identity/client-id annotation) or \
+                            credential.workload_identity.client_id to the identity's client id (terraform output)",
+                        tenant_fix: "set AZURE_TENANT_ID or credential.workload_identity.tenant_id",
+                        credential_hint: federated_credential_hint(&self.token_file),
+                    },
+                )
+            })
     }
 
     fn info(&self) -> SourceInfo {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgwi_credentials::{CredentialConfig, Environment, ErrorKind, SourceContext, SourceRegistry};
+use pgwi_credentials::{CredentialConfig, ErrorKind, SourceContext, SourceRegistry};
 use pgwi_testsupport::az::{AzBehaviour, FakeAz};
 use pgwi_testsupport::jwt;
 
@@ -15,7 +15,7 @@ fn az_config() -> CredentialConfig {
 
 fn context(path: &str) -> SourceContext {
     SourceContext {
-        env: Environment::from_pairs([("PATH", path)]),
+        env: crate::support::test_env([("PATH", path)]),
         ..SourceContext::default()
     }
 }

@@ -4,26 +4,19 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pgwi_credentials::{
-    CredentialConfig, CredentialError, Environment, SourceContext, SourceInfo, SourceRegistry,
-    Token, TokenSource,
+    CredentialConfig, CredentialError, SourceContext, SourceInfo, SourceRegistry, Token,
+    TokenSource,
 };
-use rstest::rstest;
 
 use crate::support::Pod;
 
 #[tokio::test]
-async fn auto_prefers_workload_identity_when_the_webhook_ran() {
-    // Scenario: with the webhook's variables (and PGPASSWORD too), auto picks workload identity and says why.
+async fn auto_picks_workload_identity_when_the_webhook_ran() {
+    // Scenario: with the webhook's variables, auto picks workload identity and says why.
     let pod = Pod::start().await;
-    let mut pairs = pod.entra.webhook_environment(&pod.token_file);
-    pairs.push(("PGPASSWORD".into(), "also-set".into()));
-    let ctx = SourceContext {
-        env: Environment::from_pairs(pairs),
-        ..pod.context()
-    };
 
     let source = SourceRegistry::default()
-        .build(&CredentialConfig::default(), &ctx)
+        .build(&CredentialConfig::default(), &pod.context())
         .expect("source");
     let token = source.token().await.expect("token");
 
@@ -40,25 +33,26 @@ async fn auto_prefers_workload_identity_when_the_webhook_ran() {
     );
 }
 
-#[rstest]
-#[case::static_password(&[("PGPASSWORD", "pw")], "static-password")]
-#[case::az_cli(&[], "az-cli")]
-fn auto_falls_back_to_static_password_then_az(
-    #[case] vars: &[(&str, &str)],
-    #[case] expected: &str,
-) {
-    // Scenario: without workload identity, auto picks the static password when PGPASSWORD is set, else az.
+#[tokio::test]
+async fn auto_puts_a_configured_static_password_first() {
+    // Scenario: the webhook ran but PGPASSWORD is set too: a static password the operator configured comes
+    // first in the chain, and Entra is not asked.
+    let pod = Pod::start().await;
+    let mut pairs = pod.entra.webhook_environment(&pod.token_file);
+    pairs.push(("PGPASSWORD".into(), "also-set".into()));
     let ctx = SourceContext {
-        env: Environment::from_pairs(vars.iter().copied()),
-        ..SourceContext::default()
+        env: crate::support::test_env(pairs),
+        ..pod.context()
     };
 
     let source = SourceRegistry::default()
         .build(&CredentialConfig::default(), &ctx)
         .expect("source");
+    let token = source.token().await.expect("token");
 
-    assert_eq!(source.info().kind, expected);
-    assert!(source.info().detail("chosen_by").is_some());
+    assert_eq!(token.secret().expose(), "also-set");
+    assert_eq!(source.info().kind, "static-password");
+    assert_eq!(pod.entra.request_count(), 0);
 }
 
 #[test]
@@ -70,7 +64,10 @@ fn an_unknown_kind_lists_the_known_ones() {
     };
 
     let error = SourceRegistry::default()
-        .build(&config, &SourceContext::default())
+        .build(
+            &config,
+            &crate::support::test_context(Vec::<(String, String)>::new()),
+        )
         .expect_err("unknown");
 
     assert!(error.is_configuration());
@@ -78,7 +75,7 @@ fn an_unknown_kind_lists_the_known_ones() {
     assert!(
         error
             .fix()
-            .contains("auto, az-cli, static-password, workload-identity"),
+            .contains("auto, az-cli, azure-developer-cli, client-certificate, client-secret, github-actions, managed-identity, static-password, workload-identity"),
         "{error}"
     );
 }
@@ -93,7 +90,10 @@ fn an_unknown_credential_key_is_refused() {
     );
 
     let error = SourceRegistry::default()
-        .build(&config, &SourceContext::default())
+        .build(
+            &config,
+            &crate::support::test_context(Vec::<(String, String)>::new()),
+        )
         .expect_err("unknown key");
 
     assert!(
@@ -150,7 +150,10 @@ async fn an_application_registers_its_own_source() {
         .insert("vault".into(), serde_json::json!({"path": "db/app"}));
 
     let source = registry
-        .build(&config, &SourceContext::default())
+        .build(
+            &config,
+            &crate::support::test_context(Vec::<(String, String)>::new()),
+        )
         .expect("source");
     let token = source.token().await.expect("token");
 

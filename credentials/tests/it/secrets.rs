@@ -1,8 +1,6 @@
 //! No secret leaves: not in logs at TRACE, not in any error's Display or Debug, not in a source's Debug.
 
-use pgwi_credentials::{
-    CredentialConfig, Environment, SourceContext, SourceRegistry, TokenSource as _,
-};
+use pgwi_credentials::{CredentialConfig, SourceContext, SourceRegistry, TokenSource as _};
 use pgwi_testsupport::az::{AzBehaviour, FakeAz};
 use pgwi_testsupport::entra::Fault;
 use pgwi_testsupport::jwt;
@@ -50,7 +48,7 @@ async fn no_token_password_or_service_account_token_reaches_logs_errors_or_debug
         ..CredentialConfig::default()
     };
     let az_ctx = SourceContext {
-        env: Environment::from_pairs([("PATH", az.path_env())]),
+        env: crate::support::test_env([("PATH", az.path_env())]),
         ..SourceContext::default()
     };
     let az_source = registry
@@ -74,7 +72,7 @@ async fn no_token_password_or_service_account_token_reaches_logs_errors_or_debug
         ..CredentialConfig::default()
     };
     let sp_ctx = SourceContext {
-        env: Environment::from_pairs([("PGPASSWORD", password)]),
+        env: crate::support::test_env([("PGPASSWORD", password)]),
         ..SourceContext::default()
     };
     let sp = registry.build_cached(&sp_config, &sp_ctx).expect("sp");

@@ -1,8 +1,7 @@
 //! The static-password source: a variable, a re-read file, or inline configuration.
 
 use pgwi_credentials::{
-    CredentialConfig, Environment, ErrorKind, SecretString, SourceContext, SourceRegistry,
-    TokenSource as _,
+    CredentialConfig, ErrorKind, SecretString, SourceContext, SourceRegistry, TokenSource as _,
 };
 
 fn config() -> CredentialConfig {
@@ -14,7 +13,7 @@ fn config() -> CredentialConfig {
 
 fn env(pairs: &[(&str, &str)]) -> SourceContext {
     SourceContext {
-        env: Environment::from_pairs(pairs.iter().copied()),
+        env: crate::support::test_env(pairs.iter().copied()),
         ..SourceContext::default()
     }
 }

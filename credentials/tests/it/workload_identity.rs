@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use pgwi_credentials::{
-    Claims, CredentialConfig, Environment, ErrorKind, SourceContext, SourceRegistry,
-};
+use pgwi_credentials::{Claims, CredentialConfig, ErrorKind, SourceContext, SourceRegistry};
 use pgwi_testsupport::entra::Fault;
 use rstest::rstest;
 
@@ -75,7 +73,7 @@ async fn a_missing_webhook_variable_names_itself_and_the_injection(#[case] missi
         .into_iter()
         .filter(|(k, _)| k != missing);
     let ctx = SourceContext {
-        env: Environment::from_pairs(env),
+        env: crate::support::test_env(env),
         ..pod.context()
     };
 

@@ -1,0 +1,346 @@
+//! `client-certificate`: a service principal that proves itself with a certificate.
+//!
+//! `azure_identity`'s own certificate credential needs openssl, which pgwi does not link. Instead this
+//! module signs the client assertion itself — an RS256 JWT with the certificate's SHA-256 (`x5t#S256`) and
+//! SHA-1 (`x5t`) thumbprints in its header, `x5c` with the chain when asked, and `aud` = the tenant's token
+//! endpoint, `iss` = `sub` = the client id, a `jti`, `nbf` and a 10-minute `exp` — with `ring`, and hands it
+//! to `azure_identity::ClientAssertionCredential`.
+//!
+//! The file is PEM with the certificate (and chain) and an unencrypted private key (PKCS#8 or PKCS#1 RSA).
+//! PFX files and encrypted keys are refused with the `openssl` command that converts them: no well-kept
+//! pure-Rust PKCS#12 reader fits without a second copy of crates already in the tree.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use azure_core::http::ClientMethodOptions;
+use azure_identity::{
+    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
+};
+use base64::Engine as _;
+use ring::signature::RsaKeyPair;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::common::{self, EntraApp, Origin};
+use crate::{CredentialConfig, CredentialError, SourceContext, SourceInfo, Token, TokenSource};
+
+/// The kind's name in configuration.
+pub const KIND: &str = "client-certificate";
+
+/// How long a signed assertion is valid: Entra only needs it for the one request.
+const ASSERTION_LIFETIME_SECS: i64 = 600;
+
+const CLIENT_ID_FIX: &str = "set AZURE_CLIENT_ID or credential.client_certificate.client_id to the \
+     application's client id (az ad app list --display-name <name> --query [].appId)";
+
+/// The certificate file's path when one is configured or `AZURE_CLIENT_CERTIFICATE_PATH` is set: what
+/// `auto` checks before trying this source.
+pub fn certificate_path(
+    config: &CredentialConfig,
+    ctx: &SourceContext,
+) -> Option<(PathBuf, Origin)> {
+    common::optional(
+        config
+            .client_certificate
+            .certificate_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .as_ref(),
+        "AZURE_CLIENT_CERTIFICATE_PATH",
+        ctx,
+    )
+    .map(|(path, origin)| (PathBuf::from(path), origin))
+}
+
+/// The certificate and key, ready to sign.
+struct Signer {
+    key: RsaKeyPair,
+    /// The JWT header, base64url-encoded.
+    header: String,
+    /// SHA-1 thumbprint of the leaf certificate, upper-case hex, as the portal shows it.
+    thumbprint_sha1: String,
+}
+
+/// Builds a fresh client assertion for every token request.
+struct CertificateAssertion {
+    signer: Arc<Signer>,
+    client_id: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for CertificateAssertion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAssertion")
+            .field("client_id", &self.client_id)
+            .field("audience", &self.audience)
+            .field("thumbprint", &self.signer.thumbprint_sha1)
+            .finish_non_exhaustive()
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl CertificateAssertion {
+    fn sign(&self) -> Result<String, ring::error::Unspecified> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let jti: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(32)
+            .collect();
+        let claims = serde_json::json!({
+            "aud": self.audience,
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "jti": jti,
+            "nbf": now,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_SECS,
+        });
+        let signed = format!(
+            "{}.{}",
+            self.signer.header,
+            b64url(claims.to_string().as_bytes())
+        );
+        let mut signature = vec![0; self.signer.key.public().modulus_len()];
+        self.signer.key.sign(
+            &ring::signature::RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            signed.as_bytes(),
+            &mut signature,
+        )?;
+        Ok(format!("{signed}.{}", b64url(&signature)))
+    }
+}
+
+#[async_trait]
+impl ClientAssertion for CertificateAssertion {
+    async fn secret(
+        &self,
+        _options: Option<ClientMethodOptions<'_>>,
+    ) -> azure_core::Result<String> {
+        self.sign().map_err(|_| {
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                "signing the client assertion with the certificate's key failed",
+            )
+        })
+    }
+}
+
+/// The `openssl` commands that turn what pgwi cannot read into what it can.
+fn conversion_fix(path: &Path) -> String {
+    format!(
+        "pgwi reads a PEM file with the certificate and an unencrypted private key; convert a PFX file with \
+         `openssl pkcs12 -in {0} -out {0}.pem -nodes` (it asks for the password), or decrypt a PEM key with \
+         `openssl pkey -in key.pem -out key-plain.pem` and put the certificate and that key in one file; \
+         keep the result readable only by this user and point credential.client_certificate.certificate_path \
+         (or AZURE_CLIENT_CERTIFICATE_PATH) at it",
+        path.display()
+    )
+}
+
+/// Reads the certificate chain and the RSA key from a PEM file; `chain` puts the certificates in `x5c`.
+fn load_signer(path: &Path, chain: bool, password_given: bool) -> Result<Signer, CredentialError> {
+    let unreadable = |problem: String, fix: String| {
+        CredentialError::new(crate::ErrorKind::MissingInput, KIND, problem, fix)
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        unreadable(
+            format!("cannot read the certificate file {}: {e}", path.display()),
+            "check credential.client_certificate.certificate_path (or AZURE_CLIENT_CERTIFICATE_PATH) and \
+             that this user may read the file"
+                .into(),
+        )
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    if !text.contains("-----BEGIN") {
+        return Err(CredentialError::configuration(
+            KIND,
+            format!(
+                "the certificate file {} is not PEM (a PFX/PKCS#12 or DER file?)",
+                path.display()
+            ),
+            conversion_fix(path),
+        ));
+    }
+    if text.contains("ENCRYPTED") {
+        return Err(CredentialError::configuration(
+            KIND,
+            format!(
+                "the private key in {} is encrypted{}",
+                path.display(),
+                if password_given {
+                    " (pgwi does not decrypt keys, even with the configured password)"
+                } else {
+                    ""
+                }
+            ),
+            conversion_fix(path),
+        ));
+    }
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            CredentialError::configuration(
+                KIND,
+                format!("the certificates in {} cannot be read: {e}", path.display()),
+                "the file must hold PEM CERTIFICATE blocks (leaf first) and the private key",
+            )
+        })?;
+    let Some(leaf) = certificates.first() else {
+        return Err(CredentialError::configuration(
+            KIND,
+            format!("{} holds no certificate", path.display()),
+            "put the certificate (-----BEGIN CERTIFICATE-----) in the file, before its chain, with the key",
+        ));
+    };
+    let no_key = |why: String| {
+        CredentialError::configuration(
+            KIND,
+            format!("{} holds no usable private key: {why}", path.display()),
+            "put the certificate's RSA private key (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE \
+             KEY-----, unencrypted) in the same file",
+        )
+    };
+    let key = match PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| no_key(e.to_string()))? {
+        PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
+        PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
+        _ => {
+            return Err(no_key(
+                "it is not an RSA key; Entra ID needs RS256 assertions".into(),
+            ));
+        }
+    }
+    .map_err(|e| no_key(format!("not an RSA key ring accepts ({e})")))?;
+    let sha256 = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+    let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, leaf.as_ref());
+    let mut header = serde_json::json!({
+        "alg": "RS256",
+        "typ": "JWT",
+        "x5t#S256": b64url(sha256.as_ref()),
+        "x5t": b64url(sha1.as_ref()),
+    });
+    if chain {
+        header["x5c"] = certificates
+            .iter()
+            .map(|c| base64::engine::general_purpose::STANDARD.encode(c.as_ref()))
+            .collect();
+    }
+    Ok(Signer {
+        key,
+        header: b64url(header.to_string().as_bytes()),
+        thumbprint_sha1: sha1.as_ref().iter().map(|b| format!("{b:02X}")).collect(),
+    })
+}
+
+/// Tokens for a service principal that proves itself with a certificate.
+pub struct ClientCertificateSource {
+    credential: Arc<ClientAssertionCredential<CertificateAssertion>>,
+    scope: String,
+    app: EntraApp,
+    certificate_path: PathBuf,
+    thumbprint: String,
+    send_chain: bool,
+}
+
+impl std::fmt::Debug for ClientCertificateSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificateSource")
+            .field("app", &self.app)
+            .field("certificate_path", &self.certificate_path)
+            .field("thumbprint", &self.thumbprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertificateSource {
+    /// Resolves the settings (configuration first, then the environment) and reads the certificate.
+    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
+        let cc = &config.client_certificate;
+        let app = EntraApp::resolve(
+            KIND,
+            "client_certificate",
+            [
+                cc.tenant_id.as_ref(),
+                cc.client_id.as_ref(),
+                cc.authority_host.as_ref(),
+            ],
+            CLIENT_ID_FIX,
+            ctx,
+        )?;
+        let (certificate_path, _) = certificate_path(config, ctx).ok_or_else(|| {
+            CredentialError::configuration(
+                KIND,
+                "AZURE_CLIENT_CERTIFICATE_PATH is not set and credential.client_certificate.certificate_path \
+                 is not configured",
+                "point one of them at a PEM file with the certificate and its private key",
+            )
+        })?;
+        let send_chain = match cc.send_certificate_chain {
+            Some(send) => send,
+            None => ctx
+                .env
+                .get("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")
+                .is_some_and(|v| matches!(v.trim(), "1" | "true" | "True" | "TRUE")),
+        };
+        let password_given = cc.password_file.is_some() || ctx.env.get(&cc.password_env).is_some();
+        let signer = load_signer(&certificate_path, send_chain, password_given)?;
+        common::check_scope(KIND, &config.scope)?;
+        let thumbprint = signer.thumbprint_sha1.clone();
+        let assertion = CertificateAssertion {
+            signer: Arc::new(signer),
+            client_id: app.client_id.0.clone(),
+            audience: format!(
+                "{}/{}/oauth2/v2.0/token",
+                app.authority_host.trim_end_matches('/'),
+                app.tenant_id.0
+            ),
+        };
+        let credential = ClientAssertionCredential::new(
+            app.tenant_id.0.clone(),
+            app.client_id.0.clone(),
+            assertion,
+            Some(ClientAssertionCredentialOptions {
+                client_options: app.client_options(ctx),
+            }),
+        )
+        .map_err(|e| app.rejected(&e))?;
+        Ok(Self {
+            credential,
+            scope: config.scope.clone(),
+            app,
+            certificate_path,
+            thumbprint,
+            send_chain,
+        })
+    }
+}
+
+#[async_trait]
+impl TokenSource for ClientCertificateSource {
+    async fn token(&self) -> Result<Token, CredentialError> {
+        common::sdk_token(self.credential.as_ref(), KIND, &self.scope)
+            .await
+            .map_err(|e| {
+                self.app.refusal(
+                    &e,
+                    format!(
+                        "the certificate in {} has SHA-1 thumbprint {}",
+                        self.certificate_path.display(),
+                        self.thumbprint
+                    ),
+                )
+            })
+    }
+
+    fn info(&self) -> SourceInfo {
+        self.app.info(&[
+            ("certificate", self.certificate_path.display().to_string()),
+            ("thumbprint", self.thumbprint.clone()),
+            ("send_certificate_chain", self.send_chain.to_string()),
+        ])
+    }
+}
