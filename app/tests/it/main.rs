@@ -3,6 +3,7 @@
 mod admin;
 mod commands;
 mod deploy;
+mod docs;
 mod doctor;
 mod image;
 mod proxy;
