@@ -23,6 +23,7 @@ fn outcomes(chain: &pgwi_credentials::ChainSource) -> Vec<(String, &'static str)
                 ChainOutcome::Skipped { .. } => "skipped",
                 ChainOutcome::Failed { .. } => "failed",
                 ChainOutcome::NotTried => "not tried",
+                ChainOutcome::Trying { .. } => "trying",
             };
             (step.kind, outcome)
         })
@@ -263,4 +264,117 @@ fn an_unknown_kind_in_the_chain_is_a_configuration_error_naming_it() {
         assert!(error.problem().contains("\"managed_identity\""), "{error}");
         assert!(error.fix().contains("managed-identity"), "{error}");
     }
+}
+
+/// Whether a process whose command line mentions `dir` still runs, after waiting up to five seconds for it
+/// to go (a killed process may take a moment to disappear from `ps`).
+async fn still_running(dir: &std::path::Path) -> bool {
+    let dir = dir.display().to_string();
+    for _ in 0..50 {
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .expect("ps");
+        if !String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l.contains(&dir))
+        {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_hanging_az_inside_auto_fails_by_name_and_is_killed() {
+    // Scenario: auto reaches az-cli, whose az never answers: the error names az-cli (not just "auto"),
+    // doctor's steps show az-cli as the one that failed and the earlier sources as skipped, and the fake
+    // az's processes are gone afterwards.
+    let az = FakeAz::install(AzBehaviour::Hang).expect("fake az");
+    let config = CredentialConfig {
+        fetch_timeout_secs: 3,
+        refresh_margin_secs: 300,
+        ..CredentialConfig::default()
+    };
+    let ctx = test_context([("PATH", az.path_env())]);
+    let cached = SourceRegistry::default()
+        .build_cached(&config, &ctx)
+        .expect("cached chain");
+
+    let error = cached.token().await.expect_err("az hangs");
+
+    assert_eq!(error.source_name(), "az-cli", "{error}");
+    assert!(
+        error
+            .problem()
+            .contains("did not answer within 2s and was killed"),
+        "{error}"
+    );
+    assert!(
+        error.problem().contains("auto skipped"),
+        "the chain's context is kept: {error}"
+    );
+    assert!(!az.calls().is_empty(), "az was asked");
+    assert!(
+        !still_running(az.dir()).await,
+        "the fake az is still running after the chain gave up"
+    );
+}
+
+/// A source an application registered that takes its time and then says it cannot work here.
+#[derive(Debug)]
+struct SlowUnavailable;
+
+#[async_trait::async_trait]
+impl pgwi_credentials::TokenSource for SlowUnavailable {
+    async fn token(&self) -> Result<pgwi_credentials::Token, pgwi_credentials::CredentialError> {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        Err(pgwi_credentials::CredentialError::new(
+            ErrorKind::Unavailable,
+            "slow",
+            "not here",
+            "none",
+        ))
+    }
+
+    fn info(&self) -> pgwi_credentials::SourceInfo {
+        pgwi_credentials::SourceInfo::new("slow")
+    }
+}
+
+#[tokio::test]
+async fn the_chain_deadline_names_the_source_it_cut_short_and_kills_its_az() {
+    // Scenario: a slow source comes before az-cli, so az's own timeout (2s) would end after the chain's
+    // deadline (just inside fetch_timeout_secs = 3): the chain's deadline fires while az runs, the error
+    // names az-cli, the steps record it as the one that failed, and dropping its request killed az.
+    let az = FakeAz::install(AzBehaviour::Hang).expect("fake az");
+    let mut config = CredentialConfig {
+        chain: Some(vec!["slow".into(), "az-cli".into()]),
+        fetch_timeout_secs: 3,
+        ..CredentialConfig::default()
+    };
+    config.az_cli.timeout_secs = Some(2);
+    let mut registry = SourceRegistry::default();
+    registry.register("slow", |_, _| Ok(std::sync::Arc::new(SlowUnavailable)));
+    let ctx = test_context([("PATH", az.path_env())]);
+    let chain = registry.build_chain(&config, &ctx).expect("chain");
+
+    let error = chain.token().await.expect_err("az hangs");
+
+    assert_eq!(error.source_name(), "az-cli", "{error}");
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert!(
+        error.problem().contains("credential.fetch_timeout_secs"),
+        "{error}"
+    );
+    assert_eq!(
+        outcomes(&chain),
+        expected(&[("slow", "skipped"), ("az-cli", "failed")])
+    );
+    assert!(!az.calls().is_empty(), "az was asked");
+    assert!(
+        !still_running(az.dir()).await,
+        "the fake az is still running after the chain gave up"
+    );
 }
