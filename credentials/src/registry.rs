@@ -632,13 +632,23 @@ pub fn presence(
         #[cfg(feature = "managed-identity")]
         crate::sources::managed_identity::KIND => {
             use crate::sources::managed_identity::{Endpoint, endpoint};
-            Ok(match endpoint(config, ctx) {
-                Endpoint::AppService(url) => format!(
+            // Nothing is contacted here: the IMDS probe comes when the source is asked for a token.
+            match endpoint(config, ctx) {
+                Endpoint::AppService(url) => Ok(format!(
                     "IDENTITY_ENDPOINT ({url}) and IDENTITY_HEADER are set (App Service, Container Apps, \
                      Functions)"
-                ),
-                Endpoint::Imds(url) => format!("the instance metadata service answers at {url}"),
-            })
+                )),
+                Endpoint::Imds(url) => Ok(format!(
+                    "a VM's managed identity through the instance metadata service at {url} (probed before the first \
+                     request)"
+                )),
+                Endpoint::Unsupported {
+                    platform,
+                    variables,
+                } => Err(format!(
+                    "{variables} ({platform}), a managed identity the Azure SDK for Rust does not support"
+                )),
+            }
         }
         #[cfg(feature = "github-actions")]
         crate::sources::github_actions::KIND => {

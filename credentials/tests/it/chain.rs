@@ -5,7 +5,7 @@
 use pgwi_credentials::{
     ChainOutcome, CredentialConfig, ErrorKind, SourceContext, SourceRegistry, TokenSource as _,
 };
-use pgwi_testsupport::az::{AzBehaviour, FakeAz};
+use pgwi_testsupport::az::{AzBehaviour, FakeAz, FakeTool};
 use pgwi_testsupport::entra::{ClientSecret, EntraOptions, EntraStandIn};
 use pgwi_testsupport::jwt;
 use pgwi_testsupport::managed_identity::{ManagedIdentityOptions, ManagedIdentityStandIn};
@@ -145,11 +145,6 @@ async fn on_a_laptop_imds_is_skipped_and_az_is_chosen() {
     assert!(
         logged.contains("managed-identity (no managed identity endpoint here"),
         "{logged}"
-    );
-    assert_eq!(
-        az.calls().len(),
-        2,
-        "the chosen source is asked directly from then on"
     );
 }
 
@@ -377,4 +372,113 @@ async fn the_chain_deadline_names_the_source_it_cut_short_and_kills_its_az() {
         !still_running(az.dir()).await,
         "the fake az is still running after the chain gave up"
     );
+}
+
+/// A `PATH` with both fakes first.
+fn path_with(az: &FakeAz, azd: &FakeAz) -> String {
+    format!(
+        "{}:{}:/usr/bin:/bin",
+        az.dir().display(),
+        azd.dir().display()
+    )
+}
+
+#[tokio::test]
+async fn az_not_logged_in_falls_through_to_azd() {
+    // Scenario: a developer's machine with az installed but not logged in, and azd logged in: az-cli is
+    // skipped with "not logged in" and azd's token is used.
+    let az = FakeAz::install(AzBehaviour::NotLoggedIn).expect("fake az");
+    let azd = FakeAz::install_tool(
+        FakeTool::Azd,
+        AzBehaviour::Token {
+            access_token: "azd-chain-token-0123456789".into(),
+            expires_on: jwt::unix_now() + 3600,
+        },
+    )
+    .expect("fake azd");
+    let ctx = test_context([("PATH", path_with(&az, &azd))]);
+
+    let chain = SourceRegistry::default()
+        .build_chain(&CredentialConfig::default(), &ctx)
+        .expect("chain");
+    let token = chain.token().await.expect("token");
+
+    assert_eq!(token.secret().expose(), "azd-chain-token-0123456789");
+    assert_eq!(chain.info().kind, "azure-developer-cli");
+    let az_step = chain
+        .steps()
+        .into_iter()
+        .find(|s| s.kind == "az-cli")
+        .expect("az-cli step");
+    assert!(
+        matches!(&az_step.outcome, ChainOutcome::Skipped { reason } if reason.contains("not logged in")),
+        "{az_step:?}"
+    );
+    assert_eq!(az.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn the_chosen_source_stays_chosen_when_it_later_fails() {
+    // Scenario: az-cli was chosen; then az is logged out while azd would work. The next request asks az
+    // alone and fails with az's error: the chain does not re-resolve and quietly switch to azd.
+    let az = FakeAz::install(AzBehaviour::Token {
+        access_token: "az-pinned-token-0123456789".into(),
+        expires_on: jwt::unix_now() + 3600,
+    })
+    .expect("fake az");
+    let azd = FakeAz::install_tool(
+        FakeTool::Azd,
+        AzBehaviour::Token {
+            access_token: "azd-unused-token-012345678".into(),
+            expires_on: jwt::unix_now() + 3600,
+        },
+    )
+    .expect("fake azd");
+    let ctx = test_context([("PATH", path_with(&az, &azd))]);
+    let chain = SourceRegistry::default()
+        .build_chain(&CredentialConfig::default(), &ctx)
+        .expect("chain");
+    chain.token().await.expect("token");
+
+    az.set(AzBehaviour::NotLoggedIn).expect("log az out");
+    let error = chain.token().await.expect_err("az is logged out");
+
+    assert_eq!(error.source_name(), "az-cli", "{error}");
+    assert_eq!(error.kind(), ErrorKind::AzCliNotLoggedIn, "{error}");
+    assert!(azd.calls().is_empty(), "azd must never be asked");
+    assert_eq!(chain.info().kind, "az-cli");
+}
+
+#[tokio::test]
+async fn a_wrong_user_assigned_identity_on_imds_stops_the_chain() {
+    // Scenario: a VM where AZURE_CLIENT_ID names an identity the VM does not have, and a developer's az
+    // would work: the chain stops at managed-identity with the error naming AZURE_CLIENT_ID, and az is
+    // never asked (falling through would hide the mistake).
+    let imds = ManagedIdentityStandIn::start(ManagedIdentityOptions::new("vm", vec![1; 32]))
+        .await
+        .expect("IMDS");
+    let az = FakeAz::install(AzBehaviour::Token {
+        access_token: "az-should-not-be-used-4567".into(),
+        expires_on: jwt::unix_now() + 3600,
+    })
+    .expect("fake az");
+    let ctx = test_context([
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.imds_endpoint()),
+        (
+            "AZURE_CLIENT_ID",
+            "00000000-0000-0000-0000-00000000dead".into(),
+        ),
+        ("PATH", az.path_env()),
+    ]);
+
+    let chain = SourceRegistry::default()
+        .build_chain(&CredentialConfig::default(), &ctx)
+        .expect("chain");
+    let error = chain.token().await.expect_err("wrong identity");
+
+    assert_eq!(error.source_name(), "managed-identity", "{error}");
+    assert!(error.is_configuration(), "{error}");
+    assert!(error.problem().contains("AZURE_CLIENT_ID"), "{error}");
+    assert!(az.calls().is_empty(), "az must not be asked");
+    assert!(outcomes(&chain).contains(&("az-cli".to_owned(), "not tried")));
 }
