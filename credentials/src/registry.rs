@@ -587,7 +587,10 @@ pub fn presence(
             if sp.password_file.is_some() || sp.password.is_some() {
                 Ok("a static password is configured".into())
             } else if ctx.env.get(&sp.password_env).is_some() {
-                Ok(format!("the static password's variable {} is set", sp.password_env))
+                Ok(format!(
+                    "the static password's variable {} is set",
+                    sp.password_env
+                ))
             } else {
                 Err(format!(
                     "{} is not set and credential.static_password has no password_file",
@@ -598,7 +601,9 @@ pub fn presence(
         #[cfg(feature = "client-secret")]
         crate::sources::client_secret::KIND => {
             match crate::sources::client_secret::secret_origin(config, ctx) {
-                Some(origin) => Ok(format!("a service principal's client secret is in {origin}")),
+                Some(origin) => Ok(format!(
+                    "a service principal's client secret is in {origin}"
+                )),
                 None => Err(format!(
                     "{} is not set and credential.client_secret has no secret_file",
                     config.client_secret.secret_env
@@ -612,11 +617,7 @@ pub fn presence(
                     "a service principal's certificate {} ({origin})",
                     path.display()
                 )),
-                None => Err(
-                    "AZURE_CLIENT_CERTIFICATE_PATH is not set and credential.client_certificate has no \
-                     certificate_path"
-                        .into(),
-                ),
+                None => Err(crate::sources::client_certificate::no_certificate()),
             }
         }
         #[cfg(feature = "workload-identity")]
@@ -626,7 +627,10 @@ pub fn presence(
             } else if ctx.env.get("AZURE_FEDERATED_TOKEN_FILE").is_some() {
                 Ok("AZURE_FEDERATED_TOKEN_FILE is set (AKS workload identity webhook)".into())
             } else {
-                Err("AZURE_FEDERATED_TOKEN_FILE is not set (not an AKS pod with workload identity)".into())
+                Err(
+                    "AZURE_FEDERATED_TOKEN_FILE is not set (not an AKS pod with workload identity)"
+                        .into(),
+                )
             }
         }
         #[cfg(feature = "managed-identity")]
@@ -657,9 +661,7 @@ pub fn presence(
                     Actions job with id-token: write)"
                     .into())
             } else {
-                Err("ACTIONS_ID_TOKEN_REQUEST_URL is not set (not a GitHub Actions job with `permissions: \
-                     id-token: write`)"
-                    .into())
+                Err(crate::sources::github_actions::variables_missing())
             }
         }
         #[cfg(feature = "az-cli")]
@@ -667,9 +669,11 @@ pub fn presence(
             .map(|az| format!("az is installed ({})", az.display()))
             .ok_or_else(|| "az is not on PATH".into()),
         #[cfg(feature = "azure-developer-cli")]
-        crate::sources::azure_developer_cli::KIND => crate::sources::azure_developer_cli::locate(ctx)
-            .map(|azd| format!("azd is installed ({})", azd.display()))
-            .ok_or_else(|| "azd is not on PATH".into()),
+        crate::sources::azure_developer_cli::KIND => {
+            crate::sources::azure_developer_cli::locate(ctx)
+                .map(|azd| format!("azd is installed ({})", azd.display()))
+                .ok_or_else(|| "azd is not on PATH".into())
+        }
         _ => Ok("registered by the application".into()),
     }
 }

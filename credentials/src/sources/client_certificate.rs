@@ -256,6 +256,13 @@ impl std::fmt::Debug for ClientCertificateSource {
     }
 }
 
+/// What is missing when no certificate is named: the constructor's problem and `auto`'s reason to skip.
+pub fn no_certificate() -> String {
+    "AZURE_CLIENT_CERTIFICATE_PATH is not set and credential.client_certificate.certificate_path is not \
+     configured"
+        .into()
+}
+
 /// The token endpoint the SDK posts to, built as the SDK builds it (`Url::join` of an absolute path on the
 /// authority host, which normalises it and drops any path the host has): the assertion's `aud` must be
 /// exactly that URL.
@@ -294,8 +301,7 @@ impl ClientCertificateSource {
         let (certificate_path, _) = certificate_path(config, ctx).ok_or_else(|| {
             CredentialError::configuration(
                 KIND,
-                "AZURE_CLIENT_CERTIFICATE_PATH is not set and credential.client_certificate.certificate_path \
-                 is not configured",
+                no_certificate(),
                 "point one of them at a PEM file with the certificate and its private key",
             )
         })?;

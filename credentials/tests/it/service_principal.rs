@@ -338,3 +338,29 @@ async fn the_assertion_audience_is_the_url_the_sdk_posts_to() {
 
     assert_eq!(entra.rejections(), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_tenant_id_the_sdk_refuses_names_where_it_came_from() {
+    // Scenario: AZURE_TENANT_ID holds characters a tenant id cannot have: the SDK refuses it, and the
+    // configuration error says it came from AZURE_TENANT_ID and how to set it.
+    let secret = ClientSecret::generate(false);
+    let entra = application(vec![secret.clone()], vec![]).await;
+    let ctx = context(
+        &entra,
+        &[
+            ("AZURE_CLIENT_SECRET", secret.value.as_str()),
+            ("AZURE_TENANT_ID", "not a tenant!"),
+        ],
+    );
+
+    let error = SourceRegistry::default()
+        .build(&config("client-secret"), &ctx)
+        .expect_err("refused tenant");
+
+    assert!(error.is_configuration(), "{error}");
+    assert!(
+        error.fix().contains("from AZURE_TENANT_ID")
+            && error.fix().contains("credential.client_secret.tenant_id"),
+        "{error}"
+    );
+}
