@@ -50,6 +50,9 @@ pub struct ManagedIdentityOptions {
     /// Whether the compute has a system-assigned identity (default true); without one, a request naming no
     /// identity is refused with HTTP 400.
     pub system_assigned: bool,
+    /// When set, IMDS answers every token request with this status (e.g. 410 while an identity is being
+    /// set up), which the SDK retries.
+    pub imds_status: Option<u16>,
 }
 
 impl std::fmt::Debug for ManagedIdentityOptions {
@@ -60,6 +63,7 @@ impl std::fmt::Debug for ManagedIdentityOptions {
             .field("token_lifetime", &self.token_lifetime)
             .field("header_refusal", &self.header_refusal)
             .field("system_assigned", &self.system_assigned)
+            .field("imds_status", &self.imds_status)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +87,7 @@ impl ManagedIdentityOptions {
             signing_key,
             header_refusal: 401,
             system_assigned: true,
+            imds_status: None,
         }
     }
 }
@@ -280,6 +285,17 @@ async fn imds(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "invalid_request", "error_description": "Required metadata header not specified"})),
+        )
+            .into_response();
+    }
+    if let Some(status) = shared.options.imds_status {
+        lock(&shared.recorded)
+            .requests
+            .push(format!("imds {status}"));
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::GONE);
+        return (
+            status,
+            Json(json!({"error": "unavailable", "error_description": "try again later"})),
         )
             .into_response();
     }

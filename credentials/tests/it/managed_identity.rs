@@ -2,7 +2,7 @@
 //! reached through the overridable IMDS address (the App Service endpoint, which the SDK reads from the
 //! process environment, is tested end to end through `pgwi run`).
 
-use pgwi_credentials::{CredentialConfig, ErrorKind, SourceRegistry};
+use pgwi_credentials::{CredentialConfig, ErrorKind, SourceRegistry, TokenSource as _};
 use pgwi_testsupport::managed_identity::{ManagedIdentityOptions, ManagedIdentityStandIn};
 
 use crate::support::test_context;
@@ -275,5 +275,38 @@ fn service_fabric_is_named_as_such_and_unavailable() {
             .as_ref()
             .is_err_and(|why| why.contains("Service Fabric")),
         "{presence:?}"
+    );
+}
+
+#[tokio::test]
+async fn imds_answering_410_is_cut_at_the_deadline_with_the_last_status() {
+    // Scenario: IMDS answers 410 to every token request (as while an identity is being set up), which the
+    // SDK's VM credential retries for up to 72 s with its own retry options: the source ends the request
+    // within credential.fetch_timeout_secs (a cache with that deadline never has to cut it), with a Timeout
+    // error that names the status IMDS kept answering.
+    let mut options = ManagedIdentityOptions::new("vm-identity", vec![7; 32]);
+    options.imds_status = Some(410);
+    let imds = ManagedIdentityStandIn::start(options).await.expect("IMDS");
+    let config = CredentialConfig {
+        fetch_timeout_secs: 5,
+        ..config()
+    };
+    let ctx = test_context([("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.imds_endpoint())]);
+    let cached = SourceRegistry::default()
+        .build_cached(&config, &ctx)
+        .expect("source");
+
+    let error = cached.token().await.expect_err("IMDS keeps answering 410");
+
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert_eq!(error.source_name(), "managed-identity", "{error}");
+    assert!(
+        error.problem().contains("kept answering HTTP 410"),
+        "{error}"
+    );
+    assert!(
+        imds.requests().len() >= 2,
+        "the SDK retried: {:?}",
+        imds.requests()
     );
 }
