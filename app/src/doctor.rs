@@ -8,8 +8,8 @@ use std::time::Duration;
 use pgwi_core::config::{ConfigSources, LoadedConfig, split_host_port};
 use pgwi_core::{ConnectError, connect_with};
 use pgwi_credentials::{
-    CacheOptions, CachedTokenSource, ChainOutcome, ChainStep, CredentialError, SourceContext,
-    SourceRegistry, TokenSource,
+    CachedTokenSource, ChainOutcome, ChainStep, CredentialError, SourceContext, SourceRegistry,
+    TokenSource,
 };
 use sea_orm::sqlx;
 use serde::Serialize;
@@ -135,8 +135,12 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
     } else {
         (registry.build(&config.credential, ctx), None)
     };
-    let credential =
-        built.map(|source| Arc::new(CachedTokenSource::new(source, CacheOptions::default())));
+    let credential = built.map(|source| {
+        Arc::new(CachedTokenSource::new(
+            source,
+            config.credential.cache_options(),
+        ))
+    });
     let token = match &credential {
         Ok(credential) => Some(credential.token().await),
         Err(_) => None,
@@ -154,7 +158,9 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
             .find(|step| {
                 matches!(
                     step.outcome,
-                    ChainOutcome::Chosen { .. } | ChainOutcome::Failed { .. }
+                    ChainOutcome::Chosen { .. }
+                        | ChainOutcome::Failed { .. }
+                        | ChainOutcome::Trying { .. }
                 )
             })
             .map(|step| step.kind.clone())
@@ -241,7 +247,9 @@ fn static_steps(
 /// the fix for the one that stopped the chain.
 fn report_chain(report: &mut Report, steps: &[ChainStep]) {
     let chosen = steps.iter().find_map(|step| match step.outcome {
-        ChainOutcome::Chosen { .. } | ChainOutcome::Failed { .. } => Some(step.kind.as_str()),
+        ChainOutcome::Chosen { .. } | ChainOutcome::Failed { .. } | ChainOutcome::Trying { .. } => {
+            Some(step.kind.as_str())
+        }
         _ => None,
     });
     for step in steps {
@@ -262,6 +270,17 @@ fn report_chain(report: &mut Report, steps: &[ChainStep]) {
             ChainOutcome::Present { why } => {
                 report.push(name, Status::Skipped, format!("not tried ({why})"), None)
             }
+            ChainOutcome::Trying { why } => report.push(
+                name,
+                Status::Failed,
+                format!(
+                    "gave no answer before credential.fetch_timeout_secs passed (it was being asked: {why})"
+                ),
+                Some(
+                    "find out what it waits for; raise credential.fetch_timeout_secs if it is merely slow"
+                        .into(),
+                ),
+            ),
             ChainOutcome::NotTried => report.push(
                 name,
                 Status::Skipped,

@@ -55,6 +55,12 @@ pub fn refresh_time(
     Some(before_margin.max(halfway))
 }
 
+/// The deadline a source may give itself inside the cache's `fetch_timeout`: a little shorter, so that its
+/// own timeout (naming the source, ending what it started) fires before the cache's.
+pub(crate) fn inner_deadline(fetch_timeout: Duration) -> Duration {
+    fetch_timeout.saturating_sub((fetch_timeout / 10).min(Duration::from_millis(500)))
+}
+
 /// Figures for diagnostics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CacheStats {
@@ -194,7 +200,6 @@ impl CachedTokenSource {
         let abort = task.abort_handle();
         // A caller that stops waiting (a closed pool's refresher) ends the request too.
         let _abort_on_drop = AbortOnDrop(task.abort_handle());
-        let kind = self.inner.info().kind;
         match tokio::time::timeout(self.options.fetch_timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => {
@@ -210,18 +215,24 @@ impl CachedTokenSource {
                 };
                 Err(CredentialError::new(
                     ErrorKind::Panicked,
-                    kind,
+                    self.inner.info().kind,
                     format!("the token source panicked ({message})"),
                     "this is a bug in the token source; pgwi retries it with backoff meanwhile",
                 ))
             }
             Err(_elapsed) => {
                 abort.abort();
+                // Described now, not before the request: `auto` says which of its sources it was asking.
+                let info = self.inner.info();
+                let waiting_for = info
+                    .detail("trying")
+                    .map(|kind| format!(" (auto was asking {kind})"))
+                    .unwrap_or_default();
                 Err(CredentialError::new(
                     ErrorKind::Timeout,
-                    kind,
+                    info.kind,
                     format!(
-                        "no answer within {}s",
+                        "no answer within {}s{waiting_for}",
                         self.options.fetch_timeout.as_secs_f64()
                     ),
                     "check the network path to Entra ID (or that `az` answers); \

@@ -132,6 +132,48 @@ impl CredentialConfig {
         }
     }
 
+    /// The deadline of `az` or `azd`: its configured `timeout_secs`, else two thirds of
+    /// `fetch_timeout_secs` (at least a second). The tool must be killed before the whole request's
+    /// deadline passes, or that deadline fires first and the tool's own error (and its kill) never comes.
+    pub fn cli_timeout(&self, configured: Option<u64>) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            configured.unwrap_or_else(|| (self.fetch_timeout_secs.saturating_mul(2) / 3).max(1)),
+        )
+    }
+
+    /// What is wrong with a CLI's configured `timeout_secs` (named `key`): `(problem, fix)`, or `None`.
+    pub fn cli_timeout_problem(
+        &self,
+        key: &str,
+        configured: Option<u64>,
+    ) -> Option<(String, String)> {
+        let timeout = configured?;
+        if timeout == 0 {
+            return Some((
+                "is 0".into(),
+                format!(
+                    "set {key} to the seconds the tool may take, below credential.fetch_timeout_secs, or \
+                     leave it unset (two thirds of credential.fetch_timeout_secs)"
+                ),
+            ));
+        }
+        (timeout >= self.fetch_timeout_secs).then(|| {
+            (
+                format!(
+                    "is {timeout}, but must be below credential.fetch_timeout_secs ({}), the deadline of the \
+                     whole token request (auto's chain included): the tool would never be killed at its own \
+                     deadline",
+                    self.fetch_timeout_secs
+                ),
+                format!(
+                    "lower {key} below credential.fetch_timeout_secs, raise credential.fetch_timeout_secs (and \
+                     credential.refresh_margin_secs, at least twice it), or leave {key} unset (two thirds of \
+                     credential.fetch_timeout_secs)"
+                ),
+            )
+        })
+    }
+
     /// Checks the timing keys against each other: `(key, problem, fix)` for the first that is wrong.
     pub fn timing_problem(&self) -> Option<(&'static str, String, String)> {
         const DAY: u64 = 24 * 3600;
@@ -157,6 +199,17 @@ impl CredentialConfig {
                  leaves time to retry before the token expires"
                     .into(),
             ));
+        }
+        for (key, configured) in [
+            ("credential.az_cli.timeout_secs", self.az_cli.timeout_secs),
+            (
+                "credential.azure_developer_cli.timeout_secs",
+                self.azure_developer_cli.timeout_secs,
+            ),
+        ] {
+            if let Some((problem, fix)) = self.cli_timeout_problem(key, configured) {
+                return Some((key, problem, fix));
+            }
         }
         if self.expiry_skew_secs >= self.refresh_margin_secs {
             return Some((
@@ -187,25 +240,17 @@ pub struct WorkloadIdentityConfig {
 }
 
 /// Keys of the `az-cli` source.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AzCliConfig {
     /// Ask `az` for a token of this tenant (`--tenant`).
     pub tenant_id: Option<String>,
     /// Use this subscription (`--subscription`).
     pub subscription: Option<String>,
-    /// Kill `az` when it has not answered after this many seconds. Default 30.
-    pub timeout_secs: u64,
-}
-
-impl Default for AzCliConfig {
-    fn default() -> Self {
-        Self {
-            tenant_id: None,
-            subscription: None,
-            timeout_secs: 30,
-        }
-    }
+    /// Kill `az` when it has not answered after this many seconds; must be below `fetch_timeout_secs`.
+    /// Unset: two thirds of `fetch_timeout_secs` (20 with the defaults), see
+    /// [`CredentialConfig::cli_timeout`].
+    pub timeout_secs: Option<u64>,
 }
 
 /// Keys of the `static-password` source. At most one of `password_file` and `password` may be set; with
@@ -343,20 +388,13 @@ impl Default for GithubActionsConfig {
 }
 
 /// Keys of the `azure-developer-cli` source.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AzureDeveloperCliConfig {
     /// Ask `azd` for a token of this tenant (`--tenant-id`).
     pub tenant_id: Option<String>,
-    /// Kill `azd` when it has not answered after this many seconds. Default 30.
-    pub timeout_secs: u64,
-}
-
-impl Default for AzureDeveloperCliConfig {
-    fn default() -> Self {
-        Self {
-            tenant_id: None,
-            timeout_secs: 30,
-        }
-    }
+    /// Kill `azd` when it has not answered after this many seconds; must be below `fetch_timeout_secs`.
+    /// Unset: two thirds of `fetch_timeout_secs` (20 with the defaults), see
+    /// [`CredentialConfig::cli_timeout`].
+    pub timeout_secs: Option<u64>,
 }

@@ -135,6 +135,16 @@ pub(crate) fn entra_error(error: &azure_core::Error, ctx: &EntraContext<'_>) -> 
                 ctx.client_id, ctx.client_id, ctx.credential_hint
             ),
         )
+    } else if failure.has_code("700024") {
+        (
+            ErrorKind::Entra,
+            format!(
+                "the client assertion is not within its valid time range: this host's clock is probably off \
+                 (Entra compares the assertion's nbf and exp with its own time): sync the clock (NTP, \
+                 timedatectl / chronyc tracking) and retry; {}",
+                ctx.credential_hint
+            ),
+        )
     } else if failure.has_code("700016") {
         (
             ErrorKind::Entra,
@@ -200,5 +210,42 @@ pub(crate) fn entra_error(error: &azure_core::Error, ctx: &EntraContext<'_>) -> 
     match code {
         Some(code) => error.with_code(code),
         None => error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> EntraContext<'static> {
+        EntraContext {
+            source: "client-certificate",
+            client_id: "11111111-2222-3333-4444-555555555555",
+            tenant_id: "tenant",
+            authority_host: "https://login.microsoftonline.com/",
+            client_id_fix: "set AZURE_CLIENT_ID",
+            tenant_fix: "set AZURE_TENANT_ID",
+            credential_hint: "the certificate has thumbprint ABC".into(),
+        }
+    }
+
+    #[test]
+    fn an_assertion_outside_its_time_range_says_to_check_the_clock() {
+        // Scenario: Entra answers AADSTS700024 (the assertion's nbf/exp do not cover Entra's time): the fix
+        // points at this host's clock, and the code is kept.
+        let error = azure_core::Error::with_message(
+            SdkErrorKind::HttpResponse {
+                status: azure_core::http::StatusCode::BadRequest,
+                error_code: Some("700024".into()),
+                raw_response: None,
+            },
+            "AADSTS700024: Client assertion is not within its valid time range.",
+        );
+
+        let explained = entra_error(&error, &context());
+
+        assert_eq!(explained.code(), Some("700024"));
+        assert_eq!(explained.kind(), ErrorKind::Entra);
+        assert!(explained.fix().contains("clock"), "{explained}");
     }
 }

@@ -297,6 +297,12 @@ pub enum ChainOutcome {
     },
     /// Not tried: a source before it was chosen or stopped the chain.
     NotTried,
+    /// Being asked right now (recorded before each attempt, so that a request cut short by its deadline
+    /// still shows which source it was waiting for).
+    Trying {
+        /// Which inputs made it worth trying.
+        why: String,
+    },
 }
 
 /// One source of `auto`'s chain and what became of it.
@@ -341,9 +347,9 @@ fn none_works(steps: &[ChainStep]) -> CredentialError {
         .map(|step| match &step.outcome {
             ChainOutcome::Skipped { reason } => format!("{}: {reason}", step.kind),
             ChainOutcome::Failed { error } => format!("{}: {}", step.kind, error.problem()),
-            ChainOutcome::Present { why } | ChainOutcome::Chosen { why } => {
-                format!("{}: {why}", step.kind)
-            }
+            ChainOutcome::Present { why }
+            | ChainOutcome::Chosen { why }
+            | ChainOutcome::Trying { why } => format!("{}: {why}", step.kind),
             ChainOutcome::NotTried => format!("{}: not tried", step.kind),
         })
         .collect();
@@ -381,13 +387,59 @@ impl ChainSource {
         present_steps(&self.kinds, &self.config, &self.ctx)
     }
 
-    /// Tries the sources in order; see the type's documentation.
+    /// The kind being asked right now, while the chain resolves.
+    fn trying(&self) -> Option<String> {
+        self.steps()
+            .into_iter()
+            .find(|step| matches!(step.outcome, ChainOutcome::Trying { .. }))
+            .map(|step| step.kind)
+    }
+
+    /// Builds `kind`'s source and asks it for a token, within what is left of the chain's deadline: a
+    /// source that hangs fails here, by name, instead of the whole request failing as `auto`.
+    async fn attempt(
+        &self,
+        kind: &str,
+        factory: &SourceFactory,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Arc<dyn TokenSource>, crate::Token), CredentialError> {
+        let source = factory(&self.config, &self.ctx)?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout_at(deadline, source.token()).await {
+            Ok(token) => token.map(|token| (source, token)),
+            // The source's request future is dropped here, which ends what it started (az's process
+            // group, an HTTP request).
+            Err(_) => Err(CredentialError::new(
+                crate::ErrorKind::Timeout,
+                kind.to_owned(),
+                format!(
+                    "no answer within the {:.1}s left of credential.fetch_timeout_secs ({}s), the deadline of \
+                     auto's whole chain",
+                    left.as_secs_f64(),
+                    self.config.fetch_timeout_secs
+                ),
+                format!(
+                    "find out what {kind} waits for (pgwi doctor; for az-cli or azure-developer-cli run the \
+                     tool's token command by hand); raise credential.fetch_timeout_secs if it is merely slow, \
+                     or leave {kind} out of credential.chain"
+                ),
+            )),
+        }
+    }
+
+    /// Tries the sources in order; see the type's documentation. Each step is recorded before it is tried,
+    /// and all of them share one deadline, just inside the cache's `fetch_timeout_secs`.
     async fn resolve(
         &self,
     ) -> Result<(Arc<dyn TokenSource>, String, crate::Token), CredentialError> {
+        let deadline = tokio::time::Instant::now()
+            + crate::cache::inner_deadline(std::time::Duration::from_secs(
+                self.config.fetch_timeout_secs,
+            ));
         let mut steps = self.present_steps();
         let mut result = None;
-        for step in &mut steps {
+        for index in 0..steps.len() {
+            let step = &mut steps[index];
             if result.is_some() {
                 if matches!(step.outcome, ChainOutcome::Present { .. }) {
                     step.outcome = ChainOutcome::NotTried;
@@ -398,13 +450,14 @@ impl ChainSource {
                 continue;
             };
             let why = why.clone();
-            let attempt = match self.registry.factories.get(&step.kind) {
-                Some(factory) => match factory(&self.config, &self.ctx) {
-                    Ok(source) => source.token().await.map(|token| (source, token)),
-                    Err(error) => Err(error),
-                },
-                None => continue,
+            let Some(factory) = self.registry.factories.get(&step.kind) else {
+                continue;
             };
+            let kind = step.kind.clone();
+            step.outcome = ChainOutcome::Trying { why: why.clone() };
+            self.record(steps.clone());
+            let attempt = self.attempt(&kind, factory, deadline).await;
+            let step = &mut steps[index];
             match attempt {
                 Ok((source, token)) => {
                     step.outcome = ChainOutcome::Chosen { why: why.clone() };
@@ -489,7 +542,13 @@ impl TokenSource for ChainSource {
     fn info(&self) -> SourceInfo {
         match self.chosen.try_lock().ok().and_then(|c| c.clone()) {
             Some((source, why)) => source.info().with("chosen_by", format!("auto: {why}")),
-            None => SourceInfo::new(AUTO).with("chain", self.kinds.join(",")),
+            None => {
+                let info = SourceInfo::new(AUTO).with("chain", self.kinds.join(","));
+                match self.trying() {
+                    Some(kind) => info.with("trying", kind),
+                    None => info,
+                }
+            }
         }
     }
 }
@@ -528,7 +587,10 @@ pub fn presence(
             if sp.password_file.is_some() || sp.password.is_some() {
                 Ok("a static password is configured".into())
             } else if ctx.env.get(&sp.password_env).is_some() {
-                Ok(format!("the static password's variable {} is set", sp.password_env))
+                Ok(format!(
+                    "the static password's variable {} is set",
+                    sp.password_env
+                ))
             } else {
                 Err(format!(
                     "{} is not set and credential.static_password has no password_file",
@@ -539,7 +601,9 @@ pub fn presence(
         #[cfg(feature = "client-secret")]
         crate::sources::client_secret::KIND => {
             match crate::sources::client_secret::secret_origin(config, ctx) {
-                Some(origin) => Ok(format!("a service principal's client secret is in {origin}")),
+                Some(origin) => Ok(format!(
+                    "a service principal's client secret is in {origin}"
+                )),
                 None => Err(format!(
                     "{} is not set and credential.client_secret has no secret_file",
                     config.client_secret.secret_env
@@ -553,11 +617,7 @@ pub fn presence(
                     "a service principal's certificate {} ({origin})",
                     path.display()
                 )),
-                None => Err(
-                    "AZURE_CLIENT_CERTIFICATE_PATH is not set and credential.client_certificate has no \
-                     certificate_path"
-                        .into(),
-                ),
+                None => Err(crate::sources::client_certificate::no_certificate()),
             }
         }
         #[cfg(feature = "workload-identity")]
@@ -567,19 +627,32 @@ pub fn presence(
             } else if ctx.env.get("AZURE_FEDERATED_TOKEN_FILE").is_some() {
                 Ok("AZURE_FEDERATED_TOKEN_FILE is set (AKS workload identity webhook)".into())
             } else {
-                Err("AZURE_FEDERATED_TOKEN_FILE is not set (not an AKS pod with workload identity)".into())
+                Err(
+                    "AZURE_FEDERATED_TOKEN_FILE is not set (not an AKS pod with workload identity)"
+                        .into(),
+                )
             }
         }
         #[cfg(feature = "managed-identity")]
         crate::sources::managed_identity::KIND => {
             use crate::sources::managed_identity::{Endpoint, endpoint};
-            Ok(match endpoint(config, ctx) {
-                Endpoint::AppService(url) => format!(
+            // Nothing is contacted here: the IMDS probe comes when the source is asked for a token.
+            match endpoint(config, ctx) {
+                Endpoint::AppService(url) => Ok(format!(
                     "IDENTITY_ENDPOINT ({url}) and IDENTITY_HEADER are set (App Service, Container Apps, \
                      Functions)"
-                ),
-                Endpoint::Imds(url) => format!("the instance metadata service answers at {url}"),
-            })
+                )),
+                Endpoint::Imds(url) => Ok(format!(
+                    "a VM's managed identity through the instance metadata service at {url} (probed before the first \
+                     request)"
+                )),
+                Endpoint::Unsupported {
+                    platform,
+                    variables,
+                } => Err(format!(
+                    "{variables} ({platform}), a managed identity the Azure SDK for Rust does not support"
+                )),
+            }
         }
         #[cfg(feature = "github-actions")]
         crate::sources::github_actions::KIND => {
@@ -588,9 +661,7 @@ pub fn presence(
                     Actions job with id-token: write)"
                     .into())
             } else {
-                Err("ACTIONS_ID_TOKEN_REQUEST_URL is not set (not a GitHub Actions job with `permissions: \
-                     id-token: write`)"
-                    .into())
+                Err(crate::sources::github_actions::variables_missing())
             }
         }
         #[cfg(feature = "az-cli")]
@@ -598,9 +669,11 @@ pub fn presence(
             .map(|az| format!("az is installed ({})", az.display()))
             .ok_or_else(|| "az is not on PATH".into()),
         #[cfg(feature = "azure-developer-cli")]
-        crate::sources::azure_developer_cli::KIND => crate::sources::azure_developer_cli::locate(ctx)
-            .map(|azd| format!("azd is installed ({})", azd.display()))
-            .ok_or_else(|| "azd is not on PATH".into()),
+        crate::sources::azure_developer_cli::KIND => {
+            crate::sources::azure_developer_cli::locate(ctx)
+                .map(|azd| format!("azd is installed ({})", azd.display()))
+                .ok_or_else(|| "azd is not on PATH".into())
+        }
         _ => Ok("registered by the application".into()),
     }
 }

@@ -49,11 +49,13 @@ impl ClientCertificate {
             .push(DnType::CommonName, common_name);
         let certificate = params.self_signed(&key).map_err(tls)?;
         let sha256 = ring::digest::digest(&ring::digest::SHA256, certificate.der());
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, certificate.der());
         Ok(Self {
             certificate_pem: certificate.pem(),
             key_pem: TEST_KEY_PEM.to_owned(),
             registered: RegisteredCertificate {
                 x5t_s256: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256.as_ref()),
+                x5t: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha1.as_ref()),
                 public_key: key.public_key_raw().to_vec(),
             },
         })

@@ -126,6 +126,8 @@ impl std::fmt::Debug for ClientSecret {
 pub struct RegisteredCertificate {
     /// base64url SHA-256 of the certificate's DER (`x5t#S256`).
     pub x5t_s256: String,
+    /// base64url SHA-1 of the certificate's DER (`x5t`), which Entra also reads.
+    pub x5t: String,
     /// The RSA public key (PKCS#1 `RSAPublicKey` DER).
     pub public_key: Vec<u8>,
 }
@@ -820,6 +822,10 @@ fn check_assertion(
     let Some(certificate) = options.certificates.iter().find(|c| c.x5t_s256 == x5t) else {
         return Err(bad_signature("unknown thumbprint"));
     };
+    // Both thumbprints must name the same registered certificate: Entra reads x5t (SHA-1) too.
+    if header["x5t"].as_str() != Some(certificate.x5t.as_str()) {
+        return Err(bad_signature("x5t is missing or names another certificate"));
+    }
     if header["alg"] != "RS256" || parts.len() != 3 {
         return Err(bad_signature("not RS256"));
     }

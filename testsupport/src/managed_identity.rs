@@ -3,14 +3,18 @@
 //!
 //! - App Service / Container Apps / Functions: `GET /msi/token?api-version=2019-08-01&resource=…` with the
 //!   `X-IDENTITY-HEADER` secret ([`ManagedIdentityStandIn::app_service_environment`] gives
-//!   `IDENTITY_ENDPOINT` and `IDENTITY_HEADER`); a wrong or missing header is refused with HTTP 401.
+//!   `IDENTITY_ENDPOINT` and `IDENTITY_HEADER`); a wrong or missing header is refused with
+//!   [`ManagedIdentityOptions::header_refusal`] (401 unless a test says otherwise). This is an assumption:
+//!   Azure does not document the status for a wrong header, and public reports show both 400 and 403, so
+//!   tests check the status pgwi cannot tell from "identity not assigned" (400) too.
 //! - A VM's instance metadata service: `GET /metadata/identity/oauth2/token?…` with `Metadata: true`
 //!   ([`ManagedIdentityStandIn::imds_endpoint`] is the base URL to put in
 //!   `AZURE_POD_IDENTITY_AUTHORITY_HOST`); a request without the header is refused with HTTP 400 and
 //!   counted as a probe ([`ManagedIdentityStandIn::probes`]).
 //!
 //! A user-assigned identity other than the one configured is refused with HTTP 400, as Azure refuses an
-//! identity not assigned to the resource. Tokens are compact HS256 tokens signed with the test server's key
+//! identity not assigned to the resource; so is the system-assigned identity when
+//! [`ManagedIdentityOptions::system_assigned`] is false. Tokens are compact HS256 tokens signed with the test server's key
 //! for [`ManagedIdentityOptions::identity_name`], which the test PostgreSQL accepts for that token role.
 
 use std::sync::{Arc, Mutex};
@@ -40,6 +44,15 @@ pub struct ManagedIdentityOptions {
     pub token_lifetime: Duration,
     /// The test server's token key ([`crate::TestPostgres::token_signing_key`]).
     pub signing_key: Vec<u8>,
+    /// The status the App Service endpoint answers a wrong `X-IDENTITY-HEADER` with (default 401; Azure does
+    /// not document it, see the module documentation).
+    pub header_refusal: u16,
+    /// Whether the compute has a system-assigned identity (default true); without one, a request naming no
+    /// identity is refused with HTTP 400.
+    pub system_assigned: bool,
+    /// When set, IMDS answers every token request with this status (e.g. 410 while an identity is being
+    /// set up), which the SDK retries.
+    pub imds_status: Option<u16>,
 }
 
 impl std::fmt::Debug for ManagedIdentityOptions {
@@ -48,6 +61,9 @@ impl std::fmt::Debug for ManagedIdentityOptions {
             .field("identity_name", &self.identity_name)
             .field("client_id", &self.client_id)
             .field("token_lifetime", &self.token_lifetime)
+            .field("header_refusal", &self.header_refusal)
+            .field("system_assigned", &self.system_assigned)
+            .field("imds_status", &self.imds_status)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +85,9 @@ impl ManagedIdentityOptions {
             header_secret,
             token_lifetime: Duration::from_secs(3600),
             signing_key,
+            header_refusal: 401,
+            system_assigned: true,
+            imds_status: None,
         }
     }
 }
@@ -191,7 +210,19 @@ fn issue(shared: &Shared, uri: &Uri, endpoint: &str) -> Result<(String, i64, i64
         .requests
         .push(format!("{endpoint} {}", uri.query().unwrap_or_default()));
     let options = &shared.options;
-    if let Some(client_id) = query_value(uri, "client_id")
+    let client_id = query_value(uri, "client_id");
+    if client_id.is_none() && !options.system_assigned {
+        return Err(Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    json!({"error": "invalid_request", "error_description": "Identity not found"}),
+                ),
+            )
+                .into_response(),
+        ));
+    }
+    if let Some(client_id) = client_id
         && client_id != options.client_id
     {
         return Err(Box::new(
@@ -227,9 +258,11 @@ async fn app_service(State(shared): State<Arc<Shared>>, uri: Uri, headers: Heade
         lock(&shared.recorded)
             .requests
             .push("app-service refused".into());
+        let status =
+            StatusCode::from_u16(shared.options.header_refusal).unwrap_or(StatusCode::UNAUTHORIZED);
         return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"statusCode": 401, "message": "Unauthorized: the X-IDENTITY-HEADER header is missing or wrong."})),
+            status,
+            Json(json!({"statusCode": status.as_u16(), "message": "Unauthorized: the X-IDENTITY-HEADER header is missing or wrong."})),
         )
             .into_response();
     }
@@ -252,6 +285,17 @@ async fn imds(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "invalid_request", "error_description": "Required metadata header not specified"})),
+        )
+            .into_response();
+    }
+    if let Some(status) = shared.options.imds_status {
+        lock(&shared.recorded)
+            .requests
+            .push(format!("imds {status}"));
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::GONE);
+        return (
+            status,
+            Json(json!({"error": "unavailable", "error_description": "try again later"})),
         )
             .into_response();
     }

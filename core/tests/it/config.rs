@@ -364,6 +364,16 @@ fn the_example_configuration_loads_in_every_profile() {
     "99999999999",
     "credential.refresh_margin_secs"
 )]
+#[case::az_timeout_not_below_the_fetch_deadline(
+    "PGWI_CREDENTIAL__AZ_CLI__TIMEOUT_SECS",
+    "30",
+    "credential.az_cli.timeout_secs"
+)]
+#[case::azd_timeout_not_below_the_fetch_deadline(
+    "PGWI_CREDENTIAL__AZURE_DEVELOPER_CLI__TIMEOUT_SECS",
+    "45",
+    "credential.azure_developer_cli.timeout_secs"
+)]
 fn timing_keys_are_checked_against_each_other(
     #[case] variable: &str,
     #[case] value: &str,

@@ -65,30 +65,43 @@ impl Executor for DeadlineExecutor {
             command.env("PATH", path);
         }
         let child = command.spawn()?;
-        let group = child.id();
+        // Kills the group however this call ends: at the deadline below, or when the caller stops waiting
+        // (auto's chain deadline, the cache's fetch deadline). kill_on_drop alone would end only the shell.
+        let mut group = GroupKiller(child.id());
         match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(output) => output,
-            Err(_) => {
-                // Dropping the wait killed the shell (kill_on_drop); its children are in its group.
-                #[cfg(unix)]
-                if let Some(group) = group
-                    .and_then(|pid| i32::try_from(pid).ok())
-                    .and_then(rustix::process::Pid::from_raw)
-                {
-                    let _ =
-                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-                }
-                #[cfg(not(unix))]
-                let _ = group;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "{} did not answer within {}s and was killed",
-                        self.tool.program,
-                        self.timeout.as_secs()
-                    ),
-                ))
+            Ok(output) => {
+                // The shell has exited and been reaped: its id may be reused, so it must not be killed.
+                group.0 = None;
+                output
             }
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "{} did not answer within {}s and was killed",
+                    self.tool.program,
+                    self.timeout.as_secs()
+                ),
+            )),
+        }
+    }
+}
+
+/// Kills the process group led by this process id when dropped (the shell the SDK runs, `az`, and `az`'s
+/// own children), unless the id was taken out because the shell was reaped.
+struct GroupKiller(Option<u32>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(group) = self
+            .0
+            .take()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            // The shell is not reaped yet (tokio reaps it after kill_on_drop), so its id still names this
+            // group. An error means the group is already gone.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
     }
 }
@@ -114,18 +127,18 @@ impl std::fmt::Debug for CliSource {
 }
 
 impl CliSource {
-    /// Builds the executor with the deadline from `timeout_secs` and hands it to `make`, the SDK
-    /// credential's constructor (whose refusal names `keys`).
+    /// Builds the executor with the deadline from `timeout_secs` (see [`crate::CredentialConfig::cli_timeout`])
+    /// and hands it to `make`, the SDK credential's constructor (whose refusal names `keys`).
     pub(crate) fn new(
         tool: CliTool,
         config: &crate::CredentialConfig,
         ctx: &SourceContext,
-        timeout_secs: u64,
+        timeout_secs: Option<u64>,
         tenant_id: Option<&String>,
         keys: &'static str,
         make: impl FnOnce(Arc<dyn Executor>) -> azure_core::Result<Arc<dyn TokenCredential>>,
     ) -> Result<Self, CredentialError> {
-        let timeout = check_timeout(tool, timeout_secs)?;
+        let timeout = check_timeout(tool, config, timeout_secs)?;
         let credential = make(Arc::new(DeadlineExecutor {
             tool,
             timeout,
@@ -172,16 +185,20 @@ impl CliSource {
     }
 }
 
-/// Refuses a zero deadline.
-pub(crate) fn check_timeout(tool: CliTool, timeout_secs: u64) -> Result<Duration, CredentialError> {
-    if timeout_secs == 0 {
+/// The tool's deadline; refuses a zero one, and one that the whole request's deadline would cut short.
+pub(crate) fn check_timeout(
+    tool: CliTool,
+    config: &crate::CredentialConfig,
+    timeout_secs: Option<u64>,
+) -> Result<Duration, CredentialError> {
+    if let Some((problem, fix)) = config.cli_timeout_problem(tool.timeout_key, timeout_secs) {
         return Err(CredentialError::configuration(
             tool.kind,
-            format!("{} is 0", tool.timeout_key),
-            format!("set it to the seconds {} may take, e.g. 30", tool.program),
+            format!("{} {problem}", tool.timeout_key),
+            fix,
         ));
     }
-    Ok(Duration::from_secs(timeout_secs))
+    Ok(config.cli_timeout(timeout_secs))
 }
 
 /// Where the tool is on the `PATH` the source will use, if anywhere.

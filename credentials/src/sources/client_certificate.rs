@@ -256,6 +256,33 @@ impl std::fmt::Debug for ClientCertificateSource {
     }
 }
 
+/// What is missing when no certificate is named: the constructor's problem and `auto`'s reason to skip.
+pub fn no_certificate() -> String {
+    "AZURE_CLIENT_CERTIFICATE_PATH is not set and credential.client_certificate.certificate_path is not \
+     configured"
+        .into()
+}
+
+/// The token endpoint the SDK posts to, built as the SDK builds it (`Url::join` of an absolute path on the
+/// authority host, which normalises it and drops any path the host has): the assertion's `aud` must be
+/// exactly that URL.
+fn token_endpoint(app: &EntraApp) -> Result<String, CredentialError> {
+    azure_core::http::Url::parse(&app.authority_host)
+        .and_then(|host| host.join(&format!("/{}/oauth2/v2.0/token", app.tenant_id.0)))
+        .map(String::from)
+        .map_err(|e| {
+            CredentialError::configuration(
+                KIND,
+                format!(
+                    "the authority host {:?} (AZURE_AUTHORITY_HOST or credential.client_certificate.authority_host) \
+                     is not a URL: {e}",
+                    app.authority_host
+                ),
+                format!("use Entra ID's https URL for your cloud, e.g. {}", common::PUBLIC_AUTHORITY_HOST),
+            )
+        })
+}
+
 impl ClientCertificateSource {
     /// Resolves the settings (configuration first, then the environment) and reads the certificate.
     pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
@@ -274,8 +301,7 @@ impl ClientCertificateSource {
         let (certificate_path, _) = certificate_path(config, ctx).ok_or_else(|| {
             CredentialError::configuration(
                 KIND,
-                "AZURE_CLIENT_CERTIFICATE_PATH is not set and credential.client_certificate.certificate_path \
-                 is not configured",
+                no_certificate(),
                 "point one of them at a PEM file with the certificate and its private key",
             )
         })?;
@@ -293,11 +319,7 @@ impl ClientCertificateSource {
         let assertion = CertificateAssertion {
             signer: Arc::new(signer),
             client_id: app.client_id.0.clone(),
-            audience: format!(
-                "{}/{}/oauth2/v2.0/token",
-                app.authority_host.trim_end_matches('/'),
-                app.tenant_id.0
-            ),
+            audience: token_endpoint(&app)?,
         };
         let credential = ClientAssertionCredential::new(
             app.tenant_id.0.clone(),

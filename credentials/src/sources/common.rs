@@ -153,6 +153,8 @@ pub(crate) struct EntraApp {
     pub tenant_id: Resolved,
     pub client_id: Resolved,
     pub authority_host: String,
+    /// The `credential.<table>` its keys are in.
+    table: String,
     /// How to set the tenant id.
     tenant_fix: String,
     /// How to set the client id.
@@ -200,6 +202,7 @@ impl EntraApp {
             tenant_id,
             client_id,
             authority_host,
+            table: table.to_owned(),
             tenant_fix,
             client_id_fix,
         })
@@ -210,12 +213,30 @@ impl EntraApp {
         client_options(ctx, &self.authority_host)
     }
 
-    /// The SDK's refusal to build a credential from these settings, as a configuration error.
+    /// The SDK's refusal to build a credential from these settings, as a configuration error naming where
+    /// the tenant and client ids came from.
     pub(crate) fn rejected(&self, error: &azure_core::Error) -> CredentialError {
+        let from = |origin: &str, key: &str| match origin {
+            "configuration" => key.to_owned(),
+            var => var.to_owned(),
+        };
         CredentialError::configuration(
             self.kind,
             format!("the Azure SDK rejected the settings: {error}"),
-            "check the tenant id (letters, digits, '.' and '-' only) and the client id",
+            format!(
+                "check the tenant id {:?} (from {}; letters, digits, '.' and '-' only) and the client id \
+                 (from {}); {}",
+                self.tenant_id.0,
+                from(
+                    self.tenant_id.1,
+                    &format!("credential.{}.tenant_id", self.table)
+                ),
+                from(
+                    self.client_id.1,
+                    &format!("credential.{}.client_id", self.table)
+                ),
+                self.tenant_fix
+            ),
         )
     }
 

@@ -10,7 +10,10 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use azure_core::http::{ClientMethodOptions, Context, Method, Pipeline, Request, Url};
+use azure_core::http::{
+    ClientMethodOptions, Context, ExponentialRetryOptions, Method, Pipeline, Request, RetryOptions,
+    Url,
+};
 use azure_identity::{
     ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
 };
@@ -40,6 +43,15 @@ pub fn permission_fix() -> String {
         "GitHub sets {REQUEST_URL_VAR} and {REQUEST_TOKEN_VAR} only for a job allowed to ask for an OIDC \
          token: add `permissions: id-token: write` (and `contents: read`) to the workflow or the job; \
          outside GitHub Actions choose another credential.kind"
+    )
+}
+
+/// What is missing when the job's OIDC variables are not both set: the constructor's problem and `auto`'s
+/// reason to skip.
+pub fn variables_missing() -> String {
+    format!(
+        "{REQUEST_URL_VAR} and {REQUEST_TOKEN_VAR} are not both set: the workflow lacks `permissions: \
+         id-token: write`, or this is not a GitHub Actions job"
     )
 }
 
@@ -109,10 +121,7 @@ impl GithubActionsSource {
         else {
             return Err(CredentialError::configuration(
                 KIND,
-                format!(
-                    "{REQUEST_URL_VAR} and {REQUEST_TOKEN_VAR} are not set: the workflow lacks `permissions: \
-                     id-token: write`, or this is not a GitHub Actions job"
-                ),
+                variables_missing(),
                 permission_fix(),
             ));
         };
@@ -146,10 +155,22 @@ impl GithubActionsSource {
         )?;
         common::check_scope(KIND, &config.scope)?;
         let client_options = app.client_options(ctx);
+        // The pipeline's default retries (8 tries within 60 s) would outlive the fetch deadline: a job-token
+        // request gets two retries within a third of it, leaving the rest for Entra.
+        let mut job_token_options = client_options.clone();
+        job_token_options.retry = RetryOptions::exponential(ExponentialRetryOptions {
+            max_retries: 2,
+            max_total_elapsed: azure_core::time::Duration::seconds(
+                i64::try_from(config.fetch_timeout_secs / 3)
+                    .unwrap_or(i64::MAX)
+                    .max(1),
+            ),
+            ..ExponentialRetryOptions::default()
+        });
         let http = Pipeline::new(
             option_env!("CARGO_PKG_NAME"),
             option_env!("CARGO_PKG_VERSION"),
-            client_options.clone(),
+            job_token_options,
             Vec::new(),
             Vec::new(),
             None,

@@ -93,7 +93,7 @@ async fn hanging_az_is_killed_at_the_timeout() {
     // (shell and az) is gone.
     let az = FakeAz::install(AzBehaviour::Hang).expect("fake az");
     let mut config = az_config();
-    config.az_cli.timeout_secs = 1;
+    config.az_cli.timeout_secs = Some(1);
     let source = SourceRegistry::default()
         .build(&config, &context(&az.path_env()))
         .expect("source");
@@ -151,7 +151,7 @@ async fn other_az_failures_pass_on_its_message() {
 async fn zero_timeout_is_a_configuration_error() {
     // Scenario: timeout_secs = 0 cannot work and is refused up front.
     let mut config = az_config();
-    config.az_cli.timeout_secs = 0;
+    config.az_cli.timeout_secs = Some(0);
 
     let error = SourceRegistry::default()
         .build(&config, &context("/bin"))
@@ -162,4 +162,49 @@ async fn zero_timeout_is_a_configuration_error() {
         error.problem().contains("credential.az_cli.timeout_secs"),
         "{error}"
     );
+}
+
+#[test]
+fn a_timeout_not_below_the_fetch_deadline_is_refused_naming_both_keys() {
+    // Scenario: az's timeout as long as the whole request's deadline could never fire (the fetch deadline
+    // would always come first, naming no source and leaving az running): refused up front, naming both keys,
+    // both through the source and through the configuration check pgwi runs at start-up.
+    let mut config = az_config();
+    config.az_cli.timeout_secs = Some(30);
+
+    let error = SourceRegistry::default()
+        .build(&config, &context("/bin"))
+        .expect_err("must fail");
+    let (key, problem, fix) = config.timing_problem().expect("a timing problem");
+
+    assert!(error.is_configuration(), "{error}");
+    for text in [error.problem(), problem.as_str()] {
+        assert!(
+            text.contains("credential.fetch_timeout_secs (30)"),
+            "{text}"
+        );
+    }
+    assert!(
+        error.problem().contains("credential.az_cli.timeout_secs"),
+        "{error}"
+    );
+    assert_eq!(key, "credential.az_cli.timeout_secs");
+    assert!(
+        fix.contains("leave credential.az_cli.timeout_secs unset"),
+        "{fix}"
+    );
+}
+
+#[test]
+fn an_unset_timeout_is_two_thirds_of_the_fetch_deadline() {
+    // Scenario: with timeout_secs unset, az is given two thirds of credential.fetch_timeout_secs, so it is
+    // always killed (and named) before the whole request's deadline.
+    let mut config = az_config();
+    config.fetch_timeout_secs = 45;
+
+    assert_eq!(
+        config.cli_timeout(config.az_cli.timeout_secs),
+        Duration::from_secs(30)
+    );
+    assert!(config.timing_problem().is_none());
 }

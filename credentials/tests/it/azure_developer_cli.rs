@@ -75,7 +75,7 @@ async fn a_hanging_azd_is_killed_at_its_deadline() {
     // names that key.
     let azd = FakeAz::install_tool(FakeTool::Azd, AzBehaviour::Hang).expect("fake azd");
     let mut config = config();
-    config.azure_developer_cli.timeout_secs = 1;
+    config.azure_developer_cli.timeout_secs = Some(1);
 
     let error = SourceRegistry::default()
         .build(

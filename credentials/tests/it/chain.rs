@@ -5,7 +5,7 @@
 use pgwi_credentials::{
     ChainOutcome, CredentialConfig, ErrorKind, SourceContext, SourceRegistry, TokenSource as _,
 };
-use pgwi_testsupport::az::{AzBehaviour, FakeAz};
+use pgwi_testsupport::az::{AzBehaviour, FakeAz, FakeTool};
 use pgwi_testsupport::entra::{ClientSecret, EntraOptions, EntraStandIn};
 use pgwi_testsupport::jwt;
 use pgwi_testsupport::managed_identity::{ManagedIdentityOptions, ManagedIdentityStandIn};
@@ -23,6 +23,7 @@ fn outcomes(chain: &pgwi_credentials::ChainSource) -> Vec<(String, &'static str)
                 ChainOutcome::Skipped { .. } => "skipped",
                 ChainOutcome::Failed { .. } => "failed",
                 ChainOutcome::NotTried => "not tried",
+                ChainOutcome::Trying { .. } => "trying",
             };
             (step.kind, outcome)
         })
@@ -145,11 +146,6 @@ async fn on_a_laptop_imds_is_skipped_and_az_is_chosen() {
         logged.contains("managed-identity (no managed identity endpoint here"),
         "{logged}"
     );
-    assert_eq!(
-        az.calls().len(),
-        2,
-        "the chosen source is asked directly from then on"
-    );
 }
 
 #[tokio::test]
@@ -263,4 +259,226 @@ fn an_unknown_kind_in_the_chain_is_a_configuration_error_naming_it() {
         assert!(error.problem().contains("\"managed_identity\""), "{error}");
         assert!(error.fix().contains("managed-identity"), "{error}");
     }
+}
+
+/// Whether a process whose command line mentions `dir` still runs, after waiting up to five seconds for it
+/// to go (a killed process may take a moment to disappear from `ps`).
+async fn still_running(dir: &std::path::Path) -> bool {
+    let dir = dir.display().to_string();
+    for _ in 0..50 {
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .expect("ps");
+        if !String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l.contains(&dir))
+        {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_hanging_az_inside_auto_fails_by_name_and_is_killed() {
+    // Scenario: auto reaches az-cli, whose az never answers: the error names az-cli (not just "auto"),
+    // doctor's steps show az-cli as the one that failed and the earlier sources as skipped, and the fake
+    // az's processes are gone afterwards.
+    let az = FakeAz::install(AzBehaviour::Hang).expect("fake az");
+    let config = CredentialConfig {
+        fetch_timeout_secs: 3,
+        refresh_margin_secs: 300,
+        ..CredentialConfig::default()
+    };
+    let ctx = test_context([("PATH", az.path_env())]);
+    let cached = SourceRegistry::default()
+        .build_cached(&config, &ctx)
+        .expect("cached chain");
+
+    let error = cached.token().await.expect_err("az hangs");
+
+    assert_eq!(error.source_name(), "az-cli", "{error}");
+    assert!(
+        error
+            .problem()
+            .contains("did not answer within 2s and was killed"),
+        "{error}"
+    );
+    assert!(
+        error.problem().contains("auto skipped"),
+        "the chain's context is kept: {error}"
+    );
+    assert!(!az.calls().is_empty(), "az was asked");
+    assert!(
+        !still_running(az.dir()).await,
+        "the fake az is still running after the chain gave up"
+    );
+}
+
+/// A source an application registered that takes its time and then says it cannot work here.
+#[derive(Debug)]
+struct SlowUnavailable;
+
+#[async_trait::async_trait]
+impl pgwi_credentials::TokenSource for SlowUnavailable {
+    async fn token(&self) -> Result<pgwi_credentials::Token, pgwi_credentials::CredentialError> {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        Err(pgwi_credentials::CredentialError::new(
+            ErrorKind::Unavailable,
+            "slow",
+            "not here",
+            "none",
+        ))
+    }
+
+    fn info(&self) -> pgwi_credentials::SourceInfo {
+        pgwi_credentials::SourceInfo::new("slow")
+    }
+}
+
+#[tokio::test]
+async fn the_chain_deadline_names_the_source_it_cut_short_and_kills_its_az() {
+    // Scenario: a slow source comes before az-cli, so az's own timeout (2s) would end after the chain's
+    // deadline (just inside fetch_timeout_secs = 3): the chain's deadline fires while az runs, the error
+    // names az-cli, the steps record it as the one that failed, and dropping its request killed az.
+    let az = FakeAz::install(AzBehaviour::Hang).expect("fake az");
+    let mut config = CredentialConfig {
+        chain: Some(vec!["slow".into(), "az-cli".into()]),
+        fetch_timeout_secs: 3,
+        ..CredentialConfig::default()
+    };
+    config.az_cli.timeout_secs = Some(2);
+    let mut registry = SourceRegistry::default();
+    registry.register("slow", |_, _| Ok(std::sync::Arc::new(SlowUnavailable)));
+    let ctx = test_context([("PATH", az.path_env())]);
+    let chain = registry.build_chain(&config, &ctx).expect("chain");
+
+    let error = chain.token().await.expect_err("az hangs");
+
+    assert_eq!(error.source_name(), "az-cli", "{error}");
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert!(
+        error.problem().contains("credential.fetch_timeout_secs"),
+        "{error}"
+    );
+    assert_eq!(
+        outcomes(&chain),
+        expected(&[("slow", "skipped"), ("az-cli", "failed")])
+    );
+    assert!(!az.calls().is_empty(), "az was asked");
+    assert!(
+        !still_running(az.dir()).await,
+        "the fake az is still running after the chain gave up"
+    );
+}
+
+/// A `PATH` with both fakes first.
+fn path_with(az: &FakeAz, azd: &FakeAz) -> String {
+    format!(
+        "{}:{}:/usr/bin:/bin",
+        az.dir().display(),
+        azd.dir().display()
+    )
+}
+
+#[tokio::test]
+async fn az_not_logged_in_falls_through_to_azd() {
+    // Scenario: a developer's machine with az installed but not logged in, and azd logged in: az-cli is
+    // skipped with "not logged in" and azd's token is used.
+    let az = FakeAz::install(AzBehaviour::NotLoggedIn).expect("fake az");
+    let azd = FakeAz::install_tool(
+        FakeTool::Azd,
+        AzBehaviour::Token {
+            access_token: "azd-chain-token-0123456789".into(),
+            expires_on: jwt::unix_now() + 3600,
+        },
+    )
+    .expect("fake azd");
+    let ctx = test_context([("PATH", path_with(&az, &azd))]);
+
+    let chain = SourceRegistry::default()
+        .build_chain(&CredentialConfig::default(), &ctx)
+        .expect("chain");
+    let token = chain.token().await.expect("token");
+
+    assert_eq!(token.secret().expose(), "azd-chain-token-0123456789");
+    assert_eq!(chain.info().kind, "azure-developer-cli");
+    let az_step = chain
+        .steps()
+        .into_iter()
+        .find(|s| s.kind == "az-cli")
+        .expect("az-cli step");
+    assert!(
+        matches!(&az_step.outcome, ChainOutcome::Skipped { reason } if reason.contains("not logged in")),
+        "{az_step:?}"
+    );
+    assert_eq!(az.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn the_chosen_source_stays_chosen_when_it_later_fails() {
+    // Scenario: az-cli was chosen; then az is logged out while azd would work. The next request asks az
+    // alone and fails with az's error: the chain does not re-resolve and quietly switch to azd.
+    let az = FakeAz::install(AzBehaviour::Token {
+        access_token: "az-pinned-token-0123456789".into(),
+        expires_on: jwt::unix_now() + 3600,
+    })
+    .expect("fake az");
+    let azd = FakeAz::install_tool(
+        FakeTool::Azd,
+        AzBehaviour::Token {
+            access_token: "azd-unused-token-012345678".into(),
+            expires_on: jwt::unix_now() + 3600,
+        },
+    )
+    .expect("fake azd");
+    let ctx = test_context([("PATH", path_with(&az, &azd))]);
+    let chain = SourceRegistry::default()
+        .build_chain(&CredentialConfig::default(), &ctx)
+        .expect("chain");
+    chain.token().await.expect("token");
+
+    az.set(AzBehaviour::NotLoggedIn).expect("log az out");
+    let error = chain.token().await.expect_err("az is logged out");
+
+    assert_eq!(error.source_name(), "az-cli", "{error}");
+    assert_eq!(error.kind(), ErrorKind::AzCliNotLoggedIn, "{error}");
+    assert!(azd.calls().is_empty(), "azd must never be asked");
+    assert_eq!(chain.info().kind, "az-cli");
+}
+
+#[tokio::test]
+async fn a_wrong_user_assigned_identity_on_imds_stops_the_chain() {
+    // Scenario: a VM where AZURE_CLIENT_ID names an identity the VM does not have, and a developer's az
+    // would work: the chain stops at managed-identity with the error naming AZURE_CLIENT_ID, and az is
+    // never asked (falling through would hide the mistake).
+    let imds = ManagedIdentityStandIn::start(ManagedIdentityOptions::new("vm", vec![1; 32]))
+        .await
+        .expect("IMDS");
+    let az = FakeAz::install(AzBehaviour::Token {
+        access_token: "az-should-not-be-used-4567".into(),
+        expires_on: jwt::unix_now() + 3600,
+    })
+    .expect("fake az");
+    let ctx = test_context([
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.imds_endpoint()),
+        (
+            "AZURE_CLIENT_ID",
+            "00000000-0000-0000-0000-00000000dead".into(),
+        ),
+        ("PATH", az.path_env()),
+    ]);
+
+    let chain = SourceRegistry::default()
+        .build_chain(&CredentialConfig::default(), &ctx)
+        .expect("chain");
+    let error = chain.token().await.expect_err("wrong identity");
+
+    assert_eq!(error.source_name(), "managed-identity", "{error}");
+    assert!(error.is_configuration(), "{error}");
+    assert!(error.problem().contains("AZURE_CLIENT_ID"), "{error}");
+    assert!(az.calls().is_empty(), "az must not be asked");
+    assert!(outcomes(&chain).contains(&("az-cli".to_owned(), "not tried")));
 }

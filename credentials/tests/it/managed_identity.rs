@@ -2,7 +2,7 @@
 //! reached through the overridable IMDS address (the App Service endpoint, which the SDK reads from the
 //! process environment, is tested end to end through `pgwi run`).
 
-use pgwi_credentials::{CredentialConfig, ErrorKind, SourceRegistry};
+use pgwi_credentials::{CredentialConfig, ErrorKind, SourceRegistry, TokenSource as _};
 use pgwi_testsupport::managed_identity::{ManagedIdentityOptions, ManagedIdentityStandIn};
 
 use crate::support::test_context;
@@ -50,7 +50,7 @@ async fn the_system_assigned_identity_comes_from_imds() {
 #[tokio::test]
 async fn a_user_assigned_identity_is_asked_for_by_client_id() {
     // Scenario: credential.managed_identity.client_id and imds_endpoint in configuration: the request names
-    // the identity; a client id the VM does not have is "not assigned here", which auto skips.
+    // the identity and its token comes back.
     let imds = imds().await;
     let mut config = config();
     config.managed_identity.imds_endpoint = Some(imds.imds_endpoint());
@@ -63,17 +63,96 @@ async fn a_user_assigned_identity_is_asked_for_by_client_id() {
         .token()
         .await
         .expect("token");
-    config.managed_identity.client_id = Some("00000000-0000-0000-0000-00000000dead".into());
+
+    assert!(imds.requests()[0].contains(&format!("client_id={}", imds.options().client_id)));
+}
+
+#[rstest::rstest]
+#[case::configured(true, "credential.managed_identity.client_id")]
+#[case::from_the_variable(false, "AZURE_CLIENT_ID")]
+#[tokio::test]
+async fn a_wrong_user_assigned_identity_is_a_failure_naming_where_it_came_from(
+    #[case] in_configuration: bool,
+    #[case] origin: &str,
+) {
+    // Scenario: a client id the VM does not have, from configuration or AZURE_CLIENT_ID: IMDS answers 400,
+    // which is a configuration error naming the key or variable (not "unavailable", which auto would skip).
+    let imds = imds().await;
+    let wrong = "00000000-0000-0000-0000-00000000dead";
+    let mut config = config();
+    let mut env = vec![(
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST".to_owned(),
+        imds.imds_endpoint(),
+    )];
+    if in_configuration {
+        config.managed_identity.client_id = Some(wrong.into());
+    } else {
+        env.push(("AZURE_CLIENT_ID".into(), wrong.into()));
+    }
+
     let error = SourceRegistry::default()
-        .build(&config, &ctx)
+        .build(&config, &test_context(env))
         .expect("source")
         .token()
         .await
         .expect_err("not assigned");
 
-    assert!(imds.requests()[0].contains(&format!("client_id={}", imds.options().client_id)));
+    assert_eq!(error.kind(), ErrorKind::Configuration, "{error}");
+    assert!(!error.is_unavailable());
+    assert!(
+        error.problem().contains(wrong) && error.problem().contains(origin),
+        "{error}"
+    );
+    assert!(
+        error.problem().contains("No User Assigned"),
+        "the endpoint's words: {error}"
+    );
+    assert!(error.fix().contains(origin), "{error}");
+}
+
+#[tokio::test]
+async fn no_system_assigned_identity_is_unavailable() {
+    // Scenario: a VM without a system-assigned identity and none configured: IMDS answers 400, which for the
+    // system-assigned identity means "none here": unavailable, so auto moves on.
+    let mut options = ManagedIdentityOptions::new("vm-identity", vec![7; 32]);
+    options.system_assigned = false;
+    let imds = ManagedIdentityStandIn::start(options).await.expect("IMDS");
+    let ctx = test_context([("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.imds_endpoint())]);
+
+    let error = SourceRegistry::default()
+        .build(&config(), &ctx)
+        .expect("source")
+        .token()
+        .await
+        .expect_err("no identity");
+
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
-    assert!(error.problem().contains("not assigned"), "{error}");
+    assert!(
+        error.problem().contains("no system-assigned identity"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_scope_is_a_configuration_error_naming_credential_scope() {
+    // Scenario: credential.scope names a resource Entra does not know: the endpoint's invalid_resource
+    // (AADSTS500011) is a configuration error naming credential.scope, not "identity not assigned".
+    let imds = imds().await;
+    let mut config = config();
+    config.scope = "https://not-a-resource.example/.default".into();
+    let ctx = test_context([("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.imds_endpoint())]);
+
+    let error = SourceRegistry::default()
+        .build(&config, &ctx)
+        .expect("source")
+        .token()
+        .await
+        .expect_err("unknown resource");
+
+    assert_eq!(error.kind(), ErrorKind::Configuration, "{error}");
+    assert!(error.problem().contains("credential.scope"), "{error}");
+    assert!(error.problem().contains("AADSTS500011"), "{error}");
+    assert!(error.fix().contains("credential.scope"), "{error}");
 }
 
 #[tokio::test]
@@ -135,5 +214,99 @@ fn two_identities_at_once_are_refused() {
     assert!(
         error.problem().contains("client_id, resource_id"),
         "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_garbled_answer_at_the_metadata_address_is_reported_as_such() {
+    // Scenario: something at the metadata address answers, but not with HTTP: unavailable, saying it
+    // answered without HTTP (not that it refused the connection), so auto moves on.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+        }
+    });
+    let ctx = test_context([(
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        format!("http://{address}"),
+    )]);
+
+    let error = SourceRegistry::default()
+        .build(&config(), &ctx)
+        .expect("source")
+        .token()
+        .await
+        .expect_err("not IMDS");
+
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.problem().contains("not with HTTP"), "{error}");
+    assert!(error.problem().contains("SSH-2.0"), "{error}");
+}
+
+#[test]
+fn service_fabric_is_named_as_such_and_unavailable() {
+    // Scenario: Service Fabric's variables (IDENTITY_ENDPOINT, IDENTITY_HEADER and
+    // IDENTITY_SERVER_THUMBPRINT): the source names Service Fabric (not App Service) as unsupported, and
+    // auto's presence check skips it without building anything.
+    let ctx = test_context([
+        (
+            "IDENTITY_ENDPOINT",
+            "https://127.0.0.1:2377/metadata/identity/oauth2/token",
+        ),
+        ("IDENTITY_HEADER", "unused-header-value-0123"),
+        ("IDENTITY_SERVER_THUMBPRINT", "ABCDEF0123456789"),
+    ]);
+
+    let error = SourceRegistry::default()
+        .build(&config(), &ctx)
+        .expect_err("unsupported");
+    let presence = pgwi_credentials::presence("managed-identity", &config(), &ctx);
+
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.problem().contains("Service Fabric"), "{error}");
+    assert!(!error.problem().contains("App Service"), "{error}");
+    assert!(
+        presence
+            .as_ref()
+            .is_err_and(|why| why.contains("Service Fabric")),
+        "{presence:?}"
+    );
+}
+
+#[tokio::test]
+async fn imds_answering_410_is_cut_at_the_deadline_with_the_last_status() {
+    // Scenario: IMDS answers 410 to every token request (as while an identity is being set up), which the
+    // SDK's VM credential retries for up to 72 s with its own retry options: the source ends the request
+    // within credential.fetch_timeout_secs (a cache with that deadline never has to cut it), with a Timeout
+    // error that names the status IMDS kept answering.
+    let mut options = ManagedIdentityOptions::new("vm-identity", vec![7; 32]);
+    options.imds_status = Some(410);
+    let imds = ManagedIdentityStandIn::start(options).await.expect("IMDS");
+    let config = CredentialConfig {
+        fetch_timeout_secs: 5,
+        ..config()
+    };
+    let ctx = test_context([("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.imds_endpoint())]);
+    let cached = SourceRegistry::default()
+        .build_cached(&config, &ctx)
+        .expect("source");
+
+    let error = cached.token().await.expect_err("IMDS keeps answering 410");
+
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert_eq!(error.source_name(), "managed-identity", "{error}");
+    assert!(
+        error.problem().contains("kept answering HTTP 410"),
+        "{error}"
+    );
+    assert!(
+        imds.requests().len() >= 2,
+        "the SDK retried: {:?}",
+        imds.requests()
     );
 }

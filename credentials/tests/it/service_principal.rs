@@ -312,3 +312,55 @@ fn pfx_files_and_encrypted_keys_get_the_openssl_conversion(
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn the_assertion_audience_is_the_url_the_sdk_posts_to() {
+    // Scenario: AZURE_AUTHORITY_HOST carries a path; the SDK posts to the host joined with
+    // /<tenant>/oauth2/v2.0/token, which drops that path. The assertion's aud is built the same way, so the
+    // stand-in (which requires aud to be the URL posted to) accepts it and x5t names the same certificate.
+    let certificate = ClientCertificate::generate("pgwi-ci").expect("certificate");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = certificate.write_pem(dir.path()).expect("pem");
+    let entra = application(vec![], vec![certificate]).await;
+    let host_with_path = format!("{}some/path/", entra.authority_host());
+    let ctx = context(
+        &entra,
+        &[
+            ("AZURE_CLIENT_CERTIFICATE_PATH", &path.display().to_string()),
+            ("AZURE_AUTHORITY_HOST", &host_with_path),
+        ],
+    );
+
+    let source = SourceRegistry::default()
+        .build(&config("client-certificate"), &ctx)
+        .expect("source");
+    source.token().await.expect("token");
+
+    assert_eq!(entra.rejections(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_tenant_id_the_sdk_refuses_names_where_it_came_from() {
+    // Scenario: AZURE_TENANT_ID holds characters a tenant id cannot have: the SDK refuses it, and the
+    // configuration error says it came from AZURE_TENANT_ID and how to set it.
+    let secret = ClientSecret::generate(false);
+    let entra = application(vec![secret.clone()], vec![]).await;
+    let ctx = context(
+        &entra,
+        &[
+            ("AZURE_CLIENT_SECRET", secret.value.as_str()),
+            ("AZURE_TENANT_ID", "not a tenant!"),
+        ],
+    );
+
+    let error = SourceRegistry::default()
+        .build(&config("client-secret"), &ctx)
+        .expect_err("refused tenant");
+
+    assert!(error.is_configuration(), "{error}");
+    assert!(
+        error.fix().contains("from AZURE_TENANT_ID")
+            && error.fix().contains("credential.client_secret.tenant_id"),
+        "{error}"
+    );
+}
