@@ -883,6 +883,58 @@ async fn without_a_valid_token_new_sessions_are_refused_until_entra_answers_agai
     assert_no_expired_token_presented(&db, &wi.identity);
 }
 
+#[rstest]
+#[tokio::test]
+async fn a_token_inside_the_skew_allowance_is_not_presented_while_entra_fails(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: while Entra fails, the cache still serves its last good token up to its expiry, but the proxy
+    // stops presenting it at its expiry less the skew allowance: a client connecting inside [exp - skew,
+    // exp) gets the credential's error (08001), /healthz answers 503 then, and the server never judges that
+    // token again — it saw it only for the session opened before the deadline.
+    let db = fresh_db;
+    // 24 s tokens and a 6 s skew (a quarter of the life: the allowance applies in full), refreshed at half
+    // life: the refusal window is 6 s wide, which a loaded machine still hits.
+    let wi = WorkloadIdentity::with_token_lifetime(&db, Some(Duration::from_secs(24))).await;
+    let settings = [
+        ("PGWI_CREDENTIAL__REFRESH_MARGIN_SECS", "12"),
+        ("PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS", "2"),
+        ("PGWI_CREDENTIAL__EXPIRY_SKEW_SECS", "6"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let args = ["--listen", "127.0.0.1:0", "--healthz", "127.0.0.1:0"];
+    let running = Running::start(proxy(&db, &wi, &args).envs(settings), 1, true).await;
+    let (host, port) = running.tcp();
+    let probe = running.healthz.clone().expect("healthz");
+    wi.entra.set_fault(Some(Fault::ServerError));
+    connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("served with the first token")
+        .close()
+        .await
+        .expect("close");
+    let before = db.server().token_checks_for(&wi.identity).expect("checks");
+    assert_eq!(before.len(), 1, "{before:?}");
+    let exp = before[0].expires_at.expect("the token's exp");
+
+    let body = wait_for_health(&probe, "503", Duration::from_secs(60)).await;
+    assert!(body.contains("no valid token"), "{body}");
+    let (code, message) = login_error(&host, port, &wi.identity, db.name(), None).await;
+    let refused_at = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("no valid token"), "{message}");
+    // What this test is about: the token had not expired yet, so only the skew allowance refused it.
+    assert!(
+        refused_at < exp,
+        "the refusal came after the token's expiry ({refused_at} >= {exp}): the machine was too slow \
+         to reach the skew window, so this run proves nothing about it"
+    );
+    let after = db.server().token_checks_for(&wi.identity).expect("checks");
+    assert_eq!(after, before, "the server was presented a token after its deadline");
+    wi.entra.set_fault(None);
+    running.stop().await;
+}
+
 /// Polls `/healthz` until its status line holds `status`; the body then.
 async fn wait_for_health(address: &str, status: &str, limit: Duration) -> String {
     let until = tokio::time::Instant::now() + limit;
