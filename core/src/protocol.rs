@@ -219,7 +219,10 @@ mod tests {
     }
 
     fn startup(params: &[(&[u8], &[u8])]) -> Vec<u8> {
-        let params: Vec<_> = params.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        let params: Vec<_> = params
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
         startup_message(196_608, &params)
     }
 
@@ -228,7 +231,10 @@ mod tests {
         // Proves: an SSLRequest is answered `N` and the start-up after it is read, its parameters in order,
         // including a value that is not UTF-8 (PostgreSQL takes the client's encoding).
         let mut bytes = ssl_request();
-        bytes.extend(startup(&[(b"user", b"app"), (b"application_name", b"caf\xe9")]));
+        bytes.extend(startup(&[
+            (b"user", b"app"),
+            (b"application_name", b"caf\xe9"),
+        ]));
         let (result, answered) = first(&bytes).await;
         let Ok(FirstMessage::Startup { version, params }) = result else {
             panic!("not a start-up: {result:?}");
@@ -245,21 +251,35 @@ mod tests {
         // parameters are each one error (no panic, no read past the limit); a truncated message is an I/O
         // error; a cancel request is recognised with its key.
         let short = 4_i32.to_be_bytes();
-        assert!(matches!(first(&short).await.0, Err(StartupError::Garbage(_))));
+        assert!(matches!(
+            first(&short).await.0,
+            Err(StartupError::Garbage(_))
+        ));
         let oversized = [&20_000_i32.to_be_bytes()[..], &196_608_i32.to_be_bytes()].concat();
-        assert!(matches!(first(&oversized).await.0, Err(StartupError::Garbage(_))));
+        assert!(matches!(
+            first(&oversized).await.0,
+            Err(StartupError::Garbage(_))
+        ));
         let http = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(matches!(first(http).await.0, Err(StartupError::Garbage(_))));
         let v2 = with_length(None, [&0x0002_0000_i32.to_be_bytes()[..], b"\0"].concat());
-        assert!(matches!(first(&v2).await.0, Err(StartupError::Version(0x0002_0000))));
+        assert!(matches!(
+            first(&v2).await.0,
+            Err(StartupError::Version(0x0002_0000))
+        ));
         let unterminated = with_length(None, [&196_608_i32.to_be_bytes()[..], b"user"].concat());
-        assert!(matches!(first(&unterminated).await.0, Err(StartupError::Garbage(_))));
+        assert!(matches!(
+            first(&unterminated).await.0,
+            Err(StartupError::Garbage(_))
+        ));
         let odd = with_length(None, [&196_608_i32.to_be_bytes()[..], b"user\0\0"].concat());
         assert!(matches!(first(&odd).await.0, Err(StartupError::Garbage(_))));
         let truncated = &startup(&[(b"user", b"app")])[..12];
         assert!(matches!(first(truncated).await.0, Err(StartupError::Io(_))));
         let cancel = cancel_request(&[0, 0, 0, 7, 1, 2, 3, 4]);
-        assert!(matches!(first(&cancel).await.0, Ok(FirstMessage::Cancel(key)) if key == [0, 0, 0, 7, 1, 2, 3, 4]));
+        assert!(
+            matches!(first(&cancel).await.0, Ok(FirstMessage::Cancel(key)) if key == [0, 0, 0, 7, 1, 2, 3, 4])
+        );
     }
 
     #[tokio::test]
@@ -268,7 +288,9 @@ mod tests {
         // error rather than an allocation of that size.
         let mut huge = vec![b'R'];
         huge.extend(i32::MAX.to_be_bytes());
-        let error = read_message(&mut huge.as_slice()).await.expect_err("refused");
+        let error = read_message(&mut huge.as_slice())
+            .await
+            .expect_err("refused");
         assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
         let mut negative = vec![b'R'];
         negative.extend(2_i32.to_be_bytes());

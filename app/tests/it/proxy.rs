@@ -20,14 +20,16 @@ use crate::support::{Pgwi, Spawned, WorkloadIdentity, error_line, scram_role, te
 /// How long a proxy may take to start listening on a loaded machine.
 const START_LIMIT: Duration = Duration::from_secs(60);
 
-/// Tokens of 8 s, refreshed at half their life, requests cut after 2 s, treated as expired 1 s early (as
-/// the core's rotation tests): several lifetimes fit in a test.
+/// Tokens of 8 s, refreshed at half their life, requests cut after 2 s, treated as expired 2 s early (a
+/// quarter of their life, the most the allowance can be): several lifetimes fit in a test. The skew covers
+/// the time from the proxy's check to the server's; 1 s was once exceeded on a loaded test machine (load
+/// average 24 on 2 cores), and the server then judged a token at its expiry.
 const SHORT_TOKENS: Duration = Duration::from_secs(8);
 fn short_token_settings() -> Vec<(String, String)> {
     [
         ("PGWI_CREDENTIAL__REFRESH_MARGIN_SECS", "4"),
         ("PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS", "2"),
-        ("PGWI_CREDENTIAL__EXPIRY_SKEW_SECS", "1"),
+        ("PGWI_CREDENTIAL__EXPIRY_SKEW_SECS", "2"),
     ]
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .to_vec()
@@ -255,11 +257,21 @@ async fn login_error(
 
 /// `GET /healthz`: the status line and the body.
 async fn healthz(address: &str) -> (String, String) {
+    http_get(address, "/healthz").await
+}
+
+/// `GET /livez`: the status line and the body.
+async fn livez(address: &str) -> (String, String) {
+    http_get(address, "/livez").await
+}
+
+/// `GET path` on the health endpoint: the status line and the body.
+async fn http_get(address: &str, path: &str) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
-        .expect("healthz");
+        .expect("health endpoint");
     stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").as_bytes())
         .await
         .expect("request");
     let mut response = String::new();
@@ -296,8 +308,9 @@ async fn psql_over_tcp_and_a_unix_socket_gets_in_with_a_token(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Proves: psql, given no password, reaches the server through the proxy over TCP and over a Unix socket
-    // directory (DIR:PORT naming the socket's port), logged in as the identity over TLS with a token the
-    // server accepted unexpired; /healthz answers 200; each session ends with one log line (client,
+    // directory (DIR:PORT naming the socket's port, the socket file 0700 by default), logged in as the
+    // identity over TLS with a token the server accepted unexpired; /healthz and /livez answer 200; each
+    // session ends with one log line (client,
     // database, upstream pid, duration, bytes); SIGTERM ends the proxy with 0 and removes the socket file.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
@@ -319,7 +332,16 @@ async fn psql_over_tcp_and_a_unix_socket_gets_in_with_a_token(
         socket_file.display()
     );
 
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket_file)
+            .expect("socket metadata")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "socket mode {mode:o}");
+
     let (status, body) = healthz(running.healthz.as_deref().expect("healthz")).await;
+    assert!(status.contains("200"), "{status}: {body}");
+    let (status, body) = livez(running.healthz.as_deref().expect("healthz")).await;
     assert!(status.contains("200"), "{status}: {body}");
 
     let sql =
@@ -709,6 +731,70 @@ async fn remote_listeners_need_allow_remote_and_a_local_password(
     let (code, message) =
         login_error(&host, port, &wi.identity, db.name(), Some("wrong-password")).await;
     assert_eq!(code, "28P01", "{message}");
+    // The right password with another user: the same answer, which does not name the proxy's role.
+    let (code, other) = login_error(&host, port, "someone_else", db.name(), Some(&password)).await;
+    assert_eq!(code, "28P01", "{other}");
+    assert_eq!(
+        other,
+        message.replace(&wi.identity, "someone_else"),
+        "a wrong user must look like a wrong password"
+    );
+    assert!(!other.contains(&wi.identity), "{other}");
+    running.stop().await;
+}
+
+#[rstest]
+#[tokio::test]
+async fn clients_beyond_max_clients_get_too_many_connections(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: with --max-clients 1, a second client while one is connected gets PostgreSQL's 53300 "too
+    // many clients" and is closed, and is served once the first has gone; a --socket-mode that is not an
+    // octal mode exits 2 naming proxy.socket_mode.
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
+    let bad = proxy(
+        &db,
+        &wi,
+        &["--listen", "127.0.0.1:0", "--socket-mode", "999"],
+    )
+    .output()
+    .await;
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(
+        error_line(&bad).contains("proxy.socket_mode"),
+        "{}",
+        error_line(&bad)
+    );
+
+    let args = ["--listen", "127.0.0.1:0", "--max-clients", "1"];
+    let running = Running::start(proxy(&db, &wi, &args), 1, false).await;
+    let (host, port) = running.tcp();
+    let first = connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("the first client");
+    let (code, message) = login_error(&host, port, &wi.identity, db.name(), None).await;
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("too many clients"), "{message}");
+    first.close().await.expect("close");
+    // The first session's end is noticed asynchronously: ask until the slot is free.
+    let until = tokio::time::Instant::now() + START_LIMIT;
+    let mut next = loop {
+        match connect(&host, port, &wi.identity, db.name()).await {
+            Ok(next) => break next,
+            Err(error) => assert!(
+                tokio::time::Instant::now() < until,
+                "never served again: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut next)
+        .await
+        .expect("query");
+    assert_eq!(one, 1);
+    next.close().await.expect("close");
     running.stop().await;
 }
 
@@ -717,9 +803,9 @@ async fn remote_listeners_need_allow_remote_and_a_local_password(
 async fn sigterm_drains_open_sessions_then_closes_them_at_the_deadline(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
-    // Proves: on SIGTERM the proxy stops accepting (new connections fail, /healthz answers 503) while an
-    // open session keeps working, and exits 0 once it ends; a session still open at the drain deadline is
-    // closed and the proxy exits 0.
+    // Proves: on SIGTERM the proxy stops accepting (new connections fail, /healthz answers 503, /livez
+    // still 200) while an open session keeps working, and stops by itself with exit 0 once it ends, without
+    // closing anything; a session still open at the drain deadline is closed and the proxy exits 0.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
     let args = [
@@ -749,6 +835,11 @@ async fn sigterm_drains_open_sessions_then_closes_them_at_the_deadline(
         status.contains("503") && body.contains("draining"),
         "{status}: {body}"
     );
+    let (status, body) = livez(running.healthz.as_deref().expect("healthz")).await;
+    assert!(
+        status.contains("200") && body.contains("draining"),
+        "{status}: {body}"
+    );
     assert!(
         connect(&host, port, &wi.identity, db.name()).await.is_err(),
         "a new client was accepted while draining"
@@ -760,6 +851,18 @@ async fn sigterm_drains_open_sessions_then_closes_them_at_the_deadline(
     assert_eq!(still, "still open");
     assert!(!running.process.has_exited());
     open.close().await.expect("close");
+    // It stops by itself (no second signal, which would take the "second signal" path).
+    running
+        .process
+        .wait_for_log("stopped", 1, START_LIMIT)
+        .await;
+    assert!(
+        running
+            .process
+            .log_lines("closing the open sessions")
+            .is_empty(),
+        "the drain closed sessions although the last one had ended"
+    );
     running.stop().await;
 
     let args = ["--listen", "127.0.0.1:0", "--drain-timeout-secs", "1"];
@@ -842,8 +945,9 @@ async fn without_a_valid_token_new_sessions_are_refused_until_entra_answers_agai
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Proves: when Entra fails for longer than a token lives, new sessions are refused with the
-    // credential's error (08001) and /healthz answers 503 — no expired token is presented — while an open
-    // session keeps working; once Entra answers again, /healthz answers 200 and new sessions are served.
+    // credential's error (08001) and /healthz answers 503 — no expired token is presented — while /livez
+    // answers 200 (a liveness probe must not restart the proxy) and an open session keeps working; once
+    // Entra answers again, /healthz answers 200 and new sessions are served.
     let db = fresh_db;
     let wi = WorkloadIdentity::with_token_lifetime(&db, Some(SHORT_TOKENS)).await;
     let args = ["--listen", "127.0.0.1:0", "--healthz", "127.0.0.1:0"];
@@ -858,6 +962,8 @@ async fn without_a_valid_token_new_sessions_are_refused_until_entra_answers_agai
     wi.entra.set_fault(Some(Fault::ServerError));
     let body = wait_for_health(&probe, "503", Duration::from_secs(60)).await;
     assert!(body.contains("no valid token"), "{body}");
+    let (status, body) = livez(&probe).await;
+    assert!(status.contains("200"), "{status}: {body}");
     let (code, message) = login_error(&host, port, &wi.identity, db.name(), None).await;
     assert_eq!(code, "08001", "{message}");
     assert!(message.contains("no valid token"), "{message}");
@@ -930,7 +1036,10 @@ async fn a_token_inside_the_skew_allowance_is_not_presented_while_entra_fails(
          to reach the skew window, so this run proves nothing about it"
     );
     let after = db.server().token_checks_for(&wi.identity).expect("checks");
-    assert_eq!(after, before, "the server was presented a token after its deadline");
+    assert_eq!(
+        after, before,
+        "the server was presented a token after its deadline"
+    );
     wi.entra.set_fault(None);
     running.stop().await;
 }

@@ -40,6 +40,8 @@ use crate::protocol::{self, FirstMessage, Message, StartupError};
 
 /// How long a client has for its start-up (and the local password, for remote clients).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client turned away for want of room has for its start-up.
+const TURN_AWAY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a forwarded cancel request may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The keeper's longest sleep: the token's state is re-checked at least this often.
@@ -178,8 +180,7 @@ impl Proxy {
             token,
             received: OffsetDateTime::now_utc(),
         })));
-        let keeper =
-            tokio::spawn(keep_fresh(credential.clone(), current.clone())).abort_handle();
+        let keeper = tokio::spawn(keep_fresh(credential.clone(), current.clone())).abort_handle();
         let proxy = Self {
             inner: Arc::new(Inner {
                 target: upstream::Target {
@@ -260,6 +261,42 @@ impl Proxy {
             written: log.bytes_from_server.clone(),
         };
         if let Err(error) = self.session(&mut stream, &client, &mut log).await {
+            log.error = Some(error);
+        }
+        let _ = stream.shutdown().await;
+    }
+
+    /// Serves a connection the caller has no room for (its `max_clients` reached): a cancel request is
+    /// still forwarded (it frees a backend, as PostgreSQL serves cancels at its own limit); a start-up gets
+    /// PostgreSQL's "too many clients" error (53300, after the start-up as the server sends it, so every
+    /// client library shows it) and the connection is closed. One log line, as for a session.
+    pub async fn turn_away<S>(&self, stream: S, client: Client, limit: usize)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut log = SessionLog::new(client.address);
+        let mut stream = stream;
+        let result = async {
+            let first = tokio::time::timeout(TURN_AWAY_TIMEOUT, protocol::read_startup(&mut stream))
+                .await
+                .map_err(|_| SessionError::Client("no start-up in time".into()))?;
+            match first {
+                Ok(FirstMessage::Cancel(key)) => {
+                    log.kind = "cancel";
+                    self.forward_cancel(&key).await
+                }
+                Ok(FirstMessage::Startup { .. }) | Err(StartupError::Version(_)) => {
+                    let message = format!(
+                        "sorry, too many clients already: pgwi proxy serves at most {limit} at once \
+                         (proxy.max_clients)"
+                    );
+                    Err(refuse(&mut stream, "53300", message).await)
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        .await;
+        if let Err(error) = result {
             log.error = Some(error);
         }
         let _ = stream.shutdown().await;
@@ -871,10 +908,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
 /// Asks the cache for a token at its refresh time, so that sessions seldom wait for one, and notes the last
 /// one (and when it arrived) for [`Proxy::health`].
-async fn keep_fresh(
-    credential: Arc<CachedTokenSource>,
-    current: Arc<Mutex<Option<Seen>>>,
-) {
+async fn keep_fresh(credential: Arc<CachedTokenSource>, current: Arc<Mutex<Option<Seen>>>) {
     loop {
         // Every token is noted, usable or not: when it was first seen bounds its deadline.
         if let Ok(token) = credential.token().await {

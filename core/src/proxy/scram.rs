@@ -285,7 +285,9 @@ mod tests {
         assert_eq!(first, format!("n,,n=user,r={CLIENT_NONCE}"));
         let last = client.finish(SERVER_FIRST, "pencil").expect("finish");
         assert_eq!(last, CLIENT_FINAL);
-        client.verify(SERVER_FINAL).expect("the RFC's server signature");
+        client
+            .verify(SERVER_FINAL)
+            .expect("the RFC's server signature");
         assert!(client.verify("v=AAAA").is_err());
     }
 

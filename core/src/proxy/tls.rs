@@ -232,17 +232,28 @@ mod tests {
         let right = handshake(port, SslMode::VerifyFull, ca, "localhost").await;
         assert_eq!(right.as_deref(), Ok(&b"ok"[..]));
         let wrong = handshake(port, SslMode::VerifyFull, ca, "db.example.com").await;
-        assert!(wrong.as_ref().is_err_and(|e| e.contains("not valid for name")), "{wrong:?}");
+        assert!(
+            wrong
+                .as_ref()
+                .is_err_and(|e| e.contains("not valid for name")),
+            "{wrong:?}"
+        );
         let ca_only = handshake(port, SslMode::VerifyCa, ca, "db.example.com").await;
         assert_eq!(ca_only.as_deref(), Ok(&b"ok"[..]));
         let untrusted = handshake(port, SslMode::VerifyCa, None, "localhost").await;
-        assert!(untrusted.is_err(), "an unknown CA was trusted: {untrusted:?}");
+        assert!(
+            untrusted.is_err(),
+            "an unknown CA was trusted: {untrusted:?}"
+        );
 
         let own = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
         let port = server(&own.cert.pem(), &own.signing_key.serialize_pem()).await;
         let encrypted = handshake(port, SslMode::Require, None, "db.example.com").await;
         assert_eq!(encrypted.as_deref(), Ok(&b"ok"[..]));
         let checked = handshake(port, SslMode::VerifyFull, None, "localhost").await;
-        assert!(checked.is_err(), "a self-signed certificate passed verify-full");
+        assert!(
+            checked.is_err(),
+            "a self-signed certificate passed verify-full"
+        );
     }
 }
