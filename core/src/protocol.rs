@@ -13,15 +13,15 @@ pub(crate) const MAX_STARTUP_LEN: usize = 10_000;
 /// The largest message read from the server before the session is handed over to byte copying.
 pub(crate) const MAX_MESSAGE_LEN: usize = 1 << 20;
 
+/// Start-up parameters, names and values as bytes, in order.
+pub(crate) type Params = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What a client asked for with its first message, after any TLS and GSS requests were answered `N`.
 #[derive(Debug)]
 pub(crate) enum FirstMessage {
     /// A start-up message: protocol version and parameters (`user`, `database`, …) in order, as bytes:
     /// PostgreSQL takes any encoding (the client's), so they are forwarded as they came.
-    Startup {
-        version: i32,
-        params: Vec<(Vec<u8>, Vec<u8>)>,
-    },
+    Startup { version: i32, params: Params },
     /// A cancel request: the bytes after the code (backend pid, then the secret key).
     Cancel(Vec<u8>),
 }
@@ -73,7 +73,7 @@ pub(crate) async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// `key\0value\0…\0` into pairs.
-fn parse_params(body: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StartupError> {
+fn parse_params(body: &[u8]) -> Result<Params, StartupError> {
     let garbage = |what: &str| StartupError::Garbage(format!("start-up parameters {what}"));
     let body = body
         .strip_suffix(&[0])
