@@ -673,6 +673,108 @@ async fn a_backend_terminated_mid_session_fails_that_client_only(
     running.stop().await;
 }
 
+/// A loopback TCP forwarder to `target`; resetting it ends every connection it carries with a TCP reset
+/// (no FATAL, no FIN first), as a crashed server host or a dropped NAT entry would.
+struct Forwarder {
+    port: u16,
+    reset: tokio::sync::watch::Sender<u32>,
+}
+
+impl Forwarder {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the forwarder");
+        let port = listener.local_addr().expect("address").port();
+        let (reset, _) = tokio::sync::watch::channel(0);
+        let resets = reset.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut reset = resets.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = reset.changed() => {
+                            // Linger 0: closing sends RST instead of FIN.
+                            let _ = client.set_zero_linger();
+                            let _ = server.set_zero_linger();
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, reset }
+    }
+
+    /// Resets every connection open now.
+    fn reset_all(&self) {
+        self.reset.send_modify(|n| *n += 1);
+    }
+}
+
+#[rstest]
+#[tokio::test]
+async fn an_upstream_connection_reset_fails_that_client_only(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: when the connection to the server is reset mid-session (a TCP RST, no FATAL first), that
+    // client gets an error instead of a hang, the proxy logs the session's end and serves new clients.
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
+    let forwarder = Forwarder::start(db.server().port()).await;
+    let pgwi = proxy(&db, &wi, &["--listen", "127.0.0.1:0"])
+        .env("DBHOST", format!("127.0.0.1:{}", forwarder.port));
+    let mut running = Running::start(pgwi, 1, false).await;
+    let (host, port) = running.tcp();
+    let mut victim = connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("connect through the forwarder");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut victim)
+        .await
+        .expect("query");
+    assert_eq!(one, 1);
+
+    forwarder.reset_all();
+    let after = tokio::time::timeout(
+        START_LIMIT,
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut victim),
+    )
+    .await
+    .expect("the client hung after the reset");
+    assert!(after.is_err(), "the reset session still answered");
+    let ended = running
+        .process
+        .wait_for_log("connection ended", 1, START_LIMIT)
+        .await;
+    let error = ended[0]["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("reset"),
+        "not ended by the reset: {}",
+        ended[0]
+    );
+    assert!(
+        !running.process.has_exited(),
+        "the proxy went down with the session"
+    );
+
+    let mut next = connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("a new client");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut next)
+        .await
+        .expect("query");
+    assert_eq!(one, 1);
+    next.close().await.expect("close");
+    running.stop().await;
+}
+
 #[rstest]
 #[tokio::test]
 async fn remote_listeners_need_allow_remote_and_a_local_password(

@@ -2,20 +2,24 @@
 //! client session gets its own connection to the configured server, authenticated with a token that is
 //! valid at that moment, and then the bytes flow both ways untouched.
 //!
-//! Per session: the client's TLS and GSS requests are answered `N` (the hop is loopback or a Unix socket;
-//! remote clients must prove the proxy's local password with SCRAM first); its start-up must name the
-//! configured user (or the one `auto` derives from the token), else it gets one error naming that user;
-//! the server's authentication request is answered here — cleartext with the token (what Azure asks an
-//! Entra principal for), or SCRAM-SHA-256 with it (a static password) — and from `AuthenticationOk` on,
-//! every message is the server's own, including `BackendKeyData`, so a client's `CancelRequest` is
-//! forwarded as is, over a new connection with the same TLS. An authentication failure reaches the client
-//! as the server's error with pgwi's diagnosis in its message.
+//! Per session: the client's TLS and GSS requests are answered `N` (the hop is loopback or a Unix socket);
+//! a remote client (`--allow-remote`) proves the proxy's local password with SCRAM right after its start-up,
+//! before it learns anything or a token is asked for (a wrong user fails like a wrong password); the start-up
+//! must name the configured user (or the one `auto` derives from the token), else it gets one error naming
+//! that user; the server's authentication request is answered here — cleartext with the token (what Azure
+//! asks an Entra principal for), or SCRAM-SHA-256 with it (a static password; the server must prove the
+//! password back before `AuthenticationOk` counts) — and from `AuthenticationOk` on, every message is the
+//! server's own, including `BackendKeyData`, so a client's `CancelRequest` is forwarded as is, over a new
+//! connection with the same TLS. An authentication failure reaches the client as the server's error with
+//! pgwi's diagnosis in its message; a later one (no such database, no LOGIN) with pgwi's fix as its hint.
 //!
 //! "No expired token is presented" holds as for the pool: a token is taken from the token source's cache
-//! for each session and presented only if it is before its deadline (expiry less the skew allowance,
-//! [`crate::connect`]'s rule); otherwise the client gets the credential's error. A keeper task asks the
-//! cache ahead of expiry, so sessions rarely wait for a refresh. The listeners, signals and health
-//! endpoint are the caller's (the `pgwi proxy` command); this module serves one accepted connection.
+//! for each session and presented only while `now < exp - skew` (the skew allowance capped at a quarter of
+//! the token's life, measured from its issue, [`crate::connect`]'s rule); otherwise the client gets the
+//! credential's error. The cache serves its last good token up to its very expiry while the source fails,
+//! so this check, not the cache, keeps a token inside the allowance from the server. A keeper task asks the
+//! cache ahead of expiry, so sessions rarely wait for a refresh. The listeners, signals and health endpoint
+//! are the caller's (the `pgwi proxy` command); this module serves one accepted connection.
 
 mod scram;
 mod tls;
