@@ -1022,7 +1022,8 @@ async fn a_refused_login_reaches_the_client_with_the_diagnosis(
 #[tokio::test]
 async fn a_static_password_is_answered_with_scram(#[future(awt)] fresh_db: TestDatabase) {
     // Proves: with a static password (a scram-sha-256 role), the proxy answers the server's SCRAM exchange
-    // and psql gets in without knowing the password.
+    // and psql gets in without knowing the password; an error the server sends after accepting the login
+    // (3D000, no such database) reaches the client in the server's words with pgwi's fix as its hint.
     let db = fresh_db;
     let role = scram_role(&db).await;
     let pgwi = Pgwi::new(&["proxy", "--listen", "127.0.0.1:0"]).with_role(&db, &role);
@@ -1038,6 +1039,14 @@ async fn a_static_password_is_answered_with_scram(#[future(awt)] fresh_db: TestD
     )
     .await;
     assert_eq!(assert_ok("psql with scram upstream", &out), role.name);
+    let out = psql(&host, port, &role.name, "no_such_db", "SELECT 1", &[]).await;
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("\"no_such_db\" does not exist")
+            && stderr.contains("HINT:  pgwi: create the database"),
+        "{stderr}"
+    );
     running.stop().await;
 }
 
