@@ -411,7 +411,16 @@ impl Proxy {
             )))
         });
         if let Err(error) = auth {
-            if let SessionError::Upstream(message) = &error {
+            // Refusals were sent already; anything else the server did wrong is one error for the client.
+            let message = match &error {
+                SessionError::Upstream(message) => Some(message.clone()),
+                SessionError::Scram(scram) => Some(format!("the server's {scram}")),
+                SessionError::Io(io) => Some(format!(
+                    "the connection to the server failed during authentication: {io}"
+                )),
+                _ => None,
+            };
+            if let Some(message) = message {
                 let _ = client
                     .write_all(&protocol::fatal("08006", &format!("pgwi proxy: {message}")))
                     .await;
