@@ -1,6 +1,7 @@
 //! `pgwi proxy`: a local PostgreSQL endpoint for psql, Python, Go, `pg_dump` — any client — that logs in to
 //! the configured server with a fresh token per session ([`pgwi_core::proxy`] serves each session; this
-//! module owns the listeners, the `[proxy]` configuration section, `/healthz`, and the drain on SIGTERM).
+//! module owns the listeners, the `[proxy]` configuration section, `/healthz` and `/livez`, the cap on
+//! concurrent clients, and the drain on SIGTERM).
 //!
 //! Loopback addresses and Unix socket directories only, unless `--allow-remote` with a local password that
 //! clients on the non-loopback listeners must prove (SCRAM-SHA-256); never an open door on the network.
@@ -30,6 +31,11 @@ const DEFAULT_SOCKET_PORT: u16 = 5432;
 const HEALTHZ_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// After the drain deadline, how long closed sessions get to finish logging.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// The default cap on concurrent clients: each holds a backend of the server, whose own limit is usually
+/// lower; the cap keeps a runaway client from exhausting the proxy's file descriptors and memory.
+const DEFAULT_MAX_CLIENTS: usize = 1000;
+/// The default mode of Unix socket files: the proxy's own OS user only (see [`ProxyConfig::socket_mode`]).
+const DEFAULT_SOCKET_MODE: u32 = 0o700;
 
 /// The `proxy` section of the configuration; each key can also be given as a flag.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -48,6 +54,13 @@ pub struct ProxyConfig {
     pub local_password_file: Option<PathBuf>,
     /// The environment variable holding that password.
     pub local_password_env: Option<String>,
+    /// How many clients may be connected at once; one more gets PostgreSQL's 53300. Default 1000.
+    pub max_clients: usize,
+    /// The permissions of Unix socket files, in octal (`"0700"`, `"0770"`). Default `0700`: a socket
+    /// gives a session as the identity without a password, so only the proxy's own OS user may connect
+    /// (unlike PostgreSQL's 0777, which authenticates each client itself).
+    #[serde(deserialize_with = "octal_mode")]
+    pub socket_mode: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -59,6 +72,8 @@ impl Default for ProxyConfig {
             drain_timeout_secs: 30,
             local_password_file: None,
             local_password_env: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            socket_mode: None,
         }
     }
 }
@@ -77,6 +92,33 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Stri
     }))
 }
 
+/// A mode as written: a string (`"0770"`), or digits an environment variable turned into a number
+/// (`PGWI_PROXY__SOCKET_MODE=0770`), read as octal digits either way.
+fn octal_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Text(String),
+        Digits(u64),
+    }
+    Ok(Option::<Mode>::deserialize(d)?.map(|mode| match mode {
+        Mode::Text(text) => text,
+        Mode::Digits(digits) => digits.to_string(),
+    }))
+}
+
+/// `0700`, `700` or `0o700` as permission bits (at most `0777`).
+fn parse_mode(text: &str) -> Option<u32> {
+    let digits = text.trim();
+    let digits = digits.strip_prefix("0o").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+}
+
 /// `pgwi proxy`'s flags; each falls back to the `proxy` section of the configuration.
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
@@ -86,7 +128,8 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
     /// Serve `GET /healthz` on HOST:PORT: 200 while listening with a valid token, 503 while draining or
-    /// without one [config: proxy.healthz]
+    /// without one (readiness); and `GET /livez`: 200 while the process serves (liveness: a token outage
+    /// must not restart it) [config: proxy.healthz]
     #[arg(long, value_name = "ADDR")]
     pub healthz: Option<String>,
     /// Allow non-loopback listen addresses; their clients must prove the local password (SCRAM-SHA-256)
@@ -97,6 +140,14 @@ pub struct ProxyArgs {
     /// [default: 30; config: proxy.drain_timeout_secs]
     #[arg(long, value_name = "N")]
     pub drain_timeout_secs: Option<u64>,
+    /// How many clients may be connected at once; one more gets PostgreSQL's "too many clients" (53300)
+    /// [default: 1000; config: proxy.max_clients]
+    #[arg(long, value_name = "N")]
+    pub max_clients: Option<usize>,
+    /// Permissions of the Unix socket files, octal: 0700 lets only this OS user connect, 0770 its group
+    /// too; whoever can connect gets a session as the identity [default: 0700; config: proxy.socket_mode]
+    #[arg(long, value_name = "MODE")]
+    pub socket_mode: Option<String>,
 }
 
 /// Where a listener is.
@@ -156,6 +207,8 @@ struct Settings {
     healthz: Option<SocketAddr>,
     drain_timeout: Duration,
     local_secret: Option<Arc<LocalSecret>>,
+    max_clients: usize,
+    socket_mode: u32,
 }
 
 impl Settings {
@@ -234,9 +287,38 @@ impl Settings {
             })?),
             None => None,
         };
+        let (max_clients, max_clients_origin) = match args.max_clients {
+            Some(n) => (n, "--max-clients".to_owned()),
+            None => (section.max_clients, loaded.origin("proxy.max_clients")),
+        };
+        if max_clients == 0 {
+            return Err(reject(
+                "proxy.max_clients",
+                max_clients_origin,
+                "is 0: no client could connect".into(),
+                "set it to at least 1 (default 1000)",
+            ));
+        }
+        let (mode_text, mode_origin) = match (args.socket_mode, section.socket_mode) {
+            (Some(text), _) => (Some(text), "--socket-mode".to_owned()),
+            (None, text) => (text, loaded.origin("proxy.socket_mode")),
+        };
+        let socket_mode = match mode_text {
+            None => DEFAULT_SOCKET_MODE,
+            Some(text) => parse_mode(&text).ok_or_else(|| {
+                reject(
+                    "proxy.socket_mode",
+                    mode_origin,
+                    format!("{text:?} is not an octal file mode of at most 0777"),
+                    "write e.g. 0700 (this OS user only) or 0770 (its group too), as a string in the file",
+                )
+            })?,
+        };
         Ok(Self {
             listen: parsed,
             healthz,
+            max_clients,
+            socket_mode,
             drain_timeout: Duration::from_secs(
                 args.drain_timeout_secs
                     .unwrap_or(section.drain_timeout_secs),
@@ -338,7 +420,7 @@ enum Bound {
     Unix(UnixListener, SocketFile),
 }
 
-async fn bind(listen: &Listen, remote: bool) -> anyhow::Result<(Bound, String)> {
+async fn bind(listen: &Listen, remote: bool, mode: u32) -> anyhow::Result<(Bound, String)> {
     match listen {
         Listen::Tcp(addr) => {
             let listener = TcpListener::bind(addr)
@@ -371,9 +453,9 @@ async fn bind(listen: &Listen, remote: bool) -> anyhow::Result<(Bound, String)> 
                     path.display()
                 )
             })?;
-            // As PostgreSQL's default: the directory's permissions decide who may connect.
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
-                .with_context(|| format!("opening {} to local clients", path.display()))?;
+            // Who may connect gets a session as the identity: only whom proxy.socket_mode names.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
             let actual = path.display().to_string();
             Ok((Bound::Unix(listener, SocketFile(path)), actual))
         }
@@ -386,6 +468,7 @@ async fn accept_loop(
     proxy: Proxy,
     state: Arc<State>,
     secret: Option<Arc<LocalSecret>>,
+    max_clients: usize,
 ) {
     let mut stop = state.stop.subscribe();
     loop {
@@ -402,8 +485,13 @@ async fn accept_loop(
                 continue;
             }
         };
-        let guard = SessionGuard::new(&state);
         let proxy = proxy.clone();
+        if state.sessions.load(Ordering::SeqCst) >= max_clients {
+            // Not counted as a session: it ends within seconds, and the drain need not wait for it.
+            tokio::spawn(async move { proxy.turn_away(stream, client, max_clients).await });
+            continue;
+        }
+        let guard = SessionGuard::new(&state);
         let mut close = state.close.subscribe();
         tokio::spawn(async move {
             tokio::select! {
@@ -449,8 +537,9 @@ async fn accept(
     }
 }
 
-/// `GET /healthz`: 200 while listening with a usable token, 503 while draining or without one. The body
-/// says why, never a secret.
+/// `GET /healthz` (readiness): 200 while listening with a usable token, 503 while draining or without one.
+/// `GET /livez` (liveness): 200 while the process serves — also without a token and while draining, since a
+/// restart would end every open session and bring no token sooner. The body says why, never a secret.
 async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<State>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
@@ -478,8 +567,22 @@ async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<State>) {
             }
             let line = String::from_utf8_lossy(&request);
             let line = line.lines().next().unwrap_or_default();
-            let (status, body) = if !(line.starts_with("GET /healthz ") || line == "GET /healthz") {
-                ("404 Not Found", "not found: GET /healthz\n".to_owned())
+            let is = |path: &str| {
+                line == format!("GET {path}") || line.starts_with(&format!("GET {path} "))
+            };
+            let (status, body) = if is("/livez") {
+                let open = state.sessions.load(Ordering::SeqCst);
+                let doing = if state.draining.load(Ordering::SeqCst) {
+                    "draining"
+                } else {
+                    "listening"
+                };
+                ("200 OK", format!("alive: {doing}; {open} open sessions\n"))
+            } else if !is("/healthz") {
+                (
+                    "404 Not Found",
+                    "not found: GET /healthz or GET /livez\n".to_owned(),
+                )
             } else if state.draining.load(Ordering::SeqCst) {
                 (
                     "503 Service Unavailable",
@@ -543,7 +646,7 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
     let user = proxy.user().unwrap_or_default();
     let mut loops = Vec::new();
     for (listen, remote) in &settings.listen {
-        let (bound, address) = bind(listen, *remote).await?;
+        let (bound, address) = bind(listen, *remote, settings.socket_mode).await?;
         tracing::info!(
             %address,
             upstream = %proxy.upstream(),
@@ -557,6 +660,7 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
             proxy.clone(),
             state.clone(),
             secret,
+            settings.max_clients,
         )));
     }
     if let Some(addr) = settings.healthz {
@@ -564,6 +668,7 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
             .await
             .with_context(|| format!("serving /healthz on {addr}"))?;
         tracing::info!(address = %listener.local_addr()?, "serving GET /healthz");
+        tracing::info!(address = %listener.local_addr()?, "serving GET /livez");
         tokio::spawn(serve_healthz(listener, proxy.clone(), state.clone()));
     }
 

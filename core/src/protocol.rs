@@ -13,14 +13,15 @@ pub(crate) const MAX_STARTUP_LEN: usize = 10_000;
 /// The largest message read from the server before the session is handed over to byte copying.
 pub(crate) const MAX_MESSAGE_LEN: usize = 1 << 20;
 
+/// Start-up parameters, names and values as bytes, in order.
+pub(crate) type Params = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What a client asked for with its first message, after any TLS and GSS requests were answered `N`.
 #[derive(Debug)]
 pub(crate) enum FirstMessage {
-    /// A start-up message: protocol version and parameters (`user`, `database`, …) in order.
-    Startup {
-        version: i32,
-        params: Vec<(String, String)>,
-    },
+    /// A start-up message: protocol version and parameters (`user`, `database`, …) in order, as bytes:
+    /// PostgreSQL takes any encoding (the client's), so they are forwarded as they came.
+    Startup { version: i32, params: Params },
     /// A cancel request: the bytes after the code (backend pid, then the secret key).
     Cancel(Vec<u8>),
 }
@@ -31,6 +32,10 @@ pub(crate) enum StartupError {
     /// The bytes are not a PostgreSQL start-up.
     #[error("not a PostgreSQL start-up: {0}")]
     Garbage(String),
+    /// A well-framed first message with a protocol version this side does not speak (PostgreSQL answers
+    /// it with an error).
+    #[error("protocol version {major}.{minor} (3.x expected)", major = .0 >> 16, minor = .0 & 0xffff)]
+    Version(i32),
     /// The connection failed or closed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -62,17 +67,13 @@ pub(crate) async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
                     params: parse_params(&rest)?,
                 });
             }
-            other => {
-                return Err(StartupError::Garbage(format!(
-                    "protocol code {other} (3.x start-up, SSL, GSS or cancel request expected)"
-                )));
-            }
+            other => return Err(StartupError::Version(other)),
         }
     }
 }
 
 /// `key\0value\0…\0` into pairs.
-fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
+fn parse_params(body: &[u8]) -> Result<Params, StartupError> {
     let garbage = |what: &str| StartupError::Garbage(format!("start-up parameters {what}"));
     let body = body
         .strip_suffix(&[0])
@@ -87,24 +88,19 @@ fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
     if !fields.len().is_multiple_of(2) {
         return Err(garbage("with a key without a value"));
     }
-    fields
+    Ok(fields
         .chunks(2)
-        .map(|pair| {
-            let text = |bytes: &[u8]| {
-                String::from_utf8(bytes.to_vec()).map_err(|_| garbage("that are not UTF-8"))
-            };
-            Ok((text(pair[0])?, text(pair[1])?))
-        })
-        .collect()
+        .map(|pair| (pair[0].to_vec(), pair[1].to_vec()))
+        .collect())
 }
 
 /// A start-up message with `version` and `params`.
-pub(crate) fn startup_message(version: i32, params: &[(String, String)]) -> Vec<u8> {
+pub(crate) fn startup_message(version: i32, params: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
     let mut body = version.to_be_bytes().to_vec();
     for (key, value) in params {
-        body.extend(key.as_bytes());
+        body.extend(key);
         body.push(0);
-        body.extend(value.as_bytes());
+        body.extend(value);
         body.push(0);
     }
     body.push(0);
@@ -204,4 +200,104 @@ pub(crate) fn parse_fields(body: &[u8]) -> Vec<(u8, String)> {
             Some((code, String::from_utf8_lossy(value).into_owned()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `read_startup` makes of `bytes` sent by a client, and what it answered.
+    async fn first(bytes: &[u8]) -> (Result<FirstMessage, StartupError>, Vec<u8>) {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(bytes).await.expect("write");
+        drop(client.shutdown().await);
+        let result = read_startup(&mut server).await;
+        drop(server);
+        let mut answered = Vec::new();
+        client.read_to_end(&mut answered).await.expect("read");
+        (result, answered)
+    }
+
+    fn startup(params: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let params: Vec<_> = params
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        startup_message(196_608, &params)
+    }
+
+    #[tokio::test]
+    async fn a_start_up_after_an_ssl_request_is_read_with_its_parameters() {
+        // Proves: an SSLRequest is answered `N` and the start-up after it is read, its parameters in order,
+        // including a value that is not UTF-8 (PostgreSQL takes the client's encoding).
+        let mut bytes = ssl_request();
+        bytes.extend(startup(&[
+            (b"user", b"app"),
+            (b"application_name", b"caf\xe9"),
+        ]));
+        let (result, answered) = first(&bytes).await;
+        let Ok(FirstMessage::Startup { version, params }) = result else {
+            panic!("not a start-up: {result:?}");
+        };
+        assert_eq!(version, 196_608);
+        assert_eq!(params[0], (b"user".to_vec(), b"app".to_vec()));
+        assert_eq!(params[1].1, b"caf\xe9");
+        assert_eq!(answered, b"N");
+    }
+
+    #[tokio::test]
+    async fn short_oversized_and_unknown_first_messages_are_refused() {
+        // Proves: a length below 8 or above the limit, a protocol version other than 3.x, and unterminated
+        // parameters are each one error (no panic, no read past the limit); a truncated message is an I/O
+        // error; a cancel request is recognised with its key.
+        let short = 4_i32.to_be_bytes();
+        assert!(matches!(
+            first(&short).await.0,
+            Err(StartupError::Garbage(_))
+        ));
+        let oversized = [&20_000_i32.to_be_bytes()[..], &196_608_i32.to_be_bytes()].concat();
+        assert!(matches!(
+            first(&oversized).await.0,
+            Err(StartupError::Garbage(_))
+        ));
+        let http = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(matches!(first(http).await.0, Err(StartupError::Garbage(_))));
+        let v2 = with_length(None, [&0x0002_0000_i32.to_be_bytes()[..], b"\0"].concat());
+        assert!(matches!(
+            first(&v2).await.0,
+            Err(StartupError::Version(0x0002_0000))
+        ));
+        let unterminated = with_length(None, [&196_608_i32.to_be_bytes()[..], b"user"].concat());
+        assert!(matches!(
+            first(&unterminated).await.0,
+            Err(StartupError::Garbage(_))
+        ));
+        let odd = with_length(None, [&196_608_i32.to_be_bytes()[..], b"user\0\0"].concat());
+        assert!(matches!(first(&odd).await.0, Err(StartupError::Garbage(_))));
+        let truncated = &startup(&[(b"user", b"app")])[..12];
+        assert!(matches!(first(truncated).await.0, Err(StartupError::Io(_))));
+        let cancel = cancel_request(&[0, 0, 0, 7, 1, 2, 3, 4]);
+        assert!(
+            matches!(first(&cancel).await.0, Ok(FirstMessage::Cancel(key)) if key == [0, 0, 0, 7, 1, 2, 3, 4])
+        );
+    }
+
+    #[tokio::test]
+    async fn messages_above_the_limit_are_refused_without_reading_them() {
+        // Proves: a server message claiming more than the limit, or less than its own length field, is an
+        // error rather than an allocation of that size.
+        let mut huge = vec![b'R'];
+        huge.extend(i32::MAX.to_be_bytes());
+        let error = read_message(&mut huge.as_slice())
+            .await
+            .expect_err("refused");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        let mut negative = vec![b'R'];
+        negative.extend(2_i32.to_be_bytes());
+        assert!(read_message(&mut negative.as_slice()).await.is_err());
+        let mut ok = with_length(Some(b'R'), 0_i32.to_be_bytes().to_vec());
+        ok.extend(b"rest");
+        let message = read_message(&mut ok.as_slice()).await.expect("a message");
+        assert_eq!((message.tag, message.int32(0)), (b'R', Some(0)));
+    }
 }

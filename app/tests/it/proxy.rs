@@ -20,18 +20,26 @@ use crate::support::{Pgwi, Spawned, WorkloadIdentity, error_line, scram_role, te
 /// How long a proxy may take to start listening on a loaded machine.
 const START_LIMIT: Duration = Duration::from_secs(60);
 
-/// Tokens of 8 s, refreshed at half their life, requests cut after 2 s, treated as expired 1 s early (as
-/// the core's rotation tests): several lifetimes fit in a test.
+/// Tokens of 8 s, refreshed at half their life, requests cut after 2 s, treated as expired 2 s early (a
+/// quarter of their life, the most the allowance can be: it covers the time from the proxy's check to the
+/// server's): several lifetimes fit in a test. See also [`CHECKER_BURST`].
 const SHORT_TOKENS: Duration = Duration::from_secs(8);
 fn short_token_settings() -> Vec<(String, String)> {
     [
         ("PGWI_CREDENTIAL__REFRESH_MARGIN_SECS", "4"),
         ("PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS", "2"),
-        ("PGWI_CREDENTIAL__EXPIRY_SKEW_SECS", "1"),
+        ("PGWI_CREDENTIAL__EXPIRY_SKEW_SECS", "2"),
     ]
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .to_vec()
 }
+
+/// Taken exclusively by the 200-client test, shared by the tests whose tokens live seconds. Those 200
+/// logins start 200 token checkers (a process each) on the test server at once, which then judges tokens
+/// seconds after they were presented: a token the proxy presented before its deadline (expiry less a 2 s
+/// allowance) was once judged 3 s after its expiry. The proxy's rule is what those tests prove; a burst
+/// of checkers on the same two cores is not the latency the allowance is sized for.
+static CHECKER_BURST: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// A client program this suite runs, or a failure saying how to install it (never a silent skip).
 fn tool(name: &str, package: &str) -> Command {
@@ -255,11 +263,21 @@ async fn login_error(
 
 /// `GET /healthz`: the status line and the body.
 async fn healthz(address: &str) -> (String, String) {
+    http_get(address, "/healthz").await
+}
+
+/// `GET /livez`: the status line and the body.
+async fn livez(address: &str) -> (String, String) {
+    http_get(address, "/livez").await
+}
+
+/// `GET path` on the health endpoint: the status line and the body.
+async fn http_get(address: &str, path: &str) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
-        .expect("healthz");
+        .expect("health endpoint");
     stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").as_bytes())
         .await
         .expect("request");
     let mut response = String::new();
@@ -296,8 +314,9 @@ async fn psql_over_tcp_and_a_unix_socket_gets_in_with_a_token(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Proves: psql, given no password, reaches the server through the proxy over TCP and over a Unix socket
-    // directory (DIR:PORT naming the socket's port), logged in as the identity over TLS with a token the
-    // server accepted unexpired; /healthz answers 200; each session ends with one log line (client,
+    // directory (DIR:PORT naming the socket's port, the socket file 0700 by default), logged in as the
+    // identity over TLS with a token the server accepted unexpired; /healthz and /livez answer 200; each
+    // session ends with one log line (client,
     // database, upstream pid, duration, bytes); SIGTERM ends the proxy with 0 and removes the socket file.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
@@ -319,7 +338,16 @@ async fn psql_over_tcp_and_a_unix_socket_gets_in_with_a_token(
         socket_file.display()
     );
 
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket_file)
+            .expect("socket metadata")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "socket mode {mode:o}");
+
     let (status, body) = healthz(running.healthz.as_deref().expect("healthz")).await;
+    assert!(status.contains("200"), "{status}: {body}");
+    let (status, body) = livez(running.healthz.as_deref().expect("healthz")).await;
     assert!(status.contains("200"), "{status}: {body}");
 
     let sql =
@@ -441,6 +469,7 @@ async fn pgbench_with_a_new_connection_per_transaction_across_three_token_lifeti
     // Proves: pgbench -C (a new connection for every transaction) through the proxy for longer than three
     // token lifetimes has 0 failed transactions, and the server judged every token it was presented
     // unexpired — several tokens were used.
+    let _quiet = CHECKER_BURST.read().await;
     let db = fresh_db;
     let wi = WorkloadIdentity::with_token_lifetime(&db, Some(SHORT_TOKENS)).await;
     let pgwi = proxy(&db, &wi, &["--listen", "127.0.0.1:0"]).envs(short_token_settings());
@@ -560,6 +589,7 @@ async fn two_hundred_concurrent_clients_each_get_their_own_backend(
 ) {
     // Proves: 200 clients connected through the proxy at the same time are each served by a backend of
     // their own, logged in with an unexpired token.
+    let _burst = CHECKER_BURST.write().await;
     let db = fresh_db;
     let (wi, running, host, port) = loopback_proxy(&db).await;
     const CLIENTS: usize = 200;
@@ -651,6 +681,108 @@ async fn a_backend_terminated_mid_session_fails_that_client_only(
     running.stop().await;
 }
 
+/// A loopback TCP forwarder to `target`; resetting it ends every connection it carries with a TCP reset
+/// (no FATAL, no FIN first), as a crashed server host or a dropped NAT entry would.
+struct Forwarder {
+    port: u16,
+    reset: tokio::sync::watch::Sender<u32>,
+}
+
+impl Forwarder {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the forwarder");
+        let port = listener.local_addr().expect("address").port();
+        let (reset, _) = tokio::sync::watch::channel(0);
+        let resets = reset.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut reset = resets.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = reset.changed() => {
+                            // Linger 0: closing sends RST instead of FIN.
+                            let _ = client.set_zero_linger();
+                            let _ = server.set_zero_linger();
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, reset }
+    }
+
+    /// Resets every connection open now.
+    fn reset_all(&self) {
+        self.reset.send_modify(|n| *n += 1);
+    }
+}
+
+#[rstest]
+#[tokio::test]
+async fn an_upstream_connection_reset_fails_that_client_only(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: when the connection to the server is reset mid-session (a TCP RST, no FATAL first), that
+    // client gets an error instead of a hang, the proxy logs the session's end and serves new clients.
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
+    let forwarder = Forwarder::start(db.server().port()).await;
+    let pgwi = proxy(&db, &wi, &["--listen", "127.0.0.1:0"])
+        .env("DBHOST", format!("127.0.0.1:{}", forwarder.port));
+    let mut running = Running::start(pgwi, 1, false).await;
+    let (host, port) = running.tcp();
+    let mut victim = connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("connect through the forwarder");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut victim)
+        .await
+        .expect("query");
+    assert_eq!(one, 1);
+
+    forwarder.reset_all();
+    let after = tokio::time::timeout(
+        START_LIMIT,
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&mut victim),
+    )
+    .await
+    .expect("the client hung after the reset");
+    assert!(after.is_err(), "the reset session still answered");
+    let ended = running
+        .process
+        .wait_for_log("connection ended", 1, START_LIMIT)
+        .await;
+    let error = ended[0]["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("reset"),
+        "not ended by the reset: {}",
+        ended[0]
+    );
+    assert!(
+        !running.process.has_exited(),
+        "the proxy went down with the session"
+    );
+
+    let mut next = connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("a new client");
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut next)
+        .await
+        .expect("query");
+    assert_eq!(one, 1);
+    next.close().await.expect("close");
+    running.stop().await;
+}
+
 #[rstest]
 #[tokio::test]
 async fn remote_listeners_need_allow_remote_and_a_local_password(
@@ -709,6 +841,70 @@ async fn remote_listeners_need_allow_remote_and_a_local_password(
     let (code, message) =
         login_error(&host, port, &wi.identity, db.name(), Some("wrong-password")).await;
     assert_eq!(code, "28P01", "{message}");
+    // The right password with another user: the same answer, which does not name the proxy's role.
+    let (code, other) = login_error(&host, port, "someone_else", db.name(), Some(&password)).await;
+    assert_eq!(code, "28P01", "{other}");
+    assert_eq!(
+        other,
+        message.replace(&wi.identity, "someone_else"),
+        "a wrong user must look like a wrong password"
+    );
+    assert!(!other.contains(&wi.identity), "{other}");
+    running.stop().await;
+}
+
+#[rstest]
+#[tokio::test]
+async fn clients_beyond_max_clients_get_too_many_connections(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: with --max-clients 1, a second client while one is connected gets PostgreSQL's 53300 "too
+    // many clients" and is closed, and is served once the first has gone; a --socket-mode that is not an
+    // octal mode exits 2 naming proxy.socket_mode.
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
+    let bad = proxy(
+        &db,
+        &wi,
+        &["--listen", "127.0.0.1:0", "--socket-mode", "999"],
+    )
+    .output()
+    .await;
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(
+        error_line(&bad).contains("proxy.socket_mode"),
+        "{}",
+        error_line(&bad)
+    );
+
+    let args = ["--listen", "127.0.0.1:0", "--max-clients", "1"];
+    let running = Running::start(proxy(&db, &wi, &args), 1, false).await;
+    let (host, port) = running.tcp();
+    let first = connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("the first client");
+    let (code, message) = login_error(&host, port, &wi.identity, db.name(), None).await;
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("too many clients"), "{message}");
+    first.close().await.expect("close");
+    // The first session's end is noticed asynchronously: ask until the slot is free.
+    let until = tokio::time::Instant::now() + START_LIMIT;
+    let mut next = loop {
+        match connect(&host, port, &wi.identity, db.name()).await {
+            Ok(next) => break next,
+            Err(error) => assert!(
+                tokio::time::Instant::now() < until,
+                "never served again: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut next)
+        .await
+        .expect("query");
+    assert_eq!(one, 1);
+    next.close().await.expect("close");
     running.stop().await;
 }
 
@@ -717,9 +913,9 @@ async fn remote_listeners_need_allow_remote_and_a_local_password(
 async fn sigterm_drains_open_sessions_then_closes_them_at_the_deadline(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
-    // Proves: on SIGTERM the proxy stops accepting (new connections fail, /healthz answers 503) while an
-    // open session keeps working, and exits 0 once it ends; a session still open at the drain deadline is
-    // closed and the proxy exits 0.
+    // Proves: on SIGTERM the proxy stops accepting (new connections fail, /healthz answers 503, /livez
+    // still 200) while an open session keeps working, and stops by itself with exit 0 once it ends, without
+    // closing anything; a session still open at the drain deadline is closed and the proxy exits 0.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
     let args = [
@@ -749,6 +945,11 @@ async fn sigterm_drains_open_sessions_then_closes_them_at_the_deadline(
         status.contains("503") && body.contains("draining"),
         "{status}: {body}"
     );
+    let (status, body) = livez(running.healthz.as_deref().expect("healthz")).await;
+    assert!(
+        status.contains("200") && body.contains("draining"),
+        "{status}: {body}"
+    );
     assert!(
         connect(&host, port, &wi.identity, db.name()).await.is_err(),
         "a new client was accepted while draining"
@@ -760,6 +961,18 @@ async fn sigterm_drains_open_sessions_then_closes_them_at_the_deadline(
     assert_eq!(still, "still open");
     assert!(!running.process.has_exited());
     open.close().await.expect("close");
+    // It stops by itself (no second signal, which would take the "second signal" path).
+    running
+        .process
+        .wait_for_log("stopped", 1, START_LIMIT)
+        .await;
+    assert!(
+        running
+            .process
+            .log_lines("closing the open sessions")
+            .is_empty(),
+        "the drain closed sessions although the last one had ended"
+    );
     running.stop().await;
 
     let args = ["--listen", "127.0.0.1:0", "--drain-timeout-secs", "1"];
@@ -817,7 +1030,8 @@ async fn a_refused_login_reaches_the_client_with_the_diagnosis(
 #[tokio::test]
 async fn a_static_password_is_answered_with_scram(#[future(awt)] fresh_db: TestDatabase) {
     // Proves: with a static password (a scram-sha-256 role), the proxy answers the server's SCRAM exchange
-    // and psql gets in without knowing the password.
+    // and psql gets in without knowing the password; an error the server sends after accepting the login
+    // (3D000, no such database) reaches the client in the server's words with pgwi's fix as its hint.
     let db = fresh_db;
     let role = scram_role(&db).await;
     let pgwi = Pgwi::new(&["proxy", "--listen", "127.0.0.1:0"]).with_role(&db, &role);
@@ -833,6 +1047,14 @@ async fn a_static_password_is_answered_with_scram(#[future(awt)] fresh_db: TestD
     )
     .await;
     assert_eq!(assert_ok("psql with scram upstream", &out), role.name);
+    let out = psql(&host, port, &role.name, "no_such_db", "SELECT 1", &[]).await;
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("\"no_such_db\" does not exist")
+            && stderr.contains("HINT:  pgwi: create the database"),
+        "{stderr}"
+    );
     running.stop().await;
 }
 
@@ -842,8 +1064,10 @@ async fn without_a_valid_token_new_sessions_are_refused_until_entra_answers_agai
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Proves: when Entra fails for longer than a token lives, new sessions are refused with the
-    // credential's error (08001) and /healthz answers 503 — no expired token is presented — while an open
-    // session keeps working; once Entra answers again, /healthz answers 200 and new sessions are served.
+    // credential's error (08001) and /healthz answers 503 — no expired token is presented — while /livez
+    // answers 200 (a liveness probe must not restart the proxy) and an open session keeps working; once
+    // Entra answers again, /healthz answers 200 and new sessions are served.
+    let _quiet = CHECKER_BURST.read().await;
     let db = fresh_db;
     let wi = WorkloadIdentity::with_token_lifetime(&db, Some(SHORT_TOKENS)).await;
     let args = ["--listen", "127.0.0.1:0", "--healthz", "127.0.0.1:0"];
@@ -858,6 +1082,8 @@ async fn without_a_valid_token_new_sessions_are_refused_until_entra_answers_agai
     wi.entra.set_fault(Some(Fault::ServerError));
     let body = wait_for_health(&probe, "503", Duration::from_secs(60)).await;
     assert!(body.contains("no valid token"), "{body}");
+    let (status, body) = livez(&probe).await;
+    assert!(status.contains("200"), "{status}: {body}");
     let (code, message) = login_error(&host, port, &wi.identity, db.name(), None).await;
     assert_eq!(code, "08001", "{message}");
     assert!(message.contains("no valid token"), "{message}");
@@ -881,6 +1107,62 @@ async fn without_a_valid_token_new_sessions_are_refused_until_entra_answers_agai
     open.close().await.expect("close");
     running.stop().await;
     assert_no_expired_token_presented(&db, &wi.identity);
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_token_inside_the_skew_allowance_is_not_presented_while_entra_fails(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: while Entra fails, the cache still serves its last good token up to its expiry, but the proxy
+    // stops presenting it at its expiry less the skew allowance: a client connecting inside [exp - skew,
+    // exp) gets the credential's error (08001), /healthz answers 503 then, and the server never judges that
+    // token again — it saw it only for the session opened before the deadline.
+    let _quiet = CHECKER_BURST.read().await;
+    let db = fresh_db;
+    // 24 s tokens and a 6 s skew (a quarter of the life: the allowance applies in full), refreshed at half
+    // life: the refusal window is 6 s wide, which a loaded machine still hits.
+    let wi = WorkloadIdentity::with_token_lifetime(&db, Some(Duration::from_secs(24))).await;
+    let settings = [
+        ("PGWI_CREDENTIAL__REFRESH_MARGIN_SECS", "12"),
+        ("PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS", "2"),
+        ("PGWI_CREDENTIAL__EXPIRY_SKEW_SECS", "6"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let args = ["--listen", "127.0.0.1:0", "--healthz", "127.0.0.1:0"];
+    let running = Running::start(proxy(&db, &wi, &args).envs(settings), 1, true).await;
+    let (host, port) = running.tcp();
+    let probe = running.healthz.clone().expect("healthz");
+    wi.entra.set_fault(Some(Fault::ServerError));
+    connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("served with the first token")
+        .close()
+        .await
+        .expect("close");
+    let before = db.server().token_checks_for(&wi.identity).expect("checks");
+    assert_eq!(before.len(), 1, "{before:?}");
+    let exp = before[0].expires_at.expect("the token's exp");
+
+    let body = wait_for_health(&probe, "503", Duration::from_secs(60)).await;
+    assert!(body.contains("no valid token"), "{body}");
+    let (code, message) = login_error(&host, port, &wi.identity, db.name(), None).await;
+    let refused_at = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert_eq!(code, "08001", "{message}");
+    assert!(message.contains("no valid token"), "{message}");
+    // What this test is about: the token had not expired yet, so only the skew allowance refused it.
+    assert!(
+        refused_at < exp,
+        "the refusal came after the token's expiry ({refused_at} >= {exp}): the machine was too slow \
+         to reach the skew window, so this run proves nothing about it"
+    );
+    let after = db.server().token_checks_for(&wi.identity).expect("checks");
+    assert_eq!(
+        after, before,
+        "the server was presented a token after its deadline"
+    );
+    wi.entra.set_fault(None);
+    running.stop().await;
 }
 
 /// Polls `/healthz` until its status line holds `status`; the body then.

@@ -26,7 +26,7 @@ pub use error::{AuthenticationFailure, ConnectError, fix_for_sqlstate};
 use pool::{Target, sqlstate};
 pub(crate) use pool::{audience, resolve_host, resolve_user};
 use rotation::{Current, Rotation, RotationState};
-pub(crate) use rotation::{expired_on_arrival, lock, usable_now};
+pub(crate) use rotation::{expired_on_arrival, lock, usable_at, usable_now};
 
 use crate::config::Config;
 

@@ -67,10 +67,13 @@ impl RefusalEndpoint {
     }
 }
 
-/// Reads the client's start-up (answering `N` to TLS and GSS requests) and answers with a FATAL error.
+/// Reads the client's start-up (answering `N` to TLS and GSS requests) and answers with a FATAL error. A
+/// start-up of another protocol version gets the error too (the client is told why it cannot connect); a
+/// cancel request gets no answer, as from PostgreSQL; bytes that are not a start-up at all are closed on.
 async fn refuse(mut stream: TcpStream, message: &str) -> std::io::Result<()> {
     match protocol::read_startup(&mut stream).await {
-        Ok(_) => {}
+        Ok(protocol::FirstMessage::Startup { .. }) | Err(protocol::StartupError::Version(_)) => {}
+        Ok(protocol::FirstMessage::Cancel(_)) => return stream.shutdown().await,
         Err(protocol::StartupError::Io(error)) => return Err(error),
         Err(protocol::StartupError::Garbage(_)) => return Ok(()),
     }

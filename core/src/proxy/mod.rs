@@ -2,20 +2,24 @@
 //! client session gets its own connection to the configured server, authenticated with a token that is
 //! valid at that moment, and then the bytes flow both ways untouched.
 //!
-//! Per session: the client's TLS and GSS requests are answered `N` (the hop is loopback or a Unix socket;
-//! remote clients must prove the proxy's local password with SCRAM first); its start-up must name the
-//! configured user (or the one `auto` derives from the token), else it gets one error naming that user;
-//! the server's authentication request is answered here — cleartext with the token (what Azure asks an
-//! Entra principal for), or SCRAM-SHA-256 with it (a static password) — and from `AuthenticationOk` on,
-//! every message is the server's own, including `BackendKeyData`, so a client's `CancelRequest` is
-//! forwarded as is, over a new connection with the same TLS. An authentication failure reaches the client
-//! as the server's error with pgwi's diagnosis in its message.
+//! Per session: the client's TLS and GSS requests are answered `N` (the hop is loopback or a Unix socket);
+//! a remote client (`--allow-remote`) proves the proxy's local password with SCRAM right after its start-up,
+//! before it learns anything or a token is asked for (a wrong user fails like a wrong password); the start-up
+//! must name the configured user (or the one `auto` derives from the token), else it gets one error naming
+//! that user; the server's authentication request is answered here — cleartext with the token (what Azure
+//! asks an Entra principal for), or SCRAM-SHA-256 with it (a static password; the server must prove the
+//! password back before `AuthenticationOk` counts) — and from `AuthenticationOk` on, every message is the
+//! server's own, including `BackendKeyData`, so a client's `CancelRequest` is forwarded as is, over a new
+//! connection with the same TLS. An authentication failure reaches the client as the server's error with
+//! pgwi's diagnosis in its message; a later one (no such database, no LOGIN) with pgwi's fix as its hint.
 //!
 //! "No expired token is presented" holds as for the pool: a token is taken from the token source's cache
-//! for each session and presented only if it is before its deadline (expiry less the skew allowance,
-//! [`crate::connect`]'s rule); otherwise the client gets the credential's error. A keeper task asks the
-//! cache ahead of expiry, so sessions rarely wait for a refresh. The listeners, signals and health
-//! endpoint are the caller's (the `pgwi proxy` command); this module serves one accepted connection.
+//! for each session and presented only while `now < exp - skew` (the skew allowance capped at a quarter of
+//! the token's life, measured from its issue, [`crate::connect`]'s rule); otherwise the client gets the
+//! credential's error. The cache serves its last good token up to its very expiry while the source fails,
+//! so this check, not the cache, keeps a token inside the allowance from the server. A keeper task asks the
+//! cache ahead of expiry, so sessions rarely wait for a refresh. The listeners, signals and health endpoint
+//! are the caller's (the `pgwi proxy` command); this module serves one accepted connection.
 
 mod scram;
 mod tls;
@@ -40,6 +44,8 @@ use crate::protocol::{self, FirstMessage, Message, StartupError};
 
 /// How long a client has for its start-up (and the local password, for remote clients).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client turned away for want of room has for its start-up.
+const TURN_AWAY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a forwarded cancel request may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The keeper's longest sleep: the token's state is re-checked at least this often.
@@ -77,9 +83,40 @@ struct Inner {
     credential: Arc<CachedTokenSource>,
     skew: Duration,
     connect_timeout: Duration,
-    /// The last token the cache gave (to a session or the keeper), for [`Proxy::health`].
-    current: Arc<Mutex<Option<Token>>>,
+    /// The last token the cache gave (to a session or the keeper) and when it was first seen, for
+    /// [`Proxy::health`] and for the deadline of a token without an `iat` claim.
+    current: Arc<Mutex<Option<Seen>>>,
     keeper: tokio::task::AbortHandle,
+}
+
+/// A token and when the proxy first got it.
+#[derive(Clone)]
+struct Seen {
+    token: Token,
+    received: OffsetDateTime,
+}
+
+/// Notes `token` as the last one seen (keeping when it was first seen, if it is the same); that time.
+fn record(current: &Mutex<Option<Seen>>, token: &Token) -> OffsetDateTime {
+    let mut current = connect::lock(current);
+    match current.as_ref() {
+        Some(seen) if seen.token.secret() == token.secret() => seen.received,
+        _ => {
+            let received = OffsetDateTime::now_utc();
+            *current = Some(Seen {
+                token: token.clone(),
+                received,
+            });
+            received
+        }
+    }
+}
+
+impl Seen {
+    /// Whether the token may be presented now: before its expiry less the skew allowance.
+    fn usable(&self, skew: Duration) -> bool {
+        connect::usable_at(&self.token, self.received, skew, OffsetDateTime::now_utc())
+    }
 }
 
 impl Drop for Inner {
@@ -143,9 +180,11 @@ impl Proxy {
         }
         let user = connect::resolve_user(db, &token, &credential)?;
         let configured_user = (db.user.as_deref().map(str::trim) != Some("auto")).then_some(user);
-        let current = Arc::new(Mutex::new(Some(token)));
-        let keeper =
-            tokio::spawn(keep_fresh(credential.clone(), skew, current.clone())).abort_handle();
+        let current = Arc::new(Mutex::new(Some(Seen {
+            token,
+            received: OffsetDateTime::now_utc(),
+        })));
+        let keeper = tokio::spawn(keep_fresh(credential.clone(), current.clone())).abort_handle();
         let proxy = Self {
             inner: Arc::new(Inner {
                 target: upstream::Target {
@@ -168,7 +207,7 @@ impl Proxy {
     /// The user sessions log in as now (from the token's claims with `user = "auto"`).
     pub fn user(&self) -> Option<String> {
         let current = connect::lock(&self.inner.current).clone();
-        current.and_then(|token| self.user_for(&token))
+        current.and_then(|seen| self.user_for(&seen.token))
     }
 
     /// The server, as `host:port` (or the socket directory and port).
@@ -180,12 +219,14 @@ impl Proxy {
     pub fn health(&self) -> Health {
         let current = connect::lock(&self.inner.current).clone();
         match current {
-            Some(token) if connect::usable_now(&token, self.inner.skew) => Health::Ready {
-                expires_at: token.expires_at(),
+            Some(seen) if seen.usable(self.inner.skew) => Health::Ready {
+                expires_at: seen.token.expires_at(),
             },
             _ => Health::NoToken(match self.inner.credential.last_failure() {
                 Some(error) => error.to_string(),
-                None => "the token expired and no new one has arrived yet".into(),
+                None => "the token is within the skew allowance of its expiry and no new one has \
+                         arrived yet"
+                    .into(),
             }),
         }
     }
@@ -197,16 +238,17 @@ impl Proxy {
         }
     }
 
-    /// A token that may be presented now: before its deadline, else the credential's error.
+    /// A token that may be presented now: before its expiry less the skew allowance (the cache serves its
+    /// last good token while the source fails, up to its expiry), else the credential's error.
     async fn token_now(&self) -> Result<Token, CredentialError> {
         let credential = &self.inner.credential;
         let token = credential.token().await?;
-        if !connect::usable_now(&token, self.inner.skew) {
+        let received = record(&self.inner.current, &token);
+        if !connect::usable_at(&token, received, self.inner.skew, OffsetDateTime::now_utc()) {
             return Err(credential
                 .last_failure()
                 .unwrap_or_else(|| connect::expired_on_arrival(credential.info().kind, &token)));
         }
-        *connect::lock(&self.inner.current) = Some(token.clone());
         Ok(token)
     }
 
@@ -228,6 +270,42 @@ impl Proxy {
         let _ = stream.shutdown().await;
     }
 
+    /// Serves a connection the caller has no room for (its `max_clients` reached): a cancel request is
+    /// still forwarded (it frees a backend, as PostgreSQL serves cancels at its own limit); a start-up gets
+    /// PostgreSQL's "too many clients" error (53300, after the start-up as the server sends it, so every
+    /// client library shows it) and the connection is closed. One log line, as for a session.
+    pub async fn turn_away<S>(&self, stream: S, client: Client, limit: usize)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut log = SessionLog::new(client.address);
+        let mut stream = stream;
+        let result = async {
+            let first = tokio::time::timeout(TURN_AWAY_TIMEOUT, protocol::read_startup(&mut stream))
+                .await
+                .map_err(|_| SessionError::Client("no start-up in time".into()))?;
+            match first {
+                Ok(FirstMessage::Cancel(key)) => {
+                    log.kind = "cancel";
+                    self.forward_cancel(&key).await
+                }
+                Ok(FirstMessage::Startup { .. }) | Err(StartupError::Version(_)) => {
+                    let message = format!(
+                        "sorry, too many clients already: pgwi proxy serves at most {limit} at once \
+                         (proxy.max_clients)"
+                    );
+                    Err(refuse(&mut stream, "53300", message).await)
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        .await;
+        if let Err(error) = result {
+            log.error = Some(error);
+        }
+        let _ = stream.shutdown().await;
+    }
+
     async fn session<S>(
         &self,
         client: &mut S,
@@ -241,7 +319,20 @@ impl Proxy {
             .await
             .map_err(|_| {
                 SessionError::Client(format!("no start-up within {}s", STARTUP_TIMEOUT.as_secs()))
-            })??;
+            })?;
+        let first = match first {
+            Ok(first) => first,
+            // As PostgreSQL: the client is told which versions are spoken.
+            Err(StartupError::Version(version)) => {
+                let message = format!(
+                    "unsupported frontend protocol {}.{}: pgwi proxy supports 3.x",
+                    version >> 16,
+                    version & 0xffff
+                );
+                return Err(refuse(client, "0A000", message).await);
+            }
+            Err(error) => return Err(error.into()),
+        };
         let (version, mut params) = match first {
             FirstMessage::Cancel(key) => {
                 log.kind = "cancel";
@@ -249,16 +340,29 @@ impl Proxy {
             }
             FirstMessage::Startup { version, params } => (version, params),
         };
+        // Values are bytes in the client's encoding; names and databases are shown as UTF-8 (lossy).
         let param = |name: &str| {
             params
                 .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.clone())
+                .find(|(key, _)| key == name.as_bytes())
+                .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
         };
         let Some(user) = param("user") else {
             return Err(refuse(client, "08P01", "the start-up names no user".into()).await);
         };
         log.database = Some(param("database").unwrap_or_else(|| user.clone()));
+        // A remote client proves the local password before it learns anything (the role, the credential's
+        // errors) or makes the proxy ask for a token; a wrong user gets the same 28P01 as a wrong password,
+        // as from PostgreSQL. The user is checked against the token held now, which asks nothing upstream.
+        if let Some(secret) = &who.local_secret {
+            let user_allowed = self.user().as_deref() == Some(user.as_str());
+            tokio::time::timeout(
+                STARTUP_TIMEOUT,
+                local_authentication(client, secret, &user, user_allowed),
+            )
+            .await
+            .map_err(|_| SessionError::Client("the local password exchange timed out".into()))??;
+        }
         // For the user check; the one presented is taken again when the server asks.
         let token = self.token_for_server(client, &mut None).await?;
         let Some(expected) = self.user_for(&token) else {
@@ -273,13 +377,6 @@ impl Proxy {
                  {user:?}: connect with user {expected} (psql -U {expected}, PGUSER={expected})"
             );
             return Err(refuse(client, "28000", message).await);
-        }
-        if let Some(secret) = &who.local_secret {
-            tokio::time::timeout(STARTUP_TIMEOUT, local_authentication(client, secret, &user))
-                .await
-                .map_err(|_| {
-                    SessionError::Client("the local password exchange timed out".into())
-                })??;
         }
         let connecting = Instant::now();
         let opened = tokio::time::timeout(self.inner.connect_timeout, async {
@@ -314,7 +411,16 @@ impl Proxy {
             )))
         });
         if let Err(error) = auth {
-            if let SessionError::Upstream(message) = &error {
+            // Refusals were sent already; anything else the server did wrong is one error for the client.
+            let message = match &error {
+                SessionError::Upstream(message) => Some(message.clone()),
+                SessionError::Scram(scram) => Some(format!("the server's {scram}")),
+                SessionError::Io(io) => Some(format!(
+                    "the connection to the server failed during authentication: {io}"
+                )),
+                _ => None,
+            };
+            if let Some(message) = message {
                 let _ = client
                     .write_all(&protocol::fatal("08006", &format!("pgwi proxy: {message}")))
                     .await;
@@ -328,12 +434,9 @@ impl Proxy {
     }
 
     fn unreachable(&self, error: io::Error) -> ConnectError {
-        ConnectError::Unreachable {
-            host: self.inner.target.host.clone(),
-            port: self.inner.target.port,
-            waited_secs: self.inner.connect_timeout.as_secs(),
-            last: error.to_string(),
-        }
+        self.inner
+            .target
+            .unreachable(self.inner.connect_timeout.as_secs(), &error)
     }
 
     /// A token usable now for the server's password request, kept in `presented` for the rest of the
@@ -374,11 +477,20 @@ impl Proxy {
         // connection to the server took time, and what is presented must be usable at that moment.
         let mut presented: Option<Token> = None;
         let mut scram: Option<scram::Client> = None;
+        // Whether the server proved it knows the password too (its SASLFinal): required before `R 0`.
+        let mut verified = false;
         let mut pending = Vec::new();
         loop {
             let message = protocol::read_message(upstream).await?;
             match (message.tag, message.int32(0)) {
                 (b'R', Some(0)) => {
+                    if scram.is_some() && !verified {
+                        return Err(SessionError::Upstream(
+                            "the server ended the SCRAM-SHA-256 exchange without its final message, \
+                             so it never proved that it knows the password; not trusting it"
+                                .into(),
+                        ));
+                    }
                     pending.extend(message.encode());
                     break;
                 }
@@ -430,6 +542,7 @@ impl Proxy {
                         SessionError::Upstream("SASL final before SASL start".into())
                     })?;
                     state.verify(&String::from_utf8_lossy(&message.body[4..]))?;
+                    verified = true;
                 }
                 (b'R', Some(5)) => {
                     return Err(SessionError::Upstream(
@@ -465,13 +578,17 @@ impl Proxy {
             if message.tag == b'K' {
                 log.upstream_pid = message.int32(0);
             }
-            pending.extend(message.encode());
-            if matches!(message.tag, b'Z' | b'E') {
+            if message.tag == b'E' {
+                // After AuthenticationOk: the database is missing, the role may not log in, no slots…
+                let error = with_hint(&message);
+                pending.extend(error.packet);
                 client.write_all(&pending).await?;
-                return match message.tag {
-                    b'E' => Err(SessionError::Refused(error_summary(&message))),
-                    _ => Ok(()),
-                };
+                return Err(SessionError::Refused(error.summary));
+            }
+            pending.extend(message.encode());
+            if message.tag == b'Z' {
+                client.write_all(&pending).await?;
+                return Ok(());
             }
         }
     }
@@ -506,15 +623,7 @@ impl Proxy {
         {
             set_field(&mut fields, b'H', format!("pgwi: {fix}"));
         }
-        let summary = format!(
-            "{} (SQLSTATE {code})",
-            field(&fields, b'M').unwrap_or_default()
-        );
-        let borrowed: Vec<(u8, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Diagnosed {
-            packet: protocol::error_response(&borrowed),
-            summary,
-        }
+        diagnosed(&fields, &code)
     }
 
     /// Forwards a client's cancel request to the server over a new connection, then waits for the server
@@ -548,19 +657,21 @@ async fn refuse<S: AsyncWrite + Unpin>(
 }
 
 /// SCRAM-SHA-256 against the proxy's local password, before the server is contacted.
+/// `user_allowed`: whether the start-up names the user the proxy logs in as; if not, the exchange runs to its
+/// end and fails as a wrong password does, so the reply does not tell which was wrong.
 async fn local_authentication<S>(
     client: &mut S,
     secret: &LocalSecret,
     user: &str,
+    user_allowed: bool,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The client is told only what PostgreSQL tells it; why is for the log.
     let failed = |why: String| {
         (
-            format!(
-                "password authentication failed for user {user:?} (pgwi proxy's local password: {why})"
-            ),
+            format!("password authentication failed for user \"{user}\""),
             SessionError::Refused(format!("local password: {why}")),
         )
     };
@@ -586,7 +697,15 @@ where
             .write_all(&protocol::with_length(Some(b'R'), body))
             .await?;
         let last = protocol::read_message(client).await?;
+        if last.tag != b'p' {
+            return Err(SessionError::Client("not a SASL response".into()));
+        }
         let server_final = server.finish(&String::from_utf8_lossy(&last.body))?;
+        if !user_allowed {
+            return Err(SessionError::Client(
+                "the start-up names another user than the proxy's".into(),
+            ));
+        }
         let mut body = 12_i32.to_be_bytes().to_vec();
         body.extend(server_final.as_bytes());
         client
@@ -628,13 +747,36 @@ fn set_field(fields: &mut Vec<(u8, String)>, code: u8, value: String) {
     }
 }
 
-fn error_summary(message: &Message) -> String {
-    let fields = protocol::parse_fields(&message.body);
-    format!(
-        "{} (SQLSTATE {})",
-        field(&fields, b'M').unwrap_or_default(),
-        field(&fields, b'C').unwrap_or_default()
-    )
+/// The server's error after `AuthenticationOk`, with pgwi's hint when the SQLSTATE says what to do.
+fn with_hint(message: &Message) -> Diagnosed {
+    let mut fields = protocol::parse_fields(&message.body);
+    let code = field(&fields, b'C').unwrap_or_default();
+    let fix = match code.as_str() {
+        // The token was accepted; the role itself may not log in.
+        "28000" => Some(
+            "the role was authenticated but may not log in: an administrator must grant it LOGIN \
+             (ALTER ROLE … LOGIN), or connect as another role",
+        ),
+        other => fix_for_sqlstate(other),
+    };
+    if let Some(fix) = fix
+        && field(&fields, b'H').is_none()
+    {
+        set_field(&mut fields, b'H', format!("pgwi: {fix}"));
+    }
+    diagnosed(&fields, &code)
+}
+
+fn diagnosed(fields: &[(u8, String)], code: &str) -> Diagnosed {
+    let summary = format!(
+        "{} (SQLSTATE {code})",
+        field(fields, b'M').unwrap_or_default()
+    );
+    let borrowed: Vec<(u8, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Diagnosed {
+        packet: protocol::error_response(&borrowed),
+        summary,
+    }
 }
 
 struct Diagnosed {
@@ -671,6 +813,7 @@ impl From<StartupError> for SessionError {
             StartupError::Garbage(what) => {
                 SessionError::Client(format!("not a PostgreSQL start-up: {what}"))
             }
+            StartupError::Version(_) => SessionError::Client(error.to_string()),
             StartupError::Io(error) => SessionError::Io(error),
         }
     }
@@ -776,18 +919,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// Asks the cache for a token at its refresh time, so that sessions seldom wait for one, and keeps the last
-/// usable one for [`Proxy::health`].
-async fn keep_fresh(
-    credential: Arc<CachedTokenSource>,
-    skew: Duration,
-    current: Arc<Mutex<Option<Token>>>,
-) {
+/// Asks the cache for a token at its refresh time, so that sessions seldom wait for one, and notes the last
+/// one (and when it arrived) for [`Proxy::health`].
+async fn keep_fresh(credential: Arc<CachedTokenSource>, current: Arc<Mutex<Option<Seen>>>) {
     loop {
-        if let Ok(token) = credential.token().await
-            && connect::usable_now(&token, skew)
-        {
-            *connect::lock(&current) = Some(token);
+        // Every token is noted, usable or not: when it was first seen bounds its deadline.
+        if let Ok(token) = credential.token().await {
+            record(&current, &token);
         }
         let now = OffsetDateTime::now_utc();
         let wait = credential

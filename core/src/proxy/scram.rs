@@ -12,6 +12,9 @@ use std::num::NonZeroU32;
 pub(crate) const MECHANISM: &str = "SCRAM-SHA-256";
 /// Iterations of the local secret (PostgreSQL's default).
 const ITERATIONS: u32 = 4096;
+/// The most iterations a server may ask for: 25 times PostgreSQL's default. Each one costs a session an
+/// HMAC, so an unbounded count from a misconfigured or hostile server would stall the proxy's threads.
+pub(crate) const MAX_ITERATIONS: u32 = 100_000;
 
 /// Why a SCRAM exchange failed (secret-free).
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,12 @@ fn sha256(data: &[u8]) -> Vec<u8> {
     digest::digest(&digest::SHA256, data).as_ref().to_vec()
 }
 
+/// The password as SCRAM hashes it: SASLprep'd (RFC 4013), or as it is when SASLprep rejects it (e.g. a
+/// control character), as PostgreSQL does on both sides — so a non-ASCII password matches the server's.
+fn prepared(password: &str) -> std::borrow::Cow<'_, str> {
+    stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password))
+}
+
 fn salted_password(password: &str, salt: &[u8], iterations: u32) -> Result<[u8; 32], ScramError> {
     let iterations =
         NonZeroU32::new(iterations).ok_or_else(|| fail("the server asked for 0 iterations"))?;
@@ -40,7 +49,7 @@ fn salted_password(password: &str, salt: &[u8], iterations: u32) -> Result<[u8; 
         pbkdf2::PBKDF2_HMAC_SHA256,
         iterations,
         salt,
-        password.as_bytes(),
+        prepared(password).as_bytes(),
         &mut out,
     );
     Ok(out)
@@ -76,18 +85,22 @@ pub(crate) struct Client {
 impl Client {
     /// Starts an exchange; the first message's body (a SASLInitialResponse's data).
     pub(crate) fn start() -> Result<(Self, String), ScramError> {
-        let nonce = nonce()?;
         // PostgreSQL takes the user from the start-up message and ignores this one.
-        let client_first_bare = format!("n=,r={nonce}");
+        Ok(Self::with_nonce("", nonce()?))
+    }
+
+    /// An exchange for `user` with a given nonce (tests use RFC 7677's).
+    fn with_nonce(user: &str, nonce: String) -> (Self, String) {
+        let client_first_bare = format!("n={user},r={nonce}");
         let first = format!("n,,{client_first_bare}");
-        Ok((
+        (
             Self {
                 client_first_bare,
                 nonce,
                 server_signature: None,
             },
             first,
-        ))
+        )
     }
 
     /// The client-final message answering `server_first`, proving `password`.
@@ -103,9 +116,16 @@ impl Client {
         let salt = attribute(server_first, 's')
             .and_then(|s| B64.decode(s).ok())
             .ok_or_else(|| fail("no salt from the server"))?;
-        let iterations = attribute(server_first, 'i')
+        let iterations: u32 = attribute(server_first, 'i')
             .and_then(|i| i.parse().ok())
             .ok_or_else(|| fail("no iteration count from the server"))?;
+        if iterations > MAX_ITERATIONS {
+            return Err(fail(format!(
+                "the server asks for {iterations} iterations, more than pgwi accepts ({MAX_ITERATIONS}; \
+                 PostgreSQL's default is {ITERATIONS}): set the role's password again with a lower \
+                 scram_iterations"
+            )));
+        }
         let salted = salted_password(password, &salt, iterations)?;
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
@@ -126,6 +146,9 @@ impl Client {
             .server_signature
             .as_ref()
             .ok_or_else(|| fail("the server finished before we did"))?;
+        if let Some(error) = attribute(server_final, 'e') {
+            return Err(fail(format!("the server refused the proof: {error}")));
+        }
         match attribute(server_final, 'v').and_then(|v| B64.decode(v).ok()) {
             Some(signature) if &signature == expected => Ok(()),
             _ => Err(fail("the server's signature does not match")),
@@ -152,6 +175,10 @@ impl LocalSecret {
         let salt = B64
             .decode(nonce()?)
             .map_err(|_| fail("could not make a salt"))?;
+        Self::with_salt(password, salt)
+    }
+
+    fn with_salt(password: &str, salt: Vec<u8>) -> Result<Self, ScramError> {
         let salted = salted_password(password, &salt, ITERATIONS)?;
         Ok(Self {
             stored_key: sha256(&hmac(&salted, b"Client Key")),
@@ -186,8 +213,17 @@ impl<'a> Server<'a> {
         };
         let client_nonce = attribute(&bare, 'r').ok_or_else(|| fail("no client nonce"))?;
         let nonce = format!("{client_nonce}{}", nonce()?);
+        Ok(Self::with_nonce(secret, gs2_header, bare, nonce))
+    }
+
+    fn with_nonce(
+        secret: &'a LocalSecret,
+        gs2_header: String,
+        bare: String,
+        nonce: String,
+    ) -> (Self, String) {
         let server_first = format!("r={nonce},s={},i={ITERATIONS}", B64.encode(&secret.salt));
-        Ok((
+        (
             Self {
                 secret,
                 client_first_bare: bare,
@@ -196,7 +232,7 @@ impl<'a> Server<'a> {
                 gs2_header,
             },
             server_first,
-        ))
+        )
     }
 
     /// Checks the client's proof; the server-final message to send.
@@ -225,5 +261,78 @@ impl<'a> Server<'a> {
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
         Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7677, section 3: user "user", password "pencil".
+    const CLIENT_NONCE: &str = "rOprNGfwEbeRWgbNEkqO";
+    const NONCE: &str = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+    const SALT: &str = "W22ZaJ0SNY7soEsUEjb6gQ==";
+    const SERVER_FIRST: &str =
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+                                p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    const SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+
+    #[test]
+    fn the_client_side_reproduces_rfc_7677() {
+        // Proves: the client's messages and its check of the server's signature match RFC 7677's example.
+        let (mut client, first) = Client::with_nonce("user", CLIENT_NONCE.into());
+        assert_eq!(first, format!("n,,n=user,r={CLIENT_NONCE}"));
+        let last = client.finish(SERVER_FIRST, "pencil").expect("finish");
+        assert_eq!(last, CLIENT_FINAL);
+        client
+            .verify(SERVER_FINAL)
+            .expect("the RFC's server signature");
+        assert!(client.verify("v=AAAA").is_err());
+    }
+
+    #[test]
+    fn the_server_side_reproduces_rfc_7677_and_refuses_a_wrong_password() {
+        // Proves: the local password's verifier, with the RFC's salt and nonce, accepts the RFC's proof and
+        // answers with the RFC's server signature; another password's proof is refused.
+        let salt = B64.decode(SALT).expect("salt");
+        let secret = LocalSecret::with_salt("pencil", salt.clone()).expect("secret");
+        let bare = format!("n=user,r={CLIENT_NONCE}");
+        let (server, first) = Server::with_nonce(&secret, "n,,".into(), bare.clone(), NONCE.into());
+        assert_eq!(first, SERVER_FIRST);
+        assert_eq!(server.finish(CLIENT_FINAL).expect("proof"), SERVER_FINAL);
+
+        let other = LocalSecret::with_salt("not pencil", salt).expect("secret");
+        let (server, _) = Server::with_nonce(&other, "n,,".into(), bare, NONCE.into());
+        assert!(server.finish(CLIENT_FINAL).is_err());
+    }
+
+    #[test]
+    fn passwords_are_saslprepped_and_kept_raw_when_saslprep_refuses_them() {
+        // Proves: a non-ASCII password is normalised as PostgreSQL does (NFKC, soft hyphen and non-ASCII
+        // spaces mapped), so both forms give the same salted password; one SASLprep refuses (a control
+        // character) is hashed as it is.
+        let salt = b"salt";
+        let salted = |p: &str| salted_password(p, salt, 4096).expect("salted");
+        assert_eq!(salted("\u{2168}"), salted("IX"));
+        assert_eq!(salted("I\u{00AD}X"), salted("IX"));
+        assert_eq!(salted("p\u{00A0}w"), salted("p w"));
+        assert_ne!(salted("caf\u{e9}"), salted("cafe"));
+        assert_eq!(prepared("a\u{7}b"), "a\u{7}b");
+    }
+
+    #[test]
+    fn a_server_asking_for_too_many_iterations_or_sending_an_error_is_refused() {
+        // Proves: an iteration count above the cap fails with an error naming the count and the cap, before
+        // any hashing; a server-final `e=` is reported as the server's error.
+        let (mut client, _) = Client::with_nonce("", CLIENT_NONCE.into());
+        let greedy = format!("r={NONCE},s={SALT},i=4000000000");
+        let error = client.finish(&greedy, "pencil").expect_err("refused");
+        assert!(error.to_string().contains("4000000000") && error.to_string().contains("100000"));
+
+        let (mut client, _) = Client::with_nonce("user", CLIENT_NONCE.into());
+        client.finish(SERVER_FIRST, "pencil").expect("finish");
+        let error = client.verify("e=invalid-proof").expect_err("refused");
+        assert!(error.to_string().contains("invalid-proof"), "{error}");
     }
 }

@@ -147,3 +147,113 @@ impl ServerCertVerifier for Relaxed {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwi_testsupport::tls::TestCertificates;
+    use rustls::pki_types::PrivateKeyDer;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A TLS server on loopback with `cert_pem`/`key_pem` that writes `ok` to each client; its port.
+    async fn server(cert_pem: &str, key_pem: &str) -> u16 {
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let _ = tls.write_all(b"ok").await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// A TLS handshake with the server at `port` under `sslmode`, checking the certificate against `name`,
+    /// trusting `ca_pem` besides Mozilla's roots: what the server wrote, or the handshake's error.
+    async fn handshake(
+        port: u16,
+        sslmode: SslMode,
+        ca_pem: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<u8>, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ssl_root_cert = ca_pem.map(|pem| {
+            let path = dir.path().join("ca.pem");
+            std::fs::write(&path, pem).expect("write CA");
+            path
+        });
+        let db = DatabaseConfig {
+            sslmode,
+            ssl_root_cert,
+            ..DatabaseConfig::default()
+        };
+        let config = client_config(&db).expect("client config").expect("TLS");
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name(name).expect("name"), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn each_sslmode_checks_what_libpq_checks() {
+        // Proves: verify-full accepts the certificate of a trusted CA for the right name and rejects it for
+        // another name; verify-ca accepts it for another name but rejects a CA it does not trust; require
+        // accepts a self-signed certificate (encryption without a check).
+        let certs = TestCertificates::generate().expect("certificates");
+        let port = server(&certs.server_cert_pem, &certs.server_key_pem).await;
+        let ca = Some(certs.ca_pem.as_str());
+
+        let right = handshake(port, SslMode::VerifyFull, ca, "localhost").await;
+        assert_eq!(right.as_deref(), Ok(&b"ok"[..]));
+        let wrong = handshake(port, SslMode::VerifyFull, ca, "db.example.com").await;
+        assert!(
+            wrong
+                .as_ref()
+                .is_err_and(|e| e.contains("not valid for name")),
+            "{wrong:?}"
+        );
+        let ca_only = handshake(port, SslMode::VerifyCa, ca, "db.example.com").await;
+        assert_eq!(ca_only.as_deref(), Ok(&b"ok"[..]));
+        let untrusted = handshake(port, SslMode::VerifyCa, None, "localhost").await;
+        assert!(
+            untrusted.is_err(),
+            "an unknown CA was trusted: {untrusted:?}"
+        );
+
+        let own = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let port = server(&own.cert.pem(), &own.signing_key.serialize_pem()).await;
+        let encrypted = handshake(port, SslMode::Require, None, "db.example.com").await;
+        assert_eq!(encrypted.as_deref(), Ok(&b"ok"[..]));
+        let checked = handshake(port, SslMode::VerifyFull, None, "localhost").await;
+        assert!(
+            checked.is_err(),
+            "a self-signed certificate passed verify-full"
+        );
+    }
+}

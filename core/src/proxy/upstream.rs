@@ -31,6 +31,16 @@ pub(crate) enum Upstream {
 }
 
 impl Target {
+    /// The server could not be reached (`waited_secs`: how long the session tried, set by the caller).
+    pub(crate) fn unreachable(&self, waited_secs: u64, error: &io::Error) -> ConnectError {
+        ConnectError::Unreachable {
+            host: self.host.clone(),
+            port: self.port,
+            waited_secs,
+            last: error.to_string(),
+        }
+    }
+
     fn tls_error(&self, detail: String) -> ConnectError {
         ConnectError::Tls {
             host: self.host.clone(),
@@ -43,12 +53,7 @@ impl Target {
     /// Connects, with TLS when the sslmode asks for it (an sslmode below `require` goes on in plaintext
     /// when the server offers no TLS, as libpq does).
     pub(crate) async fn open(&self) -> Result<Upstream, ConnectError> {
-        let unreachable = |error: io::Error| ConnectError::Unreachable {
-            host: self.host.clone(),
-            port: self.port,
-            waited_secs: 0,
-            last: error.to_string(),
-        };
+        let unreachable = |error: io::Error| self.unreachable(0, &error);
         if self.host.starts_with('/') {
             let path = format!("{}/.s.PGSQL.{}", self.host, self.port);
             return UnixStream::connect(path)

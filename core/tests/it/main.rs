@@ -4,6 +4,7 @@
 
 mod config;
 mod connection;
+mod proxy;
 mod rotation;
 mod service;
 mod support;
