@@ -627,6 +627,40 @@ async fn termination() -> anyhow::Result<&'static str> {
     })
 }
 
+/// Each session holds two file descriptors (client and upstream). The usual soft limit, 1024, would cap the
+/// default 1000 clients near 500, so the soft limit is raised toward the hard one, as Go's runtime and
+/// PostgreSQL's own servers do; a hard limit too low for `max_clients` is one warning saying how to fix it.
+fn raise_open_files_limit(max_clients: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let needed = (max_clients as u64).saturating_mul(2).saturating_add(64);
+    let limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if soft >= needed {
+        return;
+    }
+    let target = needed.min(hard);
+    match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        },
+    ) {
+        Ok(()) => tracing::debug!(from = soft, to = target, "raised the open-files limit"),
+        Err(err) => tracing::warn!(%err, soft, "could not raise the open-files limit"),
+    }
+    if target < needed {
+        tracing::warn!(
+            max_clients,
+            needed,
+            hard_limit = hard,
+            "proxy.max_clients needs about {needed} open files but the hard limit is {hard}: raise it \
+             (ulimit -Hn, systemd LimitNOFILE, the container runtime's nofile) or lower proxy.max_clients"
+        );
+    }
+}
+
 /// `pgwi proxy`: serves until SIGTERM/SIGINT, then drains and exits 0.
 pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let loaded = pgwi_core::config::load(sources)?;
@@ -643,6 +677,7 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
         close,
         stop,
     });
+    raise_open_files_limit(settings.max_clients);
     let user = proxy.user().unwrap_or_default();
     let mut loops = Vec::new();
     for (listen, remote) in &settings.listen {
