@@ -109,6 +109,8 @@ impl Rotation {
 
     /// New connections present `token` from now on.
     fn install(&self, token: Token) {
+        // Which source answered: with `auto`, the log says which of its chain it was.
+        let source = self.credential.info().kind;
         let mut base = lock(&self.base);
         if self.user_from_token
             && let Some(user) = token.claims().and_then(|c| c.database_user())
@@ -127,7 +129,7 @@ impl Rotation {
         if let Some(error) = lock(&self.state.outage).take() {
             tracing::info!(after = %error, "the credential recovered: new connections are served again");
         }
-        tracing::info!(expires_at = ?token.expires_at(), "new connections now use a fresh token");
+        tracing::info!(source = %source, expires_at = ?token.expires_at(), "new connections now use a fresh token");
         *lock(&self.current) = Current::new(token, self.credential.options().refresh_margin);
     }
 
