@@ -4,7 +4,13 @@
 //! concurrent clients, and the drain on SIGTERM).
 //!
 //! Loopback addresses and Unix socket directories only, unless `--allow-remote` with a local password that
-//! clients on the non-loopback listeners must prove (SCRAM-SHA-256); never an open door on the network.
+//! clients on the non-loopback listeners must prove (SCRAM-SHA-256, bound to the proxy's certificate when
+//! `--tls-cert` is set, which those listeners then require); never an open door on the network.
+//!
+//! Clients still in their start-up hold one of their listener's [`PENDING_PER_LISTENER`] slots for at most
+//! the start-up timeout; while all are taken, that listener accepts no more (new connections wait in the
+//! kernel's backlog, as a burst of real clients does for a moment), so a flood of silent connections on
+//! one listener leaves the others served, and the work an attacker can cause is bounded on every path.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,12 +22,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use pgwi_core::ConfigError;
 use pgwi_core::config::{ConfigSources, LoadedConfig};
-use pgwi_core::proxy::{Client, Health, LocalSecret, Proxy};
+use pgwi_core::proxy::{Client, ClientTls, Health, LocalSecret, Proxy, ProxyOptions};
 use pgwi_credentials::{SourceContext, SourceRegistry};
 use serde::Deserialize as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 /// The default listen address: where libpq looks by default, on loopback.
 const DEFAULT_LISTEN: &str = "127.0.0.1:5432";
@@ -33,7 +39,11 @@ const HEALTHZ_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The default cap on concurrent clients: each holds a backend of the server, whose own limit is usually
 /// lower; the cap keeps a runaway client from exhausting the proxy's file descriptors and memory.
-const DEFAULT_MAX_CLIENTS: usize = 1000;
+const DEFAULT_MAX_CLIENTS: usize = pgwi_core::proxy::DEFAULT_MAX_CLIENTS;
+/// Clients in their start-up (TLS, start-up message, local password) at once on one listener.
+const PENDING_PER_LISTENER: usize = 64;
+/// Health requests served at once; beyond that, connections are closed.
+const HEALTH_REQUESTS_AT_ONCE: usize = 16;
 /// The default mode of Unix socket files: the proxy's own OS user only (see [`ProxyConfig::socket_mode`]).
 const DEFAULT_SOCKET_MODE: u32 = 0o700;
 
@@ -61,6 +71,12 @@ pub struct ProxyConfig {
     /// (unlike PostgreSQL's 0777, which authenticates each client itself).
     #[serde(deserialize_with = "octal_mode")]
     pub socket_mode: Option<String>,
+    /// How long a client has for its whole start-up (TLS, start-up message, local password). Default 5.
+    pub startup_timeout_secs: u64,
+    /// A PEM certificate (chain) for TLS on the client hop; with it, remote listeners require TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -74,6 +90,9 @@ impl Default for ProxyConfig {
             local_password_env: None,
             max_clients: DEFAULT_MAX_CLIENTS,
             socket_mode: None,
+            startup_timeout_secs: pgwi_core::proxy::DEFAULT_STARTUP_TIMEOUT.as_secs(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -140,10 +159,24 @@ pub struct ProxyArgs {
     /// [default: 30; config: proxy.drain_timeout_secs]
     #[arg(long, value_name = "N")]
     pub drain_timeout_secs: Option<u64>,
-    /// How many clients may be connected at once; one more gets PostgreSQL's "too many clients" (53300)
+    /// How many clients may be past their start-up at once; one more gets PostgreSQL's "too many clients"
+    /// (53300). Clients still in their start-up count apart, at most 64 per listener
     /// [default: 1000; config: proxy.max_clients]
     #[arg(long, value_name = "N")]
     pub max_clients: Option<usize>,
+    /// How long a client has, from its connection, for its whole start-up: TLS, the start-up message and
+    /// the local password (PostgreSQL's authentication_timeout) [default: 5; config:
+    /// proxy.startup_timeout_secs]
+    #[arg(long, value_name = "N")]
+    pub startup_timeout_secs: Option<u64>,
+    /// TLS on the client hop: a PEM certificate (chain, leaf first). SSLRequests are answered with TLS,
+    /// remote listeners refuse clients without it, and the local password is offered as
+    /// SCRAM-SHA-256-PLUS (channel binding) [config: proxy.tls_cert_file]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert [config: proxy.tls_key_file]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Permissions of the Unix socket files, octal: 0700 lets only this OS user connect, 0770 its group
     /// too; whoever can connect gets a session as the identity [default: 0700; config: proxy.socket_mode]
     #[arg(long, value_name = "MODE")]
@@ -209,6 +242,8 @@ struct Settings {
     local_secret: Option<Arc<LocalSecret>>,
     max_clients: usize,
     socket_mode: u32,
+    startup_timeout: Duration,
+    tls: Option<ClientTls>,
 }
 
 impl Settings {
@@ -257,6 +292,17 @@ impl Settings {
                      clients must give",
                 ));
             }
+            if let Listen::Unix(dir, _) = &address {
+                check_socket_directory(dir).map_err(|problem| {
+                    reject(
+                        "proxy.listen",
+                        listen_origin.clone(),
+                        problem,
+                        "remove that permission (chmod o-w DIR) or listen in a directory only this user \
+                         (and its group) can write to",
+                    )
+                })?;
+            }
             parsed.push((address, remote));
         }
         let local_secret = if parsed.iter().any(|(_, remote)| *remote) {
@@ -276,7 +322,7 @@ impl Settings {
             Some(_) => "--healthz".to_owned(),
             None => loaded.origin("proxy.healthz"),
         };
-        let healthz = match args.healthz.or(section.healthz) {
+        let healthz = match args.healthz.or(section.healthz.clone()) {
             Some(text) => Some(parse_socket_addr(&text).ok_or_else(|| {
                 reject(
                     "proxy.healthz",
@@ -299,7 +345,7 @@ impl Settings {
                 "set it to at least 1 (default 1000)",
             ));
         }
-        let (mode_text, mode_origin) = match (args.socket_mode, section.socket_mode) {
+        let (mode_text, mode_origin) = match (args.socket_mode, section.socket_mode.clone()) {
             (Some(text), _) => (Some(text), "--socket-mode".to_owned()),
             (None, text) => (text, loaded.origin("proxy.socket_mode")),
         };
@@ -314,11 +360,15 @@ impl Settings {
                 )
             })?,
         };
+        let startup_timeout = startup_timeout(args.startup_timeout_secs, &section, loaded)?;
+        let tls = client_tls(args.tls_cert, args.tls_key, &section, loaded)?;
         Ok(Self {
             listen: parsed,
             healthz,
             max_clients,
             socket_mode,
+            startup_timeout,
+            tls,
             drain_timeout: Duration::from_secs(
                 args.drain_timeout_secs
                     .unwrap_or(section.drain_timeout_secs),
@@ -326,6 +376,83 @@ impl Settings {
             local_secret,
         })
     }
+}
+
+/// `--startup-timeout-secs` over `proxy.startup_timeout_secs`: at least 1.
+fn startup_timeout(
+    flag: Option<u64>,
+    section: &ProxyConfig,
+    loaded: &LoadedConfig,
+) -> Result<Duration, ConfigError> {
+    let (secs, origin) = match flag {
+        Some(secs) => (secs, "--startup-timeout-secs".to_owned()),
+        None => (
+            section.startup_timeout_secs,
+            loaded.origin("proxy.startup_timeout_secs"),
+        ),
+    };
+    if secs == 0 {
+        return Err(ConfigError::Rejected {
+            key: "proxy.startup_timeout_secs".into(),
+            origin,
+            problem: "is 0: no client could finish its start-up".into(),
+            fix: "set it to a few seconds (default 5)".into(),
+        });
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// TLS for the client hop from `--tls-cert`/`--tls-key` over `proxy.tls_cert_file`/`proxy.tls_key_file`:
+/// both or neither.
+fn client_tls(
+    cert_flag: Option<PathBuf>,
+    key_flag: Option<PathBuf>,
+    section: &ProxyConfig,
+    loaded: &LoadedConfig,
+) -> Result<Option<ClientTls>, ConfigError> {
+    let origin = |flag: &str, key: &str, from_flag: bool| {
+        if from_flag {
+            flag.to_owned()
+        } else {
+            loaded.origin(key)
+        }
+    };
+    let cert_origin = origin("--tls-cert", "proxy.tls_cert_file", cert_flag.is_some());
+    let key_origin = origin("--tls-key", "proxy.tls_key_file", key_flag.is_some());
+    let cert = cert_flag.or_else(|| section.tls_cert_file.clone());
+    let key = key_flag.or_else(|| section.tls_key_file.clone());
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => {
+            return Err(ConfigError::Rejected {
+                key: "proxy.tls_key_file".into(),
+                origin: key_origin,
+                problem: format!("is not set, but a certificate is (from {cert_origin})"),
+                fix: "set both: --tls-cert and --tls-key (proxy.tls_cert_file, proxy.tls_key_file)"
+                    .into(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Rejected {
+                key: "proxy.tls_cert_file".into(),
+                origin: cert_origin,
+                problem: format!("is not set, but a key is (from {key_origin})"),
+                fix: "set both: --tls-cert and --tls-key (proxy.tls_cert_file, proxy.tls_key_file)"
+                    .into(),
+            });
+        }
+    };
+    ClientTls::from_pem_files(&cert, &key)
+        .map(Some)
+        .map_err(|e| ConfigError::Rejected {
+            key: "proxy.tls_cert_file".into(),
+            origin: format!("{cert_origin}, with the key from {key_origin}"),
+            problem: e.to_string(),
+            fix:
+                "give a PEM certificate chain (leaf first) and the PEM private key that matches it"
+                    .into(),
+        })
 }
 
 /// The local password for remote clients: from `local_password_file`, else `local_password_env`.
@@ -380,15 +507,18 @@ fn local_password(section: &ProxyConfig, loaded: &LoadedConfig) -> Result<String
 /// What the listeners, sessions and health endpoint share.
 struct State {
     draining: AtomicBool,
+    /// Connections being served (sessions, clients in their start-up, cancel requests).
     sessions: AtomicUsize,
     idle: Notify,
     /// Set at the drain deadline: open sessions are closed.
     close: watch::Sender<bool>,
     /// Set when the drain starts: listeners stop accepting.
     stop: watch::Sender<bool>,
+    /// Whether the health endpoint may say why it is not ready (a loopback address: only this host asks).
+    health_details: bool,
 }
 
-/// Counts an open session; notifies when the last one ends.
+/// Counts an open connection; notifies when the last one ends.
 struct SessionGuard(Arc<State>);
 
 impl SessionGuard {
@@ -415,66 +545,124 @@ impl Drop for SocketFile {
     }
 }
 
-enum Bound {
-    Tcp(TcpListener, bool),
+/// A bound listener and what its clients must prove.
+struct Listener {
+    socket: BoundSocket,
+    /// Clients on it must prove the local password (and use TLS when a certificate is configured).
+    remote: bool,
+    /// Slots for clients in their start-up.
+    pending: Arc<Semaphore>,
+}
+
+enum BoundSocket {
+    Tcp(TcpListener),
     Unix(UnixListener, SocketFile),
 }
 
-async fn bind(listen: &Listen, remote: bool, mode: u32) -> anyhow::Result<(Bound, String)> {
-    match listen {
+async fn bind(listen: &Listen, remote: bool, mode: u32) -> anyhow::Result<(Listener, String)> {
+    let (socket, actual) = match listen {
         Listen::Tcp(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
             let actual = listener.local_addr()?.to_string();
-            Ok((Bound::Tcp(listener, remote), actual))
+            (BoundSocket::Tcp(listener), actual)
         }
         Listen::Unix(dir, port) => {
-            use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
             let path = socket_path(dir, *port);
-            if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                anyhow::ensure!(
-                    meta.file_type().is_socket(),
-                    "{} exists and is not a socket: remove it or listen elsewhere",
-                    path.display()
-                );
-                anyhow::ensure!(
-                    tokio::net::UnixStream::connect(&path).await.is_err(),
-                    "{} is in use by a running server: stop it or listen elsewhere",
-                    path.display()
-                );
-                // A stale socket of a proxy that did not exit cleanly.
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing the stale socket {}", path.display()))?;
-            }
-            let listener = UnixListener::bind(&path).with_context(|| {
-                format!(
-                    "listening on {} (the directory must exist and be writable)",
-                    path.display()
-                )
-            })?;
-            // Who may connect gets a session as the identity: only whom proxy.socket_mode names.
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
-            let actual = path.display().to_string();
-            Ok((Bound::Unix(listener, SocketFile(path)), actual))
+            remove_stale_socket(&path).await?;
+            let (listener, file) = bind_unix(&path, mode)?;
+            (
+                BoundSocket::Unix(listener, file),
+                path.display().to_string(),
+            )
         }
-    }
+    };
+    let listener = Listener {
+        socket,
+        remote,
+        pending: Arc::new(Semaphore::new(PENDING_PER_LISTENER)),
+    };
+    Ok((listener, actual))
 }
 
-/// Accepts until the drain starts; each session runs until it ends or the drain deadline closes it.
-async fn accept_loop(
-    bound: Bound,
+/// A socket directory every user may write to (without the sticky bit, which keeps them from removing or
+/// renaming others' files) would let any of them replace the socket with their own and receive the
+/// clients meant for the proxy. A directory that does not exist is left to the bind's error.
+fn check_socket_directory(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(format!(
+            "names the socket directory {}, which every user may write to (mode {:04o}): any of them \
+             could replace the socket with their own and receive the clients meant for the proxy",
+            dir.display(),
+            mode & 0o7777,
+        ));
+    }
+    Ok(())
+}
+
+/// Removes the socket a proxy that did not exit cleanly left behind; refuses anything else at `path`.
+async fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    anyhow::ensure!(
+        meta.file_type().is_socket(),
+        "{} exists and is not a socket: remove it or listen elsewhere",
+        path.display()
+    );
+    anyhow::ensure!(
+        tokio::net::UnixStream::connect(path).await.is_err(),
+        "{} is in use by a running server: stop it or listen elsewhere",
+        path.display()
+    );
+    std::fs::remove_file(path)
+        .with_context(|| format!("removing the stale socket {}", path.display()))
+}
+
+/// Binds the socket with a umask that lets nobody but this user connect, then sets `mode`: no client can
+/// connect in between with the wider permissions a plain bind would give.
+fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<(UnixListener, SocketFile)> {
+    use rustix::fs::Mode;
+    use std::os::unix::fs::PermissionsExt as _;
+    let previous = rustix::process::umask(Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(previous);
+    let listener = bound.with_context(|| {
+        format!(
+            "listening on {} (the directory must exist and be writable)",
+            path.display()
+        )
+    })?;
+    let file = SocketFile(path.to_owned());
+    // Who may connect gets a session as the identity: only whom proxy.socket_mode names.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
+    Ok((listener, file))
+}
+
+/// What every connection of a listener is served with.
+struct Served {
     proxy: Proxy,
     state: Arc<State>,
     secret: Option<Arc<LocalSecret>>,
-    max_clients: usize,
-) {
-    let mut stop = state.stop.subscribe();
+    tls: Option<ClientTls>,
+}
+
+/// Accepts until the drain starts, whenever a start-up slot is free; each session runs until it ends or the
+/// drain deadline closes it.
+async fn accept_loop(listener: Listener, served: Served) {
+    let mut stop = served.state.stop.subscribe();
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            accepted = accept(&bound, secret.as_ref()) => accepted,
+            accepted = accept_when_free(&listener, &served) => accepted,
         };
         let (stream, client) = match accepted {
             Ok(accepted) => accepted,
@@ -485,14 +673,9 @@ async fn accept_loop(
                 continue;
             }
         };
-        let proxy = proxy.clone();
-        if state.sessions.load(Ordering::SeqCst) >= max_clients {
-            // Not counted as a session: it ends within seconds, and the drain need not wait for it.
-            tokio::spawn(async move { proxy.turn_away(stream, client, max_clients).await });
-            continue;
-        }
-        let guard = SessionGuard::new(&state);
-        let mut close = state.close.subscribe();
+        let proxy = served.proxy.clone();
+        let guard = SessionGuard::new(&served.state);
+        let mut close = served.state.close.subscribe();
         tokio::spawn(async move {
             tokio::select! {
                 () = proxy.serve(stream, client) => {}
@@ -503,116 +686,154 @@ async fn accept_loop(
     }
 }
 
+/// Waits for a start-up slot of the listener, then accepts a client holding it.
+async fn accept_when_free(
+    listener: &Listener,
+    served: &Served,
+) -> std::io::Result<(Stream, Client)> {
+    let slot = listener
+        .pending
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    let (stream, mut client) = accept(listener, served).await?;
+    client.admission = Some(slot);
+    Ok((stream, client))
+}
+
 /// A client stream of either kind.
 type Stream = Box<dyn ClientStream>;
 trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientStream for T {}
 
-async fn accept(
-    bound: &Bound,
-    secret: Option<&Arc<LocalSecret>>,
-) -> std::io::Result<(Stream, Client)> {
-    match bound {
-        Bound::Tcp(listener, remote) => {
-            let (stream, peer) = listener.accept().await?;
+async fn accept(listener: &Listener, served: &Served) -> std::io::Result<(Stream, Client)> {
+    match &listener.socket {
+        BoundSocket::Tcp(socket) => {
+            let (stream, peer) = socket.accept().await?;
             let _ = stream.set_nodelay(true);
-            Ok((
-                Box::new(stream),
-                Client {
-                    address: peer.to_string(),
-                    local_secret: secret.filter(|_| *remote).cloned(),
-                },
-            ))
+            let mut client = Client::local(peer.to_string());
+            client.tls = served.tls.clone();
+            if listener.remote {
+                client.local_secret = served.secret.clone();
+                client.tls_required = served.tls.is_some();
+            }
+            Ok((Box::new(stream), client))
         }
-        Bound::Unix(listener, file) => {
-            let (stream, _) = listener.accept().await?;
-            Ok((
-                Box::new(stream),
-                Client {
-                    address: format!("unix:{}", file.0.display()),
-                    local_secret: None,
-                },
-            ))
+        BoundSocket::Unix(socket, file) => {
+            let (stream, _) = socket.accept().await?;
+            let client = Client::local(format!("unix:{}", file.0.display()));
+            Ok((Box::new(stream), client))
         }
     }
 }
 
 /// `GET /healthz` (readiness): 200 while listening with a usable token, 503 while draining or without one.
 /// `GET /livez` (liveness): 200 while the process serves — also without a token and while draining, since a
-/// restart would end every open session and bring no token sooner. The body says why, never a secret.
+/// restart would end every open session and bring no token sooner. The body says why, never a secret; on a
+/// non-loopback address only ok or the kind of problem (no tenant, client id or path: the log has those).
+/// At most [`HEALTH_REQUESTS_AT_ONCE`] are served at once.
 async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<State>) {
+    let at_once = Arc::new(Semaphore::new(HEALTH_REQUESTS_AT_ONCE));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(slot) = at_once.clone().try_acquire_owned() else {
             continue;
         };
         let proxy = proxy.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let mut request = Vec::new();
-            let mut buf = [0; 1024];
-            let read = tokio::time::timeout(HEALTHZ_READ_TIMEOUT, async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                    let n = stream.read(&mut buf).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    request.extend(&buf[..n]);
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let line = String::from_utf8_lossy(&request);
-            let line = line.lines().next().unwrap_or_default();
-            let is = |path: &str| {
-                line == format!("GET {path}") || line.starts_with(&format!("GET {path} "))
-            };
-            let (status, body) = if is("/livez") {
-                let open = state.sessions.load(Ordering::SeqCst);
-                let doing = if state.draining.load(Ordering::SeqCst) {
-                    "draining"
-                } else {
-                    "listening"
-                };
-                ("200 OK", format!("alive: {doing}; {open} open sessions\n"))
-            } else if !is("/healthz") {
-                (
-                    "404 Not Found",
-                    "not found: GET /healthz or GET /livez\n".to_owned(),
-                )
-            } else if state.draining.load(Ordering::SeqCst) {
-                (
-                    "503 Service Unavailable",
-                    "draining: not accepting new connections\n".to_owned(),
-                )
-            } else {
-                match proxy.health() {
-                    Health::Ready { expires_at } => (
-                        "200 OK",
-                        format!(
-                            "ok: listening; token valid{}\n",
-                            expires_at
-                                .map(|e| format!(" until {e}"))
-                                .unwrap_or_default()
-                        ),
-                    ),
-                    Health::NoToken(why) => (
-                        "503 Service Unavailable",
-                        format!("no valid token: {why}\n"),
-                    ),
-                }
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            answer_health_request(stream, &proxy, &state).await;
+            drop(slot);
         });
+    }
+}
+
+/// Reads one request (within [`HEALTHZ_READ_TIMEOUT`] and 8 KiB) and answers it.
+async fn answer_health_request(mut stream: tokio::net::TcpStream, proxy: &Proxy, state: &State) {
+    let mut request = Vec::new();
+    let mut buf = [0; 1024];
+    let read = tokio::time::timeout(HEALTHZ_READ_TIMEOUT, async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            request.extend(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return;
+    }
+    let line = String::from_utf8_lossy(&request);
+    let line = line.lines().next().unwrap_or_default();
+    let is =
+        |path: &str| line == format!("GET {path}") || line.starts_with(&format!("GET {path} "));
+    let (status, body) = if is("/livez") {
+        ("200 OK", liveness(state))
+    } else if is("/healthz") {
+        readiness(proxy, state)
+    } else {
+        (
+            "404 Not Found",
+            "not found: GET /healthz or GET /livez\n".to_owned(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// `/livez`'s body: what the proxy is doing (and how many connections it serves, on loopback).
+fn liveness(state: &State) -> String {
+    let doing = if state.draining.load(Ordering::SeqCst) {
+        "draining"
+    } else {
+        "listening"
+    };
+    if !state.health_details {
+        return format!("alive: {doing}\n");
+    }
+    let open = state.sessions.load(Ordering::SeqCst);
+    format!("alive: {doing}; {open} open sessions\n")
+}
+
+/// `/healthz`'s status and body.
+fn readiness(proxy: &Proxy, state: &State) -> (&'static str, String) {
+    if state.draining.load(Ordering::SeqCst) {
+        return (
+            "503 Service Unavailable",
+            "draining: not accepting new connections\n".to_owned(),
+        );
+    }
+    match proxy.health() {
+        Health::Ready { expires_at } if state.health_details => (
+            "200 OK",
+            format!(
+                "ok: listening; token valid{}\n",
+                expires_at
+                    .map(|e| format!(" until {e}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Health::Ready { .. } => ("200 OK", "ok\n".to_owned()),
+        Health::NoToken(why) if state.health_details => (
+            "503 Service Unavailable",
+            format!("no valid token: {why}\n"),
+        ),
+        Health::NoToken(_) => (
+            "503 Service Unavailable",
+            "no valid token (the proxy's log says why)\n".to_owned(),
+        ),
     }
 }
 
@@ -667,7 +888,11 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
     let settings = Settings::resolve(args, loaded.section("proxy")?, &loaded)?;
     let credential = SourceRegistry::default()
         .build_cached(&loaded.config.credential, &SourceContext::default())?;
-    let proxy = Proxy::start(&loaded.config, credential).await?;
+    let options = ProxyOptions {
+        startup_timeout: settings.startup_timeout,
+        max_clients: settings.max_clients,
+    };
+    let proxy = Proxy::start_with(&loaded.config, credential, options).await?;
     let (stop, _) = watch::channel(false);
     let (close, _) = watch::channel(false);
     let state = Arc::new(State {
@@ -676,27 +901,28 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
         idle: Notify::new(),
         close,
         stop,
+        health_details: settings.healthz.is_some_and(|addr| addr.ip().is_loopback()),
     });
     raise_open_files_limit(settings.max_clients);
     let user = proxy.user().unwrap_or_default();
     let mut loops = Vec::new();
     for (listen, remote) in &settings.listen {
-        let (bound, address) = bind(listen, *remote, settings.socket_mode).await?;
+        let (listener, address) = bind(listen, *remote, settings.socket_mode).await?;
         tracing::info!(
             %address,
             upstream = %proxy.upstream(),
             %user,
             local_password = *remote,
+            tls = if settings.tls.is_none() { "off" } else if *remote { "required" } else { "offered" },
             "listening"
         );
-        let secret = settings.local_secret.clone();
-        loops.push(tokio::spawn(accept_loop(
-            bound,
-            proxy.clone(),
-            state.clone(),
-            secret,
-            settings.max_clients,
-        )));
+        let served = Served {
+            proxy: proxy.clone(),
+            state: state.clone(),
+            secret: settings.local_secret.clone(),
+            tls: settings.tls.clone(),
+        };
+        loops.push(tokio::spawn(accept_loop(listener, served)));
     }
     if let Some(addr) = settings.healthz {
         let listener = TcpListener::bind(addr)

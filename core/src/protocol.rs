@@ -16,11 +16,28 @@ pub(crate) const MAX_MESSAGE_LEN: usize = 1 << 20;
 /// Start-up parameters, names and values as bytes, in order.
 pub(crate) type Params = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The limit PostgreSQL puts on a SASL message from a client that has not yet authenticated
+/// (`PG_MAX_AUTH_TOKEN_LENGTH`).
+pub(crate) const MAX_PRE_AUTH_MESSAGE_LEN: usize = 65_535;
+
+/// One packet a client may send before its start-up is done (they have no type byte).
+#[derive(Debug)]
+pub(crate) enum FirstPacket {
+    /// An SSLRequest: the client asks for TLS.
+    SslRequest,
+    /// A GSSENCRequest: the client asks for GSSAPI encryption.
+    GssEncRequest,
+    /// A start-up message: protocol version and parameters (`user`, `database`, …), each key once, in
+    /// order, as bytes: PostgreSQL takes any encoding (the client's), so they are forwarded as they came.
+    Startup { version: i32, params: Params },
+    /// A cancel request: the bytes after the code (backend pid, then the secret key).
+    Cancel(Vec<u8>),
+}
+
 /// What a client asked for with its first message, after any TLS and GSS requests were answered `N`.
 #[derive(Debug)]
 pub(crate) enum FirstMessage {
-    /// A start-up message: protocol version and parameters (`user`, `database`, …) in order, as bytes:
-    /// PostgreSQL takes any encoding (the client's), so they are forwarded as they came.
+    /// A start-up message: protocol version and parameters, as in [`FirstPacket::Startup`].
     Startup { version: i32, params: Params },
     /// A cancel request: the bytes after the code (backend pid, then the secret key).
     Cancel(Vec<u8>),
@@ -29,11 +46,16 @@ pub(crate) enum FirstMessage {
 /// Why a client's first message could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StartupError {
-    /// The bytes are not a PostgreSQL start-up.
+    /// The bytes are not a PostgreSQL start-up (PostgreSQL closes such a connection without a word).
     #[error("not a PostgreSQL start-up: {0}")]
     Garbage(String),
+    /// A framed start-up whose parameters are malformed or name a key twice (PostgreSQL answers `08P01`
+    /// "invalid startup packet layout"). PostgreSQL itself keeps the last of a repeated key; a proxy that
+    /// checked the first `user` and forwarded both would let the client choose its role.
+    #[error("invalid startup packet layout: {0}")]
+    Layout(String),
     /// A well-framed first message with a protocol version this side does not speak (PostgreSQL answers
-    /// it with an error).
+    /// it with an error). A second SSLRequest or GSSENCRequest is one too, as in PostgreSQL.
     #[error("protocol version {major}.{minor} (3.x expected)", major = .0 >> 16, minor = .0 & 0xffff)]
     Version(i32),
     /// The connection failed or closed.
@@ -41,57 +63,109 @@ pub(crate) enum StartupError {
     Io(#[from] std::io::Error),
 }
 
+/// Reads one packet a client sends before its start-up: TLS and GSS requests, a cancel request, or the
+/// start-up itself. Lengths outside 8 to [`MAX_STARTUP_LEN`] bytes are refused before anything is allocated.
+pub(crate) async fn read_first_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<FirstPacket, StartupError> {
+    let len = stream.read_i32().await?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|len| (8..=MAX_STARTUP_LEN).contains(len))
+        .ok_or_else(|| {
+            StartupError::Garbage(format!(
+                "a first message of {len} bytes (8 to {MAX_STARTUP_LEN} expected)"
+            ))
+        })?;
+    let code = stream.read_i32().await?;
+    let mut rest = vec![0; len - 8];
+    stream.read_exact(&mut rest).await?;
+    match code {
+        SSL_REQUEST if rest.is_empty() => Ok(FirstPacket::SslRequest),
+        GSSENC_REQUEST if rest.is_empty() => Ok(FirstPacket::GssEncRequest),
+        SSL_REQUEST | GSSENC_REQUEST => Err(StartupError::Garbage(format!(
+            "an encryption request of {len} bytes (8 expected)"
+        ))),
+        CANCEL_REQUEST => Ok(FirstPacket::Cancel(rest)),
+        version if version >> 16 == 3 => Ok(FirstPacket::Startup {
+            version,
+            params: parse_params(&rest)?,
+        }),
+        other => Err(StartupError::Version(other)),
+    }
+}
+
+/// Whether a client already asked for TLS and for GSS encryption: PostgreSQL takes each at most once per
+/// connection (and neither after TLS is on), and answers a repeat as an unknown protocol version.
+#[derive(Debug, Default)]
+pub(crate) struct Negotiated {
+    pub(crate) ssl_done: bool,
+    pub(crate) gss_done: bool,
+}
+
+impl Negotiated {
+    /// Notes an SSLRequest or GSSENCRequest; a repeat is the error PostgreSQL gives it.
+    pub(crate) fn request(&mut self, packet: &FirstPacket) -> Result<(), StartupError> {
+        let (done, code) = match packet {
+            FirstPacket::SslRequest => (&mut self.ssl_done, SSL_REQUEST),
+            FirstPacket::GssEncRequest => (&mut self.gss_done, GSSENC_REQUEST),
+            _ => return Ok(()),
+        };
+        if std::mem::replace(done, true) {
+            return Err(StartupError::Version(code));
+        }
+        Ok(())
+    }
+}
+
 /// Reads the client's first message, answering `N` (no TLS, no GSS encryption) to the requests for them.
 pub(crate) async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
 ) -> Result<FirstMessage, StartupError> {
+    let mut negotiated = Negotiated::default();
     loop {
-        let len = stream.read_i32().await?;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|len| (8..=MAX_STARTUP_LEN).contains(len))
-            .ok_or_else(|| {
-                StartupError::Garbage(format!(
-                    "a first message of {len} bytes (8 to {MAX_STARTUP_LEN} expected)"
-                ))
-            })?;
-        let code = stream.read_i32().await?;
-        let mut rest = vec![0; len - 8];
-        stream.read_exact(&mut rest).await?;
-        match code {
-            SSL_REQUEST | GSSENC_REQUEST => stream.write_all(b"N").await?,
-            CANCEL_REQUEST => return Ok(FirstMessage::Cancel(rest)),
-            version if version >> 16 == 3 => {
-                return Ok(FirstMessage::Startup {
-                    version,
-                    params: parse_params(&rest)?,
-                });
+        let packet = read_first_packet(stream).await?;
+        negotiated.request(&packet)?;
+        match packet {
+            FirstPacket::SslRequest | FirstPacket::GssEncRequest => stream.write_all(b"N").await?,
+            FirstPacket::Cancel(key) => return Ok(FirstMessage::Cancel(key)),
+            FirstPacket::Startup { version, params } => {
+                return Ok(FirstMessage::Startup { version, params });
             }
-            other => return Err(StartupError::Version(other)),
         }
     }
 }
 
-/// `key\0value\0…\0` into pairs.
+/// `key\0value\0…\0` into pairs; a key given twice is refused (see [`StartupError::Layout`]).
 fn parse_params(body: &[u8]) -> Result<Params, StartupError> {
-    let garbage = |what: &str| StartupError::Garbage(format!("start-up parameters {what}"));
+    let layout = |what: String| StartupError::Layout(what);
     let body = body
         .strip_suffix(&[0])
-        .ok_or_else(|| garbage("not terminated"))?;
+        .ok_or_else(|| layout("expected terminator as last byte".into()))?;
     if body.is_empty() {
         return Ok(Vec::new());
     }
     let body = body
         .strip_suffix(&[0])
-        .ok_or_else(|| garbage("not terminated"))?;
+        .ok_or_else(|| layout("expected terminator as last byte".into()))?;
     let fields: Vec<&[u8]> = body.split(|&b| b == 0).collect();
     if !fields.len().is_multiple_of(2) {
-        return Err(garbage("with a key without a value"));
+        return Err(layout("a parameter name without a value".into()));
     }
-    Ok(fields
-        .chunks(2)
-        .map(|pair| (pair[0].to_vec(), pair[1].to_vec()))
-        .collect())
+    let mut params: Params = Vec::with_capacity(fields.len() / 2);
+    for pair in fields.chunks(2) {
+        if pair[0].is_empty() {
+            return Err(layout("an empty parameter name".into()));
+        }
+        if params.iter().any(|(key, _)| key == pair[0]) {
+            return Err(layout(format!(
+                "parameter \"{}\" given more than once",
+                String::from_utf8_lossy(pair[0])
+            )));
+        }
+        params.push((pair[0].to_vec(), pair[1].to_vec()));
+    }
+    Ok(params)
 }
 
 /// A start-up message with `version` and `params`.
@@ -154,11 +228,20 @@ impl Message {
 
 /// Reads one framed message of at most [`MAX_MESSAGE_LEN`] bytes.
 pub(crate) async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Message> {
+    read_message_within(stream, MAX_MESSAGE_LEN).await
+}
+
+/// Reads one framed message of at most `limit` bytes (length field included); a longer one is an error
+/// before anything is allocated.
+pub(crate) async fn read_message_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: usize,
+) -> std::io::Result<Message> {
     let tag = stream.read_u8().await?;
     let len = stream.read_i32().await?;
     let len = usize::try_from(len)
         .ok()
-        .filter(|len| (4..=MAX_MESSAGE_LEN).contains(len))
+        .filter(|len| (4..=limit).contains(len))
         .ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -270,16 +353,66 @@ mod tests {
         let unterminated = with_length(None, [&196_608_i32.to_be_bytes()[..], b"user"].concat());
         assert!(matches!(
             first(&unterminated).await.0,
-            Err(StartupError::Garbage(_))
+            Err(StartupError::Layout(_))
         ));
         let odd = with_length(None, [&196_608_i32.to_be_bytes()[..], b"user\0\0"].concat());
-        assert!(matches!(first(&odd).await.0, Err(StartupError::Garbage(_))));
+        assert!(matches!(first(&odd).await.0, Err(StartupError::Layout(_))));
         let truncated = &startup(&[(b"user", b"app")])[..12];
         assert!(matches!(first(truncated).await.0, Err(StartupError::Io(_))));
         let cancel = cancel_request(&[0, 0, 0, 7, 1, 2, 3, 4]);
         assert!(
             matches!(first(&cancel).await.0, Ok(FirstMessage::Cancel(key)) if key == [0, 0, 0, 7, 1, 2, 3, 4])
         );
+    }
+
+    #[tokio::test]
+    async fn a_start_up_naming_a_key_twice_is_refused_whatever_the_case_of_the_repeat() {
+        // Proves: a repeated `user` or `database` (PostgreSQL would take the last) is a layout error naming
+        // the key, and so is an empty key; keys differing in case are distinct, as in PostgreSQL.
+        for (key, repeat) in [(&b"user"[..], &b"user"[..]), (b"database", b"database")] {
+            let bytes = startup(&[(key, b"a"), (b"application_name", b"x"), (repeat, b"b")]);
+            let Err(StartupError::Layout(why)) = first(&bytes).await.0 else {
+                panic!("a repeated {key:?} was accepted");
+            };
+            assert!(why.contains(&*String::from_utf8_lossy(key)), "{why}");
+        }
+        assert!(matches!(
+            first(&startup(&[(b"", b"x")])).await.0,
+            Err(StartupError::Layout(_))
+        ));
+        let distinct = startup(&[(b"user", b"a"), (b"USER", b"b")]);
+        assert!(matches!(
+            first(&distinct).await.0,
+            Ok(FirstMessage::Startup { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_second_tls_or_gss_request_is_an_unsupported_protocol_as_in_postgresql() {
+        // Proves: one SSLRequest and one GSSENCRequest are each answered `N`; a second of either is the
+        // "unsupported protocol" error PostgreSQL gives it (its code read as a version), and an
+        // encryption request with a body is garbage.
+        let mut bytes = ssl_request();
+        bytes.extend(with_length(None, GSSENC_REQUEST.to_be_bytes().to_vec()));
+        bytes.extend(startup(&[(b"user", b"app")]));
+        let (result, answered) = first(&bytes).await;
+        assert!(
+            matches!(result, Ok(FirstMessage::Startup { .. })),
+            "{result:?}"
+        );
+        assert_eq!(answered, b"NN");
+        let twice = [ssl_request(), ssl_request()].concat();
+        let (result, answered) = first(&twice).await;
+        assert!(
+            matches!(result, Err(StartupError::Version(SSL_REQUEST))),
+            "{result:?}"
+        );
+        assert_eq!(answered, b"N");
+        let padded = with_length(None, [&SSL_REQUEST.to_be_bytes()[..], &[0; 4]].concat());
+        assert!(matches!(
+            first(&padded).await.0,
+            Err(StartupError::Garbage(_))
+        ));
     }
 
     #[tokio::test]

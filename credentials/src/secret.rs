@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-/// A password or token. `Debug` prints `SecretString(<redacted>)` and serializing writes `"<redacted>"`, so
+/// A password or token, wiped from memory when dropped. `Debug` prints `SecretString(<redacted>)` and serializing writes `"<redacted>"`, so
 /// a configuration dump never carries it; read it with [`SecretString::expose`].
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -33,6 +33,13 @@ impl SecretString {
     /// Whether it is empty (or only white space).
     pub fn is_blank(&self) -> bool {
         self.0.trim().is_empty()
+    }
+}
+
+/// The bytes are wiped when the value is dropped, so a token or password does not linger in freed memory.
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -72,7 +72,8 @@ impl RefusalEndpoint {
 /// cancel request gets no answer, as from PostgreSQL; bytes that are not a start-up at all are closed on.
 async fn refuse(mut stream: TcpStream, message: &str) -> std::io::Result<()> {
     match protocol::read_startup(&mut stream).await {
-        Ok(protocol::FirstMessage::Startup { .. }) | Err(protocol::StartupError::Version(_)) => {}
+        Ok(protocol::FirstMessage::Startup { .. })
+        | Err(protocol::StartupError::Version(_) | protocol::StartupError::Layout(_)) => {}
         Ok(protocol::FirstMessage::Cancel(_)) => return stream.shutdown().await,
         Err(protocol::StartupError::Io(error)) => return Err(error),
         Err(protocol::StartupError::Garbage(_)) => return Ok(()),

@@ -21,6 +21,8 @@
 //! cache ahead of expiry, so sessions rarely wait for a refresh. The listeners, signals and health endpoint
 //! are the caller's (the `pgwi proxy` command); this module serves one accepted connection.
 
+mod cancel;
+mod client;
 mod scram;
 mod tls;
 mod upstream;
@@ -35,17 +37,28 @@ use std::time::{Duration, Instant};
 use pgwi_credentials::{CachedTokenSource, CredentialError, Token, TokenSource as _};
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use zeroize::Zeroizing;
 
+pub use client::{ClientTls, ClientTlsError};
 pub use scram::{LocalSecret, ScramError};
+
+use cancel::{CancelKeys, Issued};
+use client::ClientConn;
 
 use crate::config::Config;
 use crate::connect::{self, AuthenticationFailure, ConnectError, fix_for_sqlstate};
 use crate::protocol::{self, FirstMessage, Message, StartupError};
 
-/// How long a client has for its start-up (and the local password, for remote clients).
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a client turned away for want of room has for its start-up.
-const TURN_AWAY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has, from its connection, to finish its start-up: TLS, the start-up message and, for a
+/// remote client, the local password. PostgreSQL's `authentication_timeout` and PgBouncer's
+/// `client_login_timeout` bound the same phase; a few seconds suffice for every client library.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default cap on sessions past their start-up: each holds a backend of the server.
+pub const DEFAULT_MAX_CLIENTS: usize = 1000;
+/// The most bytes of server messages buffered between `AuthenticationOk` and `ReadyForQuery` (a server
+/// sends a few hundred).
+const MAX_BUFFERED_BEFORE_READY: usize = 1 << 20;
 /// How long a forwarded cancel request may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The keeper's longest sleep: the token's state is re-checked at least this often.
@@ -67,7 +80,7 @@ const KEEPER_TICK: Duration = Duration::from_secs(5);
 /// loop {
 ///     let (stream, peer) = listener.accept().await?;
 ///     let proxy = proxy.clone();
-///     let client = Client { address: peer.to_string(), local_secret: None };
+///     let client = Client::local(peer.to_string());
 ///     tokio::spawn(async move { proxy.serve(stream, client).await });
 /// }
 /// # }
@@ -83,6 +96,11 @@ struct Inner {
     credential: Arc<CachedTokenSource>,
     skew: Duration,
     connect_timeout: Duration,
+    options: ProxyOptions,
+    /// One permit per session past its start-up ([`ProxyOptions::max_clients`]).
+    sessions: Arc<Semaphore>,
+    /// The cancel keys handed to clients, mapped to the upstream backends'.
+    cancel_keys: Arc<CancelKeys>,
     /// The last token the cache gave (to a session or the keeper) and when it was first seen, for
     /// [`Proxy::health`] and for the deadline of a token without an `iat` claim.
     current: Arc<Mutex<Option<Seen>>>,
@@ -135,13 +153,63 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-/// Who is connecting, and what they must prove before the server is contacted.
+/// What the proxy allows its clients; [`Default`] gives the documented defaults.
 #[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// How long a client has for its whole start-up ([`DEFAULT_STARTUP_TIMEOUT`]).
+    pub startup_timeout: Duration,
+    /// How many sessions may be past their start-up at once; one more gets PostgreSQL's 53300
+    /// ([`DEFAULT_MAX_CLIENTS`]). Clients still in their start-up are bounded by the caller, per listener
+    /// ([`Client::admission`]).
+    pub max_clients: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        }
+    }
+}
+
+/// Who is connecting, and what they must prove before the server is contacted.
+#[derive(Debug)]
 pub struct Client {
     /// The peer, for logs: `127.0.0.1:50123`, or the socket path.
     pub address: String,
     /// Remote clients must prove this local password with SCRAM-SHA-256 (`None`: a local client).
     pub local_secret: Option<Arc<LocalSecret>>,
+    /// TLS offered to the client (its SSLRequest answered `S`); `None`: answered `N`.
+    pub tls: Option<ClientTls>,
+    /// Whether a start-up outside TLS is refused (remote clients, when a certificate is configured).
+    pub tls_required: bool,
+    /// The listener's start-up slot this client holds, released as soon as its start-up is done, so that
+    /// clients that never finish theirs cannot hold more than their listener's budget.
+    pub admission: Option<OwnedSemaphorePermit>,
+}
+
+impl Client {
+    /// A local client (loopback or a Unix socket): no local password, no TLS.
+    pub fn local(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            local_secret: None,
+            tls: None,
+            tls_required: false,
+            admission: None,
+        }
+    }
+}
+
+/// A client past its start-up, or a cancel request.
+enum StartUp {
+    Session {
+        version: i32,
+        params: protocol::Params,
+        user: String,
+    },
+    Cancel(Vec<u8>),
 }
 
 /// Whether the proxy can serve new sessions now.
@@ -163,6 +231,15 @@ impl Proxy {
     pub async fn start(
         config: &Config,
         credential: Arc<CachedTokenSource>,
+    ) -> Result<Self, ConnectError> {
+        Self::start_with(config, credential, ProxyOptions::default()).await
+    }
+
+    /// [`Proxy::start`] with these limits.
+    pub async fn start_with(
+        config: &Config,
+        credential: Arc<CachedTokenSource>,
+        options: ProxyOptions,
     ) -> Result<Self, ConnectError> {
         config.validate()?;
         let skew = Duration::from_secs(config.credential.expiry_skew_secs);
@@ -197,6 +274,11 @@ impl Proxy {
                 credential,
                 skew,
                 connect_timeout: Duration::from_secs(db.connect_timeout_secs),
+                sessions: Arc::new(Semaphore::new(
+                    options.max_clients.clamp(1, Semaphore::MAX_PERMITS),
+                )),
+                options,
+                cancel_keys: Arc::default(),
                 current,
                 keeper,
             }),
@@ -254,73 +336,93 @@ impl Proxy {
 
     /// Serves one accepted connection to its end, and logs one line about it then (also when the future is
     /// dropped, e.g. by a drain deadline): client, database, upstream pid, duration and bytes each way.
-    pub async fn serve<S>(&self, stream: S, client: Client)
+    pub async fn serve<S>(&self, stream: S, mut client: Client)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut log = SessionLog::new(client.address.clone());
-        let mut stream = Counted {
+        let mut conn = ClientConn::Plain(Counted {
             inner: stream,
             read: log.bytes_from_client.clone(),
             written: log.bytes_from_server.clone(),
-        };
-        if let Err(error) = self.session(&mut stream, &client, &mut log).await {
+        });
+        if let Err(error) = self.session(&mut conn, &mut client, &mut log).await {
             log.error = Some(error);
         }
-        let _ = stream.shutdown().await;
+        let _ = conn.shutdown().await;
     }
 
-    /// Serves a connection the caller has no room for (its `max_clients` reached): a cancel request is
-    /// still forwarded (it frees a backend, as PostgreSQL serves cancels at its own limit); a start-up gets
-    /// PostgreSQL's "too many clients" error (53300, after the start-up as the server sends it, so every
-    /// client library shows it) and the connection is closed. One log line, as for a session.
-    pub async fn turn_away<S>(&self, stream: S, client: Client, limit: usize)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let mut log = SessionLog::new(client.address);
-        let mut stream = stream;
-        let result = async {
-            let first = tokio::time::timeout(TURN_AWAY_TIMEOUT, protocol::read_startup(&mut stream))
-                .await
-                .map_err(|_| SessionError::Client("no start-up in time".into()))?;
-            match first {
-                Ok(FirstMessage::Cancel(key)) => {
-                    log.kind = "cancel";
-                    self.forward_cancel(&key).await
-                }
-                Ok(FirstMessage::Startup { .. }) | Err(StartupError::Version(_)) => {
-                    let message = format!(
-                        "sorry, too many clients already: pgwi proxy serves at most {limit} at once \
-                         (proxy.max_clients)"
-                    );
-                    Err(refuse(&mut stream, "53300", message).await)
-                }
-                Err(error) => Err(error.into()),
-            }
-        }
-        .await;
-        if let Err(error) = result {
-            log.error = Some(error);
-        }
-        let _ = stream.shutdown().await;
-    }
-
+    /// One session: the client's start-up within the start-up deadline, a session slot, the user check, the
+    /// server's login with a token usable now, then bytes both ways until either side closes.
     async fn session<S>(
         &self,
-        client: &mut S,
-        who: &Client,
+        client: &mut ClientConn<S>,
+        who: &mut Client,
         log: &mut SessionLog,
     ) -> Result<(), SessionError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let first = tokio::time::timeout(STARTUP_TIMEOUT, protocol::read_startup(client))
+        let deadline = self.inner.options.startup_timeout;
+        let start_up = tokio::time::timeout(deadline, self.start_up(client, who, log))
             .await
             .map_err(|_| {
-                SessionError::Client(format!("no start-up within {}s", STARTUP_TIMEOUT.as_secs()))
-            })?;
-        let first = match first {
+                SessionError::Client(format!(
+                    "no complete start-up within {}s (the start-up timeout)",
+                    deadline.as_secs_f32()
+                ))
+            })??;
+        let (version, params, user) = match start_up {
+            StartUp::Cancel(key) => {
+                log.kind = "cancel";
+                return self.forward_cancel(&key, log).await;
+            }
+            StartUp::Session {
+                version,
+                params,
+                user,
+            } => (version, params, user),
+        };
+        // Past its start-up the client leaves its listener's budget and needs one of the session slots.
+        drop(who.admission.take());
+        let Ok(_slot) = self.inner.sessions.clone().try_acquire_owned() else {
+            let message = format!(
+                "sorry, too many clients already: pgwi proxy serves at most {} at once \
+                 (proxy.max_clients)",
+                self.inner.options.max_clients
+            );
+            return Err(refuse(client, "53300", message).await);
+        };
+        // For the user check; the one presented is taken again when the server asks.
+        let token = self.token_for_server(client, &mut None).await?;
+        self.check_user(client, &user, &token).await?;
+        let mut upstream = self.open_upstream(client, version, &params).await?;
+        drop(params);
+        let issued = self
+            .log_in(client, &mut upstream, &token, &user, log)
+            .await?;
+        drop(token);
+        log.relaying = true;
+        tokio::io::copy_bidirectional(client, &mut upstream).await?;
+        drop(issued);
+        Ok(())
+    }
+
+    /// The client's start-up: TLS if it asks and the proxy offers it, the start-up message (each key once),
+    /// TLS if the listener requires it, a user, and on a remote listener the local password. A remote client
+    /// proves the local password before it learns anything (the role, the credential's errors) or makes the
+    /// proxy ask for a token; a wrong user gets the same 28P01 as a wrong password, as from PostgreSQL. The
+    /// user is checked against the token held now, which asks nothing upstream.
+    async fn start_up<S>(
+        &self,
+        client: &mut ClientConn<S>,
+        who: &Client,
+        log: &mut SessionLog,
+    ) -> Result<StartUp, SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let first = match client.negotiate(who.tls.as_ref()).await {
             Ok(first) => first,
             // As PostgreSQL: the client is told which versions are spoken.
             Err(StartupError::Version(version)) => {
@@ -331,15 +433,20 @@ impl Proxy {
                 );
                 return Err(refuse(client, "0A000", message).await);
             }
+            Err(error @ StartupError::Layout(_)) => {
+                return Err(refuse(client, "08P01", error.to_string()).await);
+            }
             Err(error) => return Err(error.into()),
         };
-        let (version, mut params) = match first {
-            FirstMessage::Cancel(key) => {
-                log.kind = "cancel";
-                return self.forward_cancel(&key).await;
-            }
+        let (version, params) = match first {
+            FirstMessage::Cancel(key) => return Ok(StartUp::Cancel(key)),
             FirstMessage::Startup { version, params } => (version, params),
         };
+        if who.tls_required && !client.is_tls() {
+            let message = "pgwi proxy serves clients on this listener over TLS only: connect with \
+                           sslmode=verify-full and the proxy's CA as sslrootcert (or at least sslmode=require)";
+            return Err(refuse(client, "28000", message.into()).await);
+        }
         // Values are bytes in the client's encoding; names and databases are shown as UTF-8 (lossy).
         let param = |name: &str| {
             params
@@ -351,21 +458,31 @@ impl Proxy {
             return Err(refuse(client, "08P01", "the start-up names no user".into()).await);
         };
         log.database = Some(param("database").unwrap_or_else(|| user.clone()));
-        // A remote client proves the local password before it learns anything (the role, the credential's
-        // errors) or makes the proxy ask for a token; a wrong user gets the same 28P01 as a wrong password,
-        // as from PostgreSQL. The user is checked against the token held now, which asks nothing upstream.
         if let Some(secret) = &who.local_secret {
             let user_allowed = self.user().as_deref() == Some(user.as_str());
-            tokio::time::timeout(
-                STARTUP_TIMEOUT,
-                local_authentication(client, secret, &user, user_allowed),
-            )
-            .await
-            .map_err(|_| SessionError::Client("the local password exchange timed out".into()))??;
+            let end_point = who
+                .tls
+                .as_ref()
+                .filter(|_| client.is_tls())
+                .map(ClientTls::end_point);
+            local_authentication(client, secret, &user, user_allowed, end_point).await?;
         }
-        // For the user check; the one presented is taken again when the server asks.
-        let token = self.token_for_server(client, &mut None).await?;
-        let Some(expected) = self.user_for(&token) else {
+        Ok(StartUp::Session {
+            version,
+            params,
+            user,
+        })
+    }
+
+    /// The start-up names the user the proxy logs in as (the configured one, or the token's with `auto`),
+    /// else the client gets one error naming that user.
+    async fn check_user<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        user: &str,
+        token: &Token,
+    ) -> Result<(), SessionError> {
+        let Some(expected) = self.user_for(token) else {
             let error = ConnectError::UserNotDerivable {
                 source_kind: self.inner.credential.info().kind,
             };
@@ -378,30 +495,56 @@ impl Proxy {
             );
             return Err(refuse(client, "28000", message).await);
         }
+        Ok(())
+    }
+
+    /// Connects to the server and sends the client's start-up: exactly the parameters that were checked
+    /// (each key once), so the server logs in the user the proxy checked.
+    async fn open_upstream<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        version: i32,
+        params: &protocol::Params,
+    ) -> Result<upstream::Upstream, SessionError> {
         let connecting = Instant::now();
         let opened = tokio::time::timeout(self.inner.connect_timeout, async {
             let mut upstream = self.inner.target.open().await?;
             upstream
-                .write_all(&protocol::startup_message(version, &params))
+                .write_all(&protocol::startup_message(version, params))
                 .await
                 .map_err(|e| self.unreachable(e))?;
             Ok::<_, ConnectError>(upstream)
         })
         .await
         .unwrap_or_else(|_| Err(self.unreachable(io::Error::from(io::ErrorKind::TimedOut))));
-        let mut upstream = match opened {
-            Ok(upstream) => upstream,
+        match opened {
+            Ok(upstream) => Ok(upstream),
             Err(mut error) => {
                 if let ConnectError::Unreachable { waited_secs, .. } = &mut error {
                     *waited_secs = connecting.elapsed().as_secs();
                 }
-                return Err(refuse(client, "08001", format!("pgwi proxy: {error}")).await);
+                Err(refuse(client, "08001", format!("pgwi proxy: {error}")).await)
             }
-        };
-        params.clear();
+        }
+    }
+
+    /// The server's login within the connect timeout ([`Proxy::authenticate`]); anything the server did
+    /// wrong reaches the client as one error (refusals were sent already). The session's cancel key.
+    async fn log_in<C, U>(
+        &self,
+        client: &mut C,
+        upstream: &mut U,
+        token: &Token,
+        user: &str,
+        log: &mut SessionLog,
+    ) -> Result<Option<Issued>, SessionError>
+    where
+        C: AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
         let auth = tokio::time::timeout(
             self.inner.connect_timeout,
-            self.authenticate(client, &mut upstream, &token, &user, log),
+            self.authenticate(client, upstream, token, user, log),
         )
         .await
         .unwrap_or_else(|_| {
@@ -410,27 +553,24 @@ impl Proxy {
                 self.inner.connect_timeout.as_secs()
             )))
         });
-        if let Err(error) = auth {
-            // Refusals were sent already; anything else the server did wrong is one error for the client.
-            let message = match &error {
-                SessionError::Upstream(message) => Some(message.clone()),
-                SessionError::Scram(scram) => Some(format!("the server's {scram}")),
-                SessionError::Io(io) => Some(format!(
-                    "the connection to the server failed during authentication: {io}"
-                )),
-                _ => None,
-            };
-            if let Some(message) = message {
-                let _ = client
-                    .write_all(&protocol::fatal("08006", &format!("pgwi proxy: {message}")))
-                    .await;
-            }
-            return Err(error);
+        let error = match auth {
+            Ok(issued) => return Ok(issued),
+            Err(error) => error,
+        };
+        let message = match &error {
+            SessionError::Upstream(message) => Some(message.clone()),
+            SessionError::Scram(scram) => Some(format!("the server's {scram}")),
+            SessionError::Io(io) => Some(format!(
+                "the connection to the server failed during authentication: {io}"
+            )),
+            _ => None,
+        };
+        if let Some(message) = message {
+            let _ = client
+                .write_all(&protocol::fatal("08006", &format!("pgwi proxy: {message}")))
+                .await;
         }
-        drop(token);
-        log.relaying = true;
-        tokio::io::copy_bidirectional(client, &mut upstream).await?;
-        Ok(())
+        Err(error)
     }
 
     fn unreachable(&self, error: io::Error) -> ConnectError {
@@ -459,8 +599,9 @@ impl Proxy {
     }
 
     /// Answers the server's authentication with a token usable at that moment (`token`, checked when the
-    /// client's user was, serves the diagnosis if the server refuses before asking), then relays its messages up to `ReadyForQuery`
-    /// (noting the backend's pid) in one write.
+    /// client's user was, serves the diagnosis if the server refuses before asking), then relays its
+    /// messages up to `ReadyForQuery` in one write, with the backend's key replaced by one the proxy issued
+    /// (the key to cancel this session's queries).
     async fn authenticate<C, U>(
         &self,
         client: &mut C,
@@ -468,7 +609,7 @@ impl Proxy {
         token: &Token,
         user: &str,
         log: &mut SessionLog,
-    ) -> Result<(), SessionError>
+    ) -> Result<Option<Issued>, SessionError>
     where
         C: AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
@@ -496,11 +637,10 @@ impl Proxy {
                 }
                 (b'R', Some(3)) => {
                     let token = self.token_for_server(client, &mut presented).await?;
-                    let mut body = token.secret().expose().as_bytes().to_vec();
+                    let mut body = Zeroizing::new(token.secret().expose().as_bytes().to_vec());
                     body.push(0);
-                    upstream
-                        .write_all(&protocol::with_length(Some(b'p'), body))
-                        .await?;
+                    let packet = Zeroizing::new(protocol::with_length(Some(b'p'), body.to_vec()));
+                    upstream.write_all(&packet).await?;
                 }
                 (b'R', Some(10)) => {
                     let mechanisms: Vec<String> = message.body[4..]
@@ -524,15 +664,18 @@ impl Proxy {
                         .await?;
                 }
                 (b'R', Some(11)) => {
-                    let state = scram.as_mut().ok_or_else(|| {
+                    let state = scram.take().ok_or_else(|| {
                         SessionError::Upstream("SASL continue before SASL start".into())
                     })?;
                     let server_first = String::from_utf8_lossy(&message.body[4..]).into_owned();
-                    let password = presented
-                        .as_ref()
-                        .map(|t| t.secret().expose())
-                        .unwrap_or_default();
-                    let last = state.finish(&server_first, password)?;
+                    let password = Zeroizing::new(
+                        presented
+                            .as_ref()
+                            .map(|t| t.secret().expose().to_owned())
+                            .unwrap_or_default(),
+                    );
+                    let (state, last) = scram_client_final(state, server_first, password).await?;
+                    scram = Some(state);
                     upstream
                         .write_all(&protocol::with_length(Some(b'p'), last.into_bytes()))
                         .await?;
@@ -563,7 +706,7 @@ impl Proxy {
                     let _ = client.write_all(&error.packet).await;
                     return Err(SessionError::Refused(error.summary));
                 }
-                (b'N' | b'v', _) => pending.extend(message.encode()),
+                (b'N' | b'v', _) => buffer(&mut pending, &message)?,
                 (tag, _) => {
                     return Err(SessionError::Upstream(format!(
                         "unexpected message {:?} during authentication",
@@ -572,23 +715,52 @@ impl Proxy {
                 }
             }
         }
-        // From here every message is the server's own; note the pid, send all up to ReadyForQuery at once.
+        self.relay_until_ready(client, upstream, pending, log).await
+    }
+
+    /// After `AuthenticationOk`: the server's messages up to `ReadyForQuery`, sent to the client in one
+    /// write, its `BackendKeyData` replaced by a key the proxy issued (noting the backend's pid for the log).
+    async fn relay_until_ready<C, U>(
+        &self,
+        client: &mut C,
+        upstream: &mut U,
+        mut pending: Vec<u8>,
+        log: &mut SessionLog,
+    ) -> Result<Option<Issued>, SessionError>
+    where
+        C: AsyncWrite + Unpin,
+        U: AsyncRead + Unpin,
+    {
+        let mut issued = None;
         loop {
             let message = protocol::read_message(upstream).await?;
-            if message.tag == b'K' {
-                log.upstream_pid = message.int32(0);
-            }
-            if message.tag == b'E' {
-                // After AuthenticationOk: the database is missing, the role may not log in, no slots…
-                let error = with_hint(&message);
-                pending.extend(error.packet);
-                client.write_all(&pending).await?;
-                return Err(SessionError::Refused(error.summary));
-            }
-            pending.extend(message.encode());
-            if message.tag == b'Z' {
-                client.write_all(&pending).await?;
-                return Ok(());
+            match message.tag {
+                b'K' if message.body.len() >= 8 && issued.is_none() => {
+                    log.upstream_pid = message.int32(0);
+                    let key = self.inner.cancel_keys.issue(message.body).ok_or_else(|| {
+                        SessionError::Upstream("no random numbers for a cancel key".into())
+                    })?;
+                    pending.extend(protocol::with_length(Some(b'K'), key.client_key().to_vec()));
+                    issued = Some(key);
+                }
+                b'K' => {
+                    return Err(SessionError::Upstream(
+                        "a malformed or repeated BackendKeyData".into(),
+                    ));
+                }
+                b'E' => {
+                    // After AuthenticationOk: the database is missing, the role may not log in, no slots…
+                    let error = with_hint(&message);
+                    pending.extend(error.packet);
+                    client.write_all(&pending).await?;
+                    return Err(SessionError::Refused(error.summary));
+                }
+                b'Z' => {
+                    pending.extend(message.encode());
+                    client.write_all(&pending).await?;
+                    return Ok(issued);
+                }
+                _ => buffer(&mut pending, &message)?,
             }
         }
     }
@@ -626,12 +798,26 @@ impl Proxy {
         diagnosed(&fields, &code)
     }
 
-    /// Forwards a client's cancel request to the server over a new connection, then waits for the server
-    /// to close it (it answers nothing).
-    async fn forward_cancel(&self, key: &[u8]) -> Result<(), SessionError> {
+    /// Forwards a client's cancel request to the server over a new connection, if its key is one the proxy
+    /// issued to an open session and no cancel for that session is on its way; then waits for the server to
+    /// close it (it answers nothing). Any other key is dropped without contacting the server.
+    async fn forward_cancel(&self, key: &[u8], log: &mut SessionLog) -> Result<(), SessionError> {
+        let Some(forwarding) = self.inner.cancel_keys.forward(key) else {
+            // Logged at debug: a flood of random keys must not flood the log either.
+            log.quiet = true;
+            return Err(SessionError::Client(
+                "a cancel request for no open session (or one already on its way): dropped".into(),
+            ));
+        };
+        let upstream_key = forwarding.upstream_key();
+        log.upstream_pid = upstream_key
+            .get(..4)
+            .and_then(|pid| Some(i32::from_be_bytes(pid.try_into().ok()?)));
         let forwarded = tokio::time::timeout(CANCEL_TIMEOUT, async {
             let mut upstream = self.inner.target.open().await?;
-            upstream.write_all(&protocol::cancel_request(key)).await?;
+            upstream
+                .write_all(&protocol::cancel_request(upstream_key))
+                .await?;
             let mut rest = Vec::new();
             let _ = tokio::io::AsyncReadExt::read_to_end(&mut upstream, &mut rest).await;
             Ok::<_, SessionError>(())
@@ -646,6 +832,33 @@ impl Proxy {
     }
 }
 
+/// Appends a server message to what the client gets at `ReadyForQuery`, within
+/// [`MAX_BUFFERED_BEFORE_READY`].
+fn buffer(pending: &mut Vec<u8>, message: &Message) -> Result<(), SessionError> {
+    if pending.len() + message.body.len() + 5 > MAX_BUFFERED_BEFORE_READY {
+        return Err(SessionError::Upstream(format!(
+            "the server sent more than {MAX_BUFFERED_BEFORE_READY} bytes before ReadyForQuery"
+        )));
+    }
+    pending.extend(message.encode());
+    Ok(())
+}
+
+/// The SCRAM client-final message for the server's first, on a blocking thread: PBKDF2 with the server's
+/// iteration count (up to [`scram::MAX_ITERATIONS`]) would otherwise hold a runtime thread for milliseconds.
+async fn scram_client_final(
+    mut state: scram::Client,
+    server_first: String,
+    password: Zeroizing<String>,
+) -> Result<(scram::Client, String), SessionError> {
+    tokio::task::spawn_blocking(move || {
+        let last = state.finish(&server_first, &password)?;
+        Ok((state, last))
+    })
+    .await
+    .map_err(|e| SessionError::Upstream(format!("the SCRAM computation failed: {e}")))?
+}
+
 /// Sends `code`/`message` to the client as a FATAL error; the session's error.
 async fn refuse<S: AsyncWrite + Unpin>(
     client: &mut S,
@@ -656,47 +869,58 @@ async fn refuse<S: AsyncWrite + Unpin>(
     SessionError::Refused(format!("{message} (SQLSTATE {code})"))
 }
 
-/// SCRAM-SHA-256 against the proxy's local password, before the server is contacted.
+/// SCRAM-SHA-256 against the proxy's local password, before the server is contacted; over TLS,
+/// SCRAM-SHA-256-PLUS is offered first, bound to the proxy's certificate (`end_point`).
 /// `user_allowed`: whether the start-up names the user the proxy logs in as; if not, the exchange runs to its
-/// end and fails as a wrong password does, so the reply does not tell which was wrong.
+/// end and fails as a wrong password does, so the reply does not tell which was wrong. Each client message
+/// is read within PostgreSQL's limit for a client that has not authenticated.
 async fn local_authentication<S>(
     client: &mut S,
     secret: &LocalSecret,
     user: &str,
     user_allowed: bool,
+    end_point: Option<&[u8]>,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // The client is told only what PostgreSQL tells it; why is for the log.
-    let failed = |why: String| {
-        (
-            format!("password authentication failed for user \"{user}\""),
-            SessionError::Refused(format!("local password: {why}")),
-        )
-    };
     let mut body = 10_i32.to_be_bytes().to_vec();
+    if end_point.is_some() {
+        body.extend(format!("{}\0", scram::MECHANISM_PLUS).as_bytes());
+    }
     body.extend(format!("{}\0\0", scram::MECHANISM).as_bytes());
     client
         .write_all(&protocol::with_length(Some(b'R'), body))
         .await?;
     let result = async {
-        let initial = protocol::read_message(client).await?;
+        let initial =
+            protocol::read_message_within(client, protocol::MAX_PRE_AUTH_MESSAGE_LEN).await?;
         let (mechanism, rest) =
             split_cstr(&initial.body).ok_or_else(|| ScramError("malformed".into()))?;
-        if initial.tag != b'p' || mechanism != scram::MECHANISM || rest.len() < 4 {
+        let binding = match (mechanism.as_str(), end_point) {
+            (scram::MECHANISM_PLUS, Some(end_point)) => scram::Binding::Required(end_point),
+            (scram::MECHANISM, Some(_)) => scram::Binding::Declined,
+            (scram::MECHANISM, None) => scram::Binding::NotOffered,
+            _ => {
+                return Err(SessionError::Client(
+                    "not a SCRAM-SHA-256 initial response".into(),
+                ));
+            }
+        };
+        if initial.tag != b'p' || rest.len() < 4 {
             return Err(SessionError::Client(
                 "not a SCRAM-SHA-256 initial response".into(),
             ));
         }
         let (server, server_first) =
-            scram::Server::start(secret, &String::from_utf8_lossy(&rest[4..]))?;
+            scram::Server::start(secret, &String::from_utf8_lossy(&rest[4..]), binding)?;
         let mut body = 11_i32.to_be_bytes().to_vec();
         body.extend(server_first.as_bytes());
         client
             .write_all(&protocol::with_length(Some(b'R'), body))
             .await?;
-        let last = protocol::read_message(client).await?;
+        let last =
+            protocol::read_message_within(client, protocol::MAX_PRE_AUTH_MESSAGE_LEN).await?;
         if last.tag != b'p' {
             return Err(SessionError::Client("not a SASL response".into()));
         }
@@ -716,11 +940,14 @@ where
     .await;
     match result {
         Ok(()) => Ok(()),
-        Err(SessionError::Io(error)) => Err(SessionError::Io(error)),
+        Err(SessionError::Io(error)) if error.kind() != io::ErrorKind::InvalidData => {
+            Err(SessionError::Io(error))
+        }
         Err(error) => {
-            let (message, error) = failed(error.to_string());
+            // The client is told only what PostgreSQL tells it; why is for the log.
+            let message = format!("password authentication failed for user \"{user}\"");
             let _ = client.write_all(&protocol::fatal("28P01", &message)).await;
-            Err(error)
+            Err(SessionError::Refused(format!("local password: {error}")))
         }
     }
 }
@@ -813,7 +1040,9 @@ impl From<StartupError> for SessionError {
             StartupError::Garbage(what) => {
                 SessionError::Client(format!("not a PostgreSQL start-up: {what}"))
             }
-            StartupError::Version(_) => SessionError::Client(error.to_string()),
+            StartupError::Version(_) | StartupError::Layout(_) => {
+                SessionError::Client(error.to_string())
+            }
             StartupError::Io(error) => SessionError::Io(error),
         }
     }
@@ -829,6 +1058,9 @@ struct SessionLog {
     bytes_from_client: Arc<AtomicU64>,
     bytes_from_server: Arc<AtomicU64>,
     relaying: bool,
+    /// Logged at debug: a connection that sent nothing, or a cancel request for no session (floods of
+    /// either must not flood the log).
+    quiet: bool,
     error: Option<SessionError>,
 }
 
@@ -843,6 +1075,7 @@ impl SessionLog {
             bytes_from_client: Arc::default(),
             bytes_from_server: Arc::default(),
             relaying: false,
+            quiet: false,
             error: None,
         }
     }
@@ -855,7 +1088,11 @@ impl Drop for SessionLog {
         let bytes_from_server = self.bytes_from_server.load(Ordering::Relaxed);
         let database = self.database.as_deref().unwrap_or_default();
         let upstream_pid = self.upstream_pid.unwrap_or_default();
+        let quiet = self.quiet || bytes_from_client == 0;
         match &self.error {
+            Some(error) if quiet => tracing::debug!(
+                client = %self.client, kind = self.kind, duration_ms, %error, "connection dropped"
+            ),
             // A session that was relaying ends with the connection: not the proxy's failure.
             Some(error) if !self.relaying => tracing::warn!(
                 client = %self.client, kind = self.kind, database, upstream_pid, duration_ms,

@@ -1,7 +1,9 @@
 //! SCRAM-SHA-256 (RFC 5802/7677, as PostgreSQL speaks it), both ways: as a client, when the server asks a
 //! password role for it (a static password behind the proxy); as a server, for the proxy's own local
-//! password, which clients on a non-loopback listener must prove (`--allow-remote`). Channel binding is not
-//! used (`n,,`): the upstream hop is already inside TLS checked by the sslmode.
+//! password, which clients on a non-loopback listener must prove (`--allow-remote`). Toward the server,
+//! channel binding is not used (`n,,`): that hop is inside TLS checked by the sslmode. Toward clients whose
+//! hop is TLS, SCRAM-SHA-256-PLUS is offered with `tls-server-end-point` binding, so an exchange relayed by
+//! someone in between (who would hold another certificate) fails.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -10,6 +12,8 @@ use std::num::NonZeroU32;
 
 /// The mechanism name on the wire.
 pub(crate) const MECHANISM: &str = "SCRAM-SHA-256";
+/// The mechanism with channel binding, offered to clients on TLS.
+pub(crate) const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 /// Iterations of the local secret (PostgreSQL's default).
 const ITERATIONS: u32 = 4096;
 /// The most iterations a server may ask for: 25 times PostgreSQL's default. Each one costs a session an
@@ -188,13 +192,26 @@ impl LocalSecret {
     }
 }
 
+/// Channel binding on the client's hop: what the proxy offered, and what the client chose.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Binding<'a> {
+    /// The hop is plaintext: only SCRAM-SHA-256 was offered.
+    NotOffered,
+    /// The hop is TLS and the client chose SCRAM-SHA-256: it may not support binding (`n`), but one that
+    /// does and believes the proxy does not (`y`) saw an offer someone in between removed.
+    Declined,
+    /// The client chose SCRAM-SHA-256-PLUS: it must bind to this certificate hash.
+    Required(&'a [u8]),
+}
+
 /// The server side of one exchange with a client.
 pub(crate) struct Server<'a> {
     secret: &'a LocalSecret,
     client_first_bare: String,
     server_first: String,
     nonce: String,
-    gs2_header: String,
+    /// The `c=` attribute the client-final message must carry: the GS2 header and the binding data.
+    channel_binding: String,
 }
 
 impl<'a> Server<'a> {
@@ -202,23 +219,48 @@ impl<'a> Server<'a> {
     pub(crate) fn start(
         secret: &'a LocalSecret,
         client_first: &str,
+        binding: Binding<'_>,
     ) -> Result<(Self, String), ScramError> {
-        let (gs2_header, bare) = match client_first.split_once(',').and_then(|(cb, rest)| {
-            let (authzid, bare) = rest.split_once(',')?;
-            Some((format!("{cb},{authzid},"), bare, cb))
-        }) {
-            Some((header, bare, "n" | "y")) => (header, bare.to_owned()),
-            Some(_) => return Err(fail("channel binding is not offered on the local hop")),
-            None => return Err(fail("a malformed first message")),
-        };
+        let (flag, authzid, bare) = client_first
+            .split_once(',')
+            .and_then(|(flag, rest)| {
+                let (authzid, bare) = rest.split_once(',')?;
+                Some((flag, authzid, bare))
+            })
+            .ok_or_else(|| fail("a malformed first message"))?;
+        let mut channel_binding = format!("{flag},{authzid},").into_bytes();
+        match (flag, binding) {
+            ("n", Binding::NotOffered | Binding::Declined) | ("y", Binding::NotOffered) => {}
+            ("y", _) => {
+                return Err(fail(
+                    "the client supports channel binding but was not offered it: something between the \
+                     client and the proxy removed SCRAM-SHA-256-PLUS",
+                ));
+            }
+            ("p=tls-server-end-point", Binding::Required(end_point)) => {
+                channel_binding.extend(end_point);
+            }
+            (_, Binding::Required(_)) => {
+                return Err(fail(
+                    "SCRAM-SHA-256-PLUS without tls-server-end-point binding",
+                ));
+            }
+            _ => return Err(fail("channel binding without SCRAM-SHA-256-PLUS")),
+        }
+        let bare = bare.to_owned();
         let client_nonce = attribute(&bare, 'r').ok_or_else(|| fail("no client nonce"))?;
         let nonce = format!("{client_nonce}{}", nonce()?);
-        Ok(Self::with_nonce(secret, gs2_header, bare, nonce))
+        Ok(Self::with_nonce(
+            secret,
+            B64.encode(channel_binding),
+            bare,
+            nonce,
+        ))
     }
 
     fn with_nonce(
         secret: &'a LocalSecret,
-        gs2_header: String,
+        channel_binding: String,
         bare: String,
         nonce: String,
     ) -> (Self, String) {
@@ -229,7 +271,7 @@ impl<'a> Server<'a> {
                 client_first_bare: bare,
                 server_first: server_first.clone(),
                 nonce,
-                gs2_header,
+                channel_binding,
             },
             server_first,
         )
@@ -240,7 +282,7 @@ impl<'a> Server<'a> {
         let (without_proof, proof) = client_final
             .rsplit_once(",p=")
             .ok_or_else(|| fail("no proof"))?;
-        if attribute(without_proof, 'c') != Some(B64.encode(&self.gs2_header).as_str()) {
+        if attribute(without_proof, 'c') != Some(self.channel_binding.as_str()) {
             return Err(fail("the channel binding does not match the first message"));
         }
         if attribute(without_proof, 'r') != Some(self.nonce.as_str()) {
@@ -298,12 +340,13 @@ mod tests {
         let salt = B64.decode(SALT).expect("salt");
         let secret = LocalSecret::with_salt("pencil", salt.clone()).expect("secret");
         let bare = format!("n=user,r={CLIENT_NONCE}");
-        let (server, first) = Server::with_nonce(&secret, "n,,".into(), bare.clone(), NONCE.into());
+        let (server, first) =
+            Server::with_nonce(&secret, B64.encode("n,,"), bare.clone(), NONCE.into());
         assert_eq!(first, SERVER_FIRST);
         assert_eq!(server.finish(CLIENT_FINAL).expect("proof"), SERVER_FINAL);
 
         let other = LocalSecret::with_salt("not pencil", salt).expect("secret");
-        let (server, _) = Server::with_nonce(&other, "n,,".into(), bare, NONCE.into());
+        let (server, _) = Server::with_nonce(&other, B64.encode("n,,"), bare, NONCE.into());
         assert!(server.finish(CLIENT_FINAL).is_err());
     }
 
@@ -334,5 +377,32 @@ mod tests {
         client.finish(SERVER_FIRST, "pencil").expect("finish");
         let error = client.verify("e=invalid-proof").expect_err("refused");
         assert!(error.to_string().contains("invalid-proof"), "{error}");
+    }
+
+    #[test]
+    fn channel_binding_is_required_as_chosen_and_a_removed_offer_is_caught() {
+        // Proves: with PLUS chosen, only `p=tls-server-end-point` with the certificate's hash in `c=` passes
+        // (another hash fails, as a relay's would); a client saying `y` (supports binding, saw no offer)
+        // over TLS is refused, over plaintext accepted; `n` is accepted unless PLUS was chosen.
+        let secret = LocalSecret::new("pencil").expect("secret");
+        let hash = [7_u8; 32];
+        let first = format!("p=tls-server-end-point,,n=,r={CLIENT_NONCE}");
+        let (server, _) = Server::start(&secret, &first, Binding::Required(&hash)).expect("start");
+        let expected = [&b"p=tls-server-end-point,,"[..], &hash].concat();
+        assert_eq!(server.channel_binding, B64.encode(&expected));
+        let relayed = [&b"p=tls-server-end-point,,"[..], &[8_u8; 32]].concat();
+        let final_message = format!("c={},r={},p=AAAA", B64.encode(relayed), server.nonce);
+        let error = server
+            .finish(&final_message)
+            .expect_err("another certificate's hash");
+        assert!(error.to_string().contains("channel binding"), "{error}");
+
+        let plain = format!("n,,n=,r={CLIENT_NONCE}");
+        let supports = format!("y,,n=,r={CLIENT_NONCE}");
+        assert!(Server::start(&secret, &plain, Binding::Required(&hash)).is_err());
+        assert!(Server::start(&secret, &supports, Binding::Declined).is_err());
+        assert!(Server::start(&secret, &supports, Binding::NotOffered).is_ok());
+        assert!(Server::start(&secret, &plain, Binding::Declined).is_ok());
+        assert!(Server::start(&secret, &first, Binding::NotOffered).is_err());
     }
 }

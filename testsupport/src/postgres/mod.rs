@@ -6,7 +6,9 @@
 //! (made with [`TestDatabase::create_token_role`]) `pam`, where a checker judges the password as Azure judges
 //! an Entra ID token: any unexpired token for the role, signed with [`TestPostgres::token_signing_key`], is
 //! accepted, anything else refused, and every verdict is readable with [`TestPostgres::token_checks`] (see
-//! `tokens.rs`). Connections without TLS are rejected. Nothing is ever `trust`.
+//! `tokens.rs`). Connections without TLS are rejected. The one `trust` line is for roles in [`TRUSTED_GROUP`],
+//! which stand for a role an attacker would aim at and exist only to prove that a proxy client cannot reach
+//! them.
 //!
 //! `pg_hba.conf`'s `+group` also matches indirect members, and an administrator is often made a member of an
 //! Entra principal's role (`GRANT identity TO admin`, as `pgwi admin bootstrap` does; PostgreSQL 16 even does
@@ -57,6 +59,10 @@ pub const SCRAM_GROUP: &str = "pgwi_scram";
 /// Roles in this group log in with Entra-style tokens, judged as Azure judges them (`pam` and the run's token
 /// checker): any unexpired token for the role is accepted.
 pub const TOKEN_GROUP: &str = "pgwi_token";
+/// The one `trust` line of the bench: roles in this group log in over TLS without proving anything. They stand
+/// for what an attacker would aim at (an Azure group role of the identity, or a role a server trusts), and
+/// exist only so that tests can prove a client of the proxy can never pick the role it logs in as.
+pub const TRUSTED_GROUP: &str = "pgwi_trusted";
 /// The superuser the bench creates on servers it starts.
 const ADMIN_USER: &str = "pgwi_admin";
 /// The server's `max_connections`: the proxy's 200 concurrent clients plus the rest of a suite.
@@ -70,11 +76,12 @@ pub(crate) fn pg_hba(pam_service: Option<&str>) -> String {
         format!("hostssl   all  +{TOKEN_GROUP}     all  pam pamservice={service}\n")
     });
     format!(
-        "# pgwi test bench: TLS and passwords only, never trust.\n\
+        "# pgwi test bench: TLS and passwords only; trust for the trusted group, which tests aim at.\n\
          local     all  all                  scram-sha-256\n\
          hostssl   all  +{CLEARTEXT_GROUP} all  password\n\
          hostssl   all  +{SCRAM_GROUP}     all  scram-sha-256\n\
          {tokens}\
+         hostssl   all  +{TRUSTED_GROUP}   all  trust\n\
          hostssl   all  all             all  scram-sha-256\n\
          hostnossl all  all             all  reject\n"
     )
@@ -324,12 +331,15 @@ impl TestPostgres {
                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{TOKEN_GROUP}') THEN
                  CREATE ROLE {TOKEN_GROUP} NOLOGIN;
                END IF;
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{TRUSTED_GROUP}') THEN
+                 CREATE ROLE {TRUSTED_GROUP} NOLOGIN;
+               END IF;
              END $$"
         )))
         .execute(&mut conn)
         .await
         .map_err(TestSupportError::sql(
-            "creating the bench's group roles (cleartext, scram, token)",
+            "creating the bench's group roles (cleartext, scram, token, trusted)",
         ))?;
         Ok((server, started.keepalive))
     }
@@ -480,6 +490,23 @@ impl TestDatabase {
         .execute(&self.admin)
         .await
         .map_err(TestSupportError::sql(format!("creating token role {name}")))?;
+        Ok(())
+    }
+
+    /// Creates a login role in [`TRUSTED_GROUP`], which the server lets in over TLS without a password or a
+    /// token (names are server-wide: pick unique ones). Only for proving that nothing lets a client reach it.
+    pub async fn create_trusted_role(&self, name: &str) -> Result<(), TestSupportError> {
+        let ident = quote_ident(name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {ident} LOGIN IN ROLE {TRUSTED_GROUP};
+             GRANT ALL ON DATABASE {} TO {ident};",
+            quote_ident(&self.name)
+        )))
+        .execute(&self.admin)
+        .await
+        .map_err(TestSupportError::sql(format!(
+            "creating trusted role {name}"
+        )))?;
         Ok(())
     }
 

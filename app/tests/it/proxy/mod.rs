@@ -1180,3 +1180,5 @@ async fn wait_for_health(address: &str, status: &str, limit: Duration) -> String
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+mod security;
