@@ -31,18 +31,21 @@ mapping=(
 )
 
 # tf-output.sh prints every value or, naming the missing output, nothing at all.
-out="$(bash "$here/tf-output.sh" acr_name acr_login_server "${mapping[@]#*=}")" \
+# The first three are not written: the subscription (every az call names it, whatever az's default) and the
+# registry.
+out="$(bash "$here/tf-output.sh" subscription_id acr_name acr_login_server "${mapping[@]#*=}")" \
   || fail "nothing written: a Terraform output is missing (above)"
 values=()
 while IFS= read -r line; do values+=("$line"); done <<<"$out" # not mapfile: macOS ships bash 3.2
-((${#values[@]} == ${#mapping[@]} + 2)) || fail "expected $((${#mapping[@]} + 2)) values from tf-output.sh, got ${#values[@]}"
-acr_name="${values[0]}"
-acr_login_server="${values[1]}"
+((${#values[@]} == ${#mapping[@]} + 3)) || fail "expected $((${#mapping[@]} + 3)) values from tf-output.sh, got ${#values[@]}"
+subscription="${values[0]}"
+acr_name="${values[1]}"
+acr_login_server="${values[2]}"
 
 err="$(mktemp)"
 trap 'rm -f "$err" "${tmp:-}"' EXIT
-if ! digest="$(az acr repository show --name "$acr_name" --image "pgwi:$tag" --query digest --output tsv 2>"$err")"; then
-  fail "nothing written: image pgwi:$tag is not in registry $acr_name ($(tail -n 1 "$err")): build and push it with the same TAG first (task image:build image:push, or task image:acr-build)"
+if ! digest="$(az acr repository show --subscription "$subscription" --name "$acr_name" --image "pgwi:$tag" --query digest --output tsv 2>"$err")"; then
+  fail "nothing written: image pgwi:$tag is not in registry $acr_name of subscription $subscription ($(tail -n 1 "$err")): build and push it with the same TAG first (task image:build image:push, or task image:acr-build)"
 fi
 [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] \
   || fail "nothing written: the registry gave no digest for pgwi:$tag (got '$digest')"
@@ -51,7 +54,7 @@ render() {
   printf 'IMAGE=%s/pgwi:%s@%s\n' "$acr_login_server" "$tag" "$digest"
   local i
   for i in "${!mapping[@]}"; do
-    printf '%s=%s\n' "${mapping[i]%%=*}" "${values[i + 2]}"
+    printf '%s=%s\n' "${mapping[i]%%=*}" "${values[i + 3]}"
   done
 }
 

@@ -13,7 +13,7 @@ resource "azurerm_kubernetes_cluster" "main" {
   #checkov:skip=CKV_AZURE_232:One small system pool keeps the stack cheap; add a user pool for production workloads.
   #checkov:skip=CKV_AZURE_170:The free tier is enough for a CronJob every five minutes; the paid SLA is a cost decision.
   #checkov:skip=CKV_AZURE_172:The Secrets Store CSI driver is not used: pgwi needs no secrets.
-  #checkov:skip=CKV_AZURE_6:Authorized ranges come from var.aks_api_authorized_ip_ranges, which checkov cannot evaluate; terraform.tfvars.example sets them.
+  #checkov:skip=CKV_AZURE_6:Authorized ranges come from var.aks_api_authorized_ip_ranges, which checkov cannot evaluate; an empty list is refused at plan (terraform/checks.tf) unless aks_api_open_to_internet is true.
   #checkov:skip=CKV_AZURE_115:A private API server needs a VPN or jump host for kubectl; this stack keeps the API public behind authorized ranges and Entra RBAC.
   name                              = "aks-${var.name}"
   location                          = azurerm_resource_group.main.location
@@ -33,8 +33,11 @@ resource "azurerm_kubernetes_cluster" "main" {
     tenant_id          = data.azurerm_client_config.current.tenant_id
   }
 
+  # Container Insights with managed-identity authentication (the legacy, key-based one is retired): the agent
+  # sends what the data collection rule below names, to the workspace it names.
   oms_agent {
-    log_analytics_workspace_id = azurerm_log_analytics_workspace.main.id
+    log_analytics_workspace_id      = azurerm_log_analytics_workspace.main.id
+    msi_auth_for_monitoring_enabled = true
   }
 
   api_server_access_profile {
@@ -59,12 +62,81 @@ resource "azurerm_kubernetes_cluster" "main" {
     type = "SystemAssigned"
   }
 
+  # Azure CNI powered by Cilium: Cilium enforces the NetworkPolicies (Azure NPM on Linux is being retired).
+  # Cilium needs the overlay mode (or a pod subnet): pods take addresses from pod_cidr, outside the VNet, and
+  # reach PostgreSQL's subnet from their node's address.
   network_profile {
-    network_plugin = "azure"
-    network_policy = "azure"
-    service_cidr   = "10.200.0.0/16"
-    dns_service_ip = "10.200.0.10"
+    network_plugin      = "azure"
+    network_plugin_mode = "overlay"
+    network_data_plane  = "cilium"
+    network_policy      = "cilium"
+    pod_cidr            = "10.244.0.0/16"
+    service_cidr        = "10.200.0.0/16"
+    dns_service_ip      = "10.200.0.10"
   }
+}
+
+# Where Container Insights sends its data (Microsoft's Terraform onboarding for managed-identity
+# authentication): the cluster's agent reads this rule through the association below.
+resource "azurerm_monitor_data_collection_rule" "container_insights" {
+  name                = "MSCI-${azurerm_resource_group.main.location}-${azurerm_kubernetes_cluster.main.name}"
+  location            = azurerm_resource_group.main.location
+  resource_group_name = azurerm_resource_group.main.name
+  description         = "Container Insights for ${azurerm_kubernetes_cluster.main.name}"
+  tags                = var.tags
+
+  destinations {
+    log_analytics {
+      name                  = "ciworkspace"
+      workspace_resource_id = azurerm_log_analytics_workspace.main.id
+    }
+  }
+
+  data_flow {
+    streams      = local.container_insights_streams
+    destinations = ["ciworkspace"]
+  }
+
+  data_sources {
+    extension {
+      name           = "ContainerInsightsExtension"
+      extension_name = "ContainerInsights"
+      streams        = local.container_insights_streams
+      extension_json = jsonencode({
+        dataCollectionSettings = {
+          interval               = "1m"
+          namespaceFilteringMode = "Off"
+          enableContainerLogV2   = true
+        }
+      })
+    }
+  }
+}
+
+resource "azurerm_monitor_data_collection_rule_association" "container_insights" {
+  name                    = "ContainerInsightsExtension"
+  target_resource_id      = azurerm_kubernetes_cluster.main.id
+  data_collection_rule_id = azurerm_monitor_data_collection_rule.container_insights.id
+  description             = "Container Insights for this cluster: deleting this association stops its data collection."
+}
+
+locals {
+  # The streams of Microsoft's onboarding sample; with enableContainerLogV2 the containers' output is in
+  # ContainerLogV2.
+  container_insights_streams = [
+    "Microsoft-ContainerLog",
+    "Microsoft-ContainerLogV2",
+    "Microsoft-KubeEvents",
+    "Microsoft-KubePodInventory",
+    "Microsoft-KubeNodeInventory",
+    "Microsoft-KubePVInventory",
+    "Microsoft-KubeServices",
+    "Microsoft-KubeMonAgentEvents",
+    "Microsoft-InsightsMetrics",
+    "Microsoft-ContainerInventory",
+    "Microsoft-ContainerNodeInventory",
+    "Microsoft-Perf",
+  ]
 }
 
 resource "azurerm_container_registry" "main" {

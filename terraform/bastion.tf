@@ -39,7 +39,7 @@ resource "azurerm_linux_virtual_machine" "bastion" {
 
   admin_ssh_key {
     username   = "azureuser"
-    public_key = var.bastion_ssh_public_key
+    public_key = trimspace(var.bastion_ssh_public_key)
   }
 
   os_disk {

@@ -8,24 +8,22 @@ resource "azurerm_user_assigned_identity" "app" {
 }
 
 resource "azurerm_federated_identity_credential" "app" {
-  name                = "aks-${var.k8s_namespace}-${var.k8s_service_account}"
-  resource_group_name = azurerm_resource_group.main.name
-  parent_id           = azurerm_user_assigned_identity.app.id
-  issuer              = azurerm_kubernetes_cluster.main.oidc_issuer_url
-  subject             = "system:serviceaccount:${var.k8s_namespace}:${var.k8s_service_account}"
-  audience            = ["api://AzureADTokenExchange"]
+  name                      = "aks-${var.k8s_namespace}-${var.k8s_service_account}"
+  user_assigned_identity_id = azurerm_user_assigned_identity.app.id
+  issuer                    = azurerm_kubernetes_cluster.main.oidc_issuer_url
+  subject                   = "system:serviceaccount:${var.k8s_namespace}:${var.k8s_service_account}"
+  audience                  = ["api://AzureADTokenExchange"]
 }
 
 # Optional: one GitHub Actions job (an environment's, with its protection rules) may act as the application's
 # identity, to run `pgwi migrate up` with no stored secret.
 resource "azurerm_federated_identity_credential" "github" {
-  count               = var.github_oidc_subject == "" ? 0 : 1
-  name                = "github-actions"
-  resource_group_name = azurerm_resource_group.main.name
-  parent_id           = azurerm_user_assigned_identity.app.id
-  issuer              = "https://token.actions.githubusercontent.com"
-  subject             = var.github_oidc_subject
-  audience            = ["api://AzureADTokenExchange"]
+  count                     = var.github_oidc_subject == "" ? 0 : 1
+  name                      = "github-actions"
+  user_assigned_identity_id = azurerm_user_assigned_identity.app.id
+  issuer                    = "https://token.actions.githubusercontent.com"
+  subject                   = var.github_oidc_subject
+  audience                  = ["api://AzureADTokenExchange"]
 }
 
 # The server's Entra administrator: a service principal (managed identity) federated with the bootstrap
@@ -40,12 +38,11 @@ resource "azurerm_user_assigned_identity" "admin" {
 }
 
 resource "azurerm_federated_identity_credential" "admin" {
-  name                = "aks-${var.k8s_admin_namespace}-${var.k8s_admin_service_account}"
-  resource_group_name = azurerm_resource_group.main.name
-  parent_id           = azurerm_user_assigned_identity.admin.id
-  issuer              = azurerm_kubernetes_cluster.main.oidc_issuer_url
-  subject             = "system:serviceaccount:${var.k8s_admin_namespace}:${var.k8s_admin_service_account}"
-  audience            = ["api://AzureADTokenExchange"]
+  name                      = "aks-${var.k8s_admin_namespace}-${var.k8s_admin_service_account}"
+  user_assigned_identity_id = azurerm_user_assigned_identity.admin.id
+  issuer                    = azurerm_kubernetes_cluster.main.oidc_issuer_url
+  subject                   = "system:serviceaccount:${var.k8s_admin_namespace}:${var.k8s_admin_service_account}"
+  audience                  = ["api://AzureADTokenExchange"]
 
   lifecycle {
     precondition {

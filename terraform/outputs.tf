@@ -1,5 +1,10 @@
 # Everything the deployment needs; `task kube:values` turns these into deploy/k8s/values/azure.env
 # (deploy/render-values.sh).
+output "subscription_id" {
+  description = "The subscription the stack is in: every az command of the Taskfile and deploy/ names it (--subscription), whatever az's default."
+  value       = data.azurerm_client_config.current.subscription_id
+}
+
 output "resource_group" {
   value = azurerm_resource_group.main.name
 }

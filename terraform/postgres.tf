@@ -21,11 +21,11 @@ resource "azurerm_postgresql_flexible_server" "main" {
   sku_name                      = var.postgres_sku
   storage_mb                    = 32768
   backup_retention_days         = 7
-  geo_redundant_backup_enabled  = true
+  geo_redundant_backup_enabled  = var.postgres_geo_redundant_backup
   delegated_subnet_id           = azurerm_subnet.postgres.id
   private_dns_zone_id           = azurerm_private_dns_zone.postgres.id
   public_network_access_enabled = false
-  zone                          = "1"
+  zone                          = var.postgres_zone == "" ? null : var.postgres_zone
   tags                          = var.tags
 
   authentication {

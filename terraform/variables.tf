@@ -38,15 +38,41 @@ variable "aks_node_count" {
 }
 
 variable "aks_api_authorized_ip_ranges" {
-  description = "CIDRs allowed to reach the AKS API server (your workstation, CI). Empty: unrestricted."
+  description = "CIDRs allowed to reach the AKS API server (your workstation, CI). Required: an empty list is refused unless aks_api_open_to_internet is true."
   type        = list(string)
   default     = []
+  validation {
+    condition     = alltrue([for r in var.aks_api_authorized_ip_ranges : can(cidrhost(r, 0)) && r != "0.0.0.0/0"])
+    error_message = "aks_api_authorized_ip_ranges takes IPv4 CIDRs such as 203.0.113.10/32 (not 0.0.0.0/0: set aks_api_open_to_internet = true for that)."
+  }
+}
+
+variable "aks_api_open_to_internet" {
+  description = "Let every address reach the AKS API server (Entra ID still authenticates every caller). Only with an empty aks_api_authorized_ip_ranges."
+  type        = bool
+  default     = false
 }
 
 variable "postgres_sku" {
   description = "SKU of the PostgreSQL Flexible Server."
   type        = string
   default     = "B_Standard_B1ms"
+}
+
+variable "postgres_geo_redundant_backup" {
+  description = "Keep the server's backups in the region's pair too. Regions without a pair (or without the feature) need false; fixed at creation (changing it replaces the server)."
+  type        = bool
+  default     = true
+}
+
+variable "postgres_zone" {
+  description = "Availability zone of the PostgreSQL server: \"1\", \"2\" or \"3\"; \"\" lets Azure choose (regions without zones)."
+  type        = string
+  default     = "1"
+  validation {
+    condition     = contains(["", "1", "2", "3"], var.postgres_zone)
+    error_message = "postgres_zone must be \"1\", \"2\", \"3\", or \"\" for no zone."
+  }
 }
 
 variable "postgres_database" {
@@ -112,7 +138,7 @@ variable "enable_bastion" {
 }
 
 variable "bastion_ssh_public_key" {
-  description = "SSH public key for the bastion (only with enable_bastion)."
+  description = "SSH public key for the bastion (the content of ~/.ssh/id_ed25519.pub); required with enable_bastion."
   type        = string
   default     = ""
 }

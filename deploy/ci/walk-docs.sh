@@ -11,7 +11,11 @@
 #   - a missing or empty output, or an image the registry lacks, stops render-values.sh naming it, and the
 #     previous azure.env is left as it was;
 #   - `task deploy` applies only deploy/k8s/app, and deploy/k8s/bootstrap is applied by db:bootstrap alone;
-#   - images are built for linux/amd64 and deployed by the digest of the tag that was pushed.
+#   - images are built for linux/amd64 and deployed by the digest of the tag that was pushed;
+#   - every az call names the stack's subscription (the az stand-in refuses one that does not);
+#   - docs/aks.md bootstraps the database before it deploys the CronJob;
+#   - the image's tag follows what goes into the image only: editing the example files the docs tell users to
+#     edit keeps it (and `task kube:values` still finds the pushed image), a change to the sources does not.
 # Needs git, python3, kubectl and task. Usage: walk-docs.sh
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -43,6 +47,7 @@ export WALK_STATE="$state" WALK_REAL_KUBECTL="$real_kubectl"
 # Terraform's outputs after apply. The namespaces and ServiceAccounts are not the defaults, so the walk also
 # shows that Terraform's variables reach the manifests.
 cat >"$state/outputs.applied" <<'EOF'
+subscription_id=22222222-2222-2222-2222-222222222222
 resource_group=rg-walk
 aks_name=aks-walk
 oidc_issuer_url=https://westeurope.oic.prod-aks.azure.com/00000000-0000-0000-0000-000000000000/11111111-1111-1111-1111-111111111111/
@@ -113,8 +118,12 @@ EOF
 cat >"$bin/az" <<'EOF'
 #!/usr/bin/env bash
 # az with no Azure: logins are recorded; `acr build` pushes; `acr repository show` knows only pushed images.
+# Every call must name the stack's subscription: az's default may be another one (ResourceGroupNotFound).
 set -euo pipefail
 echo "az $*" >>"$WALK_STATE/calls"
+subscription="$(sed -n 's/^subscription_id=//p' "$WALK_STATE/outputs.applied")"
+[[ " $* " == *" --subscription $subscription "* ]] \
+  || { echo "fake az: a call without --subscription $subscription (terraform output subscription_id): az $*" >&2; exit 1; }
 case "$1 $2" in
   "acr login" | "aks get-credentials") ;;
   "acr build")
@@ -214,6 +223,13 @@ for line in "${steps[@]}"; do
     *) fail "docs/aks.md runs '$line': the walk from an empty subscription uses task targets only" ;;
   esac
 done
+first_step() { # PREFIX: the index of the first step starting with it
+  local i
+  for i in "${!steps[@]}"; do [[ "${steps[i]}" == "$1"* ]] && { echo "$i"; return; }; done
+  fail "docs/aks.md never runs '$1'"
+}
+(($(first_step "task db:bootstrap") < $(first_step "task deploy"))) \
+  || fail "docs/aks.md deploys the CronJob before task db:bootstrap has created its role and database"
 mapfile -t tasks < <(cd "$tree" && task --list-all --json | python3 -c 'import json,sys; print("\n".join(t["name"] for t in json.load(sys.stdin)["tasks"]))')
 for t in "${tasks[@]}"; do
   # Developer tasks, not deployment steps.
@@ -294,4 +310,23 @@ sed 's/^app_client_id=.*/app_client_id=/' "$walk/outputs.good" >"$state/outputs"
 render_fails "an empty output" "terraform output app_client_id is empty"
 cp "$walk/outputs.good" "$state/outputs"
 render_fails "an image that was never pushed" "image pgwi:never-pushed is not in registry crwalk123456" never-pushed
+echo "--- the image's tag follows what goes into the image only"
+tag() { (cd "$tree" && bash deploy/image-tag.sh fallback); }
+[[ "$(tag)" == "$sha" ]] || fail "the tag of the committed tree is $(tag), not $sha"
+cp "$walk/azure.env.good" "$env_file"
+echo "APP_IMAGE=crwalk123456.azurecr.io/orders:2.0.0@sha256:$(printf '%064d' 0)" >"$tree/deploy/k8s/proxy-sidecar/app.env"
+printf '\n[aks.proxy]\nmax_clients = 10\n' >>"$tree/deploy/k8s/values/pgwi.toml"
+echo "edited" >>"$tree/docs/aks.md"
+[[ "$(tag)" == "$sha" ]] || fail "editing app.env, pgwi.toml or the docs changed the image's tag to $(tag)"
+run "task kube:values" >/dev/null || fail "task kube:values no longer finds the pushed image after app.env and pgwi.toml were edited"
+echo "    app.env, pgwi.toml and docs edited: tag $sha, task kube:values finds the pushed image"
+for change in "core/Cargo.toml" "deploy/Dockerfile" "app/src/walk-new-file.rs"; do
+  echo "# walk" >>"$tree/$change"
+  dirty="$(tag)"
+  [[ "$dirty" == "$sha-dirty-"???????? ]] || fail "a change to $change left the image's tag at $dirty"
+  if run "task kube:values" >/dev/null 2>&1; then fail "task kube:values deployed the pushed image although $change changed"; fi
+  git -C "$tree" checkout -q -- "$change" 2>/dev/null || rm -f "$tree/$change"
+  echo "    $change changed: tag $dirty, which the registry does not have"
+done
+[[ "$(tag)" == "$sha" ]] || fail "the tag did not come back to $sha"
 echo "walk passed"
