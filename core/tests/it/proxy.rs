@@ -19,7 +19,15 @@ enum Script {
     FinalWithError,
     /// A server-first asking for a million iterations (the proxy stops there).
     GreedyIterations,
+    /// A cleartext password request, then `AuthenticationOk`, the backend key `0,0,0,42,1,2,3,4` and
+    /// `ReadyForQuery`.
+    CleartextOk,
+    /// A cleartext password request, then `AuthenticationOk` and 2 MiB of notices before `ReadyForQuery`.
+    CleartextNoticeFlood,
 }
+
+/// The backend key the scripted server hands out.
+const SERVER_KEY: [u8; 8] = [0, 0, 0, 42, 1, 2, 3, 4];
 
 /// One message: type byte and body.
 async fn read_message<R: AsyncRead + Unpin>(stream: &mut R) -> (u8, Vec<u8>) {
@@ -50,6 +58,10 @@ async fn scripted_server(script: Script) -> u16 {
         let len = stream.read_i32().await.expect("start-up length");
         let mut startup = vec![0; usize::try_from(len).expect("length") - 4];
         stream.read_exact(&mut startup).await.expect("start-up");
+        if matches!(script, Script::CleartextOk | Script::CleartextNoticeFlood) {
+            cleartext_login(&mut stream, script).await;
+            return;
+        }
         stream
             .write_all(&auth(10, b"SCRAM-SHA-256\0\0"))
             .await
@@ -83,6 +95,28 @@ async fn scripted_server(script: Script) -> u16 {
     port
 }
 
+/// The cleartext scripts: the password request, then what `script` sends.
+async fn cleartext_login(stream: &mut tokio::net::TcpStream, script: Script) {
+    stream
+        .write_all(&auth(3, b""))
+        .await
+        .expect("password request");
+    let _password = read_message(stream).await;
+    let mut reply = auth(0, b"");
+    if matches!(script, Script::CleartextNoticeFlood) {
+        let notice = message(b'N', &[&b"SNOTICE\0M"[..], &[b'x'; 1000], b"\0\0"].concat());
+        for _ in 0..2048 {
+            reply.extend(&notice);
+        }
+    }
+    reply.extend(message(b'K', &SERVER_KEY));
+    reply.extend(message(b'Z', b"I"));
+    // The proxy may stop reading midway (the flood): a failed write is its refusal.
+    let _ = stream.write_all(&reply).await;
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest).await;
+}
+
 /// A client's session through a proxy in front of a server following `script`: every message the client
 /// received, as (type byte, body).
 async fn session(script: Script) -> Vec<(u8, Vec<u8>)> {
@@ -106,9 +140,20 @@ async fn session(script: Script) -> Vec<(u8, Vec<u8>)> {
         .to_vec();
     startup.extend(body);
     client.write_all(&startup).await.expect("start-up");
-    served.await.expect("the session ended");
     let mut received = Vec::new();
-    client.read_to_end(&mut received).await.expect("read");
+    if matches!(script, Script::CleartextOk) {
+        // A session that logged in waits for queries: read up to ReadyForQuery, then hang up.
+        while !received.ends_with(&message(b'Z', b"I")) {
+            let mut buf = [0; 4096];
+            let n = client.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before ReadyForQuery");
+            received.extend(&buf[..n]);
+        }
+        drop(client);
+    } else {
+        client.read_to_end(&mut received).await.expect("read");
+    }
+    served.await.expect("the session ended");
     let mut messages = Vec::new();
     let mut rest = received.as_slice();
     while !rest.is_empty() {
@@ -159,5 +204,37 @@ async fn a_scram_error_from_the_server_and_a_greedy_iteration_count_reach_the_cl
     assert!(
         message.contains("1000000") && message.contains("100000"),
         "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_client_gets_a_cancel_key_of_the_proxy_not_the_server_s() {
+    // Proves: the BackendKeyData a client receives is not the server's (whose pid and secret would let
+    // anyone who saw it cancel through any route), and is a well-formed 8-byte key with a positive pid.
+    let messages = session(Script::CleartextOk).await;
+    let keys: Vec<_> = messages.iter().filter(|(tag, _)| *tag == b'K').collect();
+    assert_eq!(keys.len(), 1, "{messages:?}");
+    let key = &keys[0].1;
+    assert_eq!(key.len(), 8);
+    assert_ne!(
+        key.as_slice(),
+        SERVER_KEY,
+        "the server's own key reached the client"
+    );
+    assert!(key[0] < 0x80 && key[..4] != [0; 4], "{key:?}");
+}
+
+#[tokio::test]
+async fn a_server_flooding_notices_before_ready_for_query_is_cut_off() {
+    // Proves: more than 1 MiB of server messages between AuthenticationOk and ReadyForQuery (which the
+    // proxy buffers to send at once) ends the session with one 08006 error instead of growing without
+    // bound; the client never sees ReadyForQuery.
+    let messages = session(Script::CleartextNoticeFlood).await;
+    let (code, message) = the_error(&messages);
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("before ReadyForQuery"), "{message}");
+    assert!(
+        !messages.iter().any(|(tag, _)| *tag == b'Z'),
+        "{messages:?}"
     );
 }

@@ -686,6 +686,8 @@ async fn a_backend_terminated_mid_session_fails_that_client_only(
 struct Forwarder {
     port: u16,
     reset: tokio::sync::watch::Sender<u32>,
+    /// How many connections it has carried to the server.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Forwarder {
@@ -696,8 +698,11 @@ impl Forwarder {
         let port = listener.local_addr().expect("address").port();
         let (reset, _) = tokio::sync::watch::channel(0);
         let resets = reset.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mut reset = resets.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut server) =
@@ -716,7 +721,16 @@ impl Forwarder {
                 });
             }
         });
-        Self { port, reset }
+        Self {
+            port,
+            reset,
+            connections,
+        }
+    }
+
+    /// How many connections it has carried so far.
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Resets every connection open now.
@@ -1181,4 +1195,5 @@ async fn wait_for_health(address: &str, status: &str, limit: Duration) -> String
     }
 }
 
+mod client_tls;
 mod security;

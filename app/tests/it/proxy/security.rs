@@ -6,14 +6,14 @@ use super::*;
 
 /// One message from the proxy: its type byte and body.
 #[derive(Debug)]
-struct Reply {
-    tag: u8,
-    body: Vec<u8>,
+pub(super) struct Reply {
+    pub(super) tag: u8,
+    pub(super) body: Vec<u8>,
 }
 
 impl Reply {
     /// A field (`C` SQLSTATE, `M` message, …) of an `ErrorResponse`.
-    fn field(&self, code: u8) -> Option<String> {
+    pub(super) fn field(&self, code: u8) -> Option<String> {
         self.body
             .split(|&b| b == 0)
             .find_map(|f| f.strip_prefix(&[code]))
@@ -30,7 +30,7 @@ impl Reply {
 }
 
 /// A start-up message (protocol 3.0) with these parameters, repeats and all, as raw bytes.
-fn raw_startup(params: &[(&str, &str)]) -> Vec<u8> {
+pub(super) fn raw_startup(params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = 196_608_i32.to_be_bytes().to_vec();
     for (key, value) in params {
         body.extend(key.as_bytes());
@@ -70,7 +70,7 @@ async fn exchange(host: &str, port: u16, bytes: &[u8], limit: Duration) -> Vec<R
 }
 
 /// The complete messages in `bytes`.
-fn parse_replies(bytes: &[u8]) -> Vec<Reply> {
+pub(super) fn parse_replies(bytes: &[u8]) -> Vec<Reply> {
     let mut replies = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 5 {
@@ -145,6 +145,250 @@ async fn a_start_up_that_repeats_user_or_database_is_refused(
     assert_eq!(
         logged_in_as,
         Some(("session_authorization".into(), wi.identity.clone()))
+    );
+    running.stop().await;
+}
+
+/// A session opened with raw bytes: the connection, and the cancel key the proxy handed out.
+async fn raw_session(
+    host: &str,
+    port: u16,
+    user: &str,
+    db: &str,
+) -> (tokio::net::TcpStream, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .expect("connect to the proxy");
+    stream
+        .write_all(&raw_startup(&[("user", user), ("database", db)]))
+        .await
+        .expect("start-up");
+    let mut received = Vec::new();
+    let mut buf = [0; 8192];
+    loop {
+        let replies = parse_replies(&received);
+        if replies.iter().any(|r| r.tag == b'Z') {
+            let key = replies
+                .iter()
+                .find(|r| r.tag == b'K')
+                .expect("BackendKeyData");
+            return (stream, key.body.clone());
+        }
+        let n = tokio::time::timeout(START_LIMIT, stream.read(&mut buf))
+            .await
+            .expect("the login hung")
+            .expect("read");
+        assert!(n > 0, "closed during login: {replies:?}");
+        received.extend(&buf[..n]);
+    }
+}
+
+/// A CancelRequest carrying `key` (pid and secret).
+fn cancel_request(key: &[u8]) -> Vec<u8> {
+    let mut packet = 16_i32.to_be_bytes().to_vec();
+    packet.extend(80_877_102_i32.to_be_bytes());
+    packet.extend(key);
+    packet
+}
+
+/// Sends a cancel request to the proxy and waits until it closes the connection.
+async fn send_cancel(host: &str, port: u16, key: &[u8]) {
+    let mut stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .expect("connect to the proxy");
+    stream
+        .write_all(&cancel_request(key))
+        .await
+        .expect("cancel");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(START_LIMIT, stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the proxy kept a cancel request's connection open"
+    );
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_cancel_keys_reach_no_server_and_the_issued_key_cancels_once(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: the key a client gets is the proxy's, not the backend's (its pid differs from
+    // pg_backend_pid()); 1000 cancel requests with random keys open no connection to the server (counted by
+    // a forwarder in front of it) and log nothing above debug; the issued key cancels the running query
+    // over one new server connection, and once the session has ended it opens none.
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
+    let forwarder = Forwarder::start(db.server().port()).await;
+    let pgwi = proxy(&db, &wi, &["--listen", "127.0.0.1:0"])
+        .env("DBHOST", format!("127.0.0.1:{}", forwarder.port));
+    let running = Running::start(pgwi, 1, false).await;
+    let (host, port) = running.tcp();
+    let (mut session, key) = raw_session(&host, port, &wi.identity, db.name()).await;
+    assert_eq!(forwarder.connections(), 1);
+
+    let mut senders = tokio::task::JoinSet::new();
+    for batch in 0..20 {
+        let host = host.clone();
+        senders.spawn(async move {
+            for i in 0..50_u32 {
+                // Distinct keys spread over the whole space (Fibonacci hashing of the index).
+                let key = (u64::from(batch * 50 + i) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                send_cancel(&host, port, &key.to_be_bytes()).await;
+            }
+        });
+    }
+    while let Some(done) = senders.join_next().await {
+        done.expect("cancel sender");
+    }
+    assert_eq!(
+        forwarder.connections(),
+        1,
+        "a random key reached the server"
+    );
+
+    session
+        .write_all(&query_message("SELECT pg_backend_pid(), pg_sleep(60)"))
+        .await
+        .expect("query");
+    // The query must be running before it is cancelled: give the server a moment, then cancel.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send_cancel(&host, port, &key).await;
+    let mut received = Vec::new();
+    let mut buf = [0; 8192];
+    let error = loop {
+        if let Some(error) = parse_replies(&received).into_iter().find(|r| r.tag == b'E') {
+            break error;
+        }
+        let n = tokio::time::timeout(START_LIMIT, session.read(&mut buf))
+            .await
+            .expect("the cancel never arrived")
+            .expect("read");
+        assert!(n > 0, "the session closed instead of cancelling");
+        received.extend(&buf[..n]);
+    };
+    assert_eq!(error.field(b'C').as_deref(), Some("57014"), "{error:?}");
+    assert_eq!(
+        forwarder.connections(),
+        2,
+        "the cancel took one server connection"
+    );
+
+    drop(session);
+    // The session's end is noticed asynchronously; its key is withdrawn then.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send_cancel(&host, port, &key).await;
+    assert_eq!(
+        forwarder.connections(),
+        2,
+        "an ended session's key reached the server"
+    );
+    let warnings = running.process.log_lines("connection refused");
+    assert!(
+        warnings.is_empty(),
+        "cancel floods must not flood the log: {warnings:?}"
+    );
+    running.stop().await;
+}
+
+/// A simple-query message.
+fn query_message(sql: &str) -> Vec<u8> {
+    let mut packet = vec![b'Q'];
+    packet.extend(i32::try_from(sql.len() + 5).expect("short").to_be_bytes());
+    packet.extend(sql.as_bytes());
+    packet.push(0);
+    packet
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_on_a_remote_listener_leave_the_local_ones_served(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: 80 connections that never send a byte to the remote listener (more than its 64 start-up
+    // slots) do not keep psql from being served on the loopback listener and the Unix socket meanwhile;
+    // the proxy closes each at the start-up timeout, logging them at debug only; then the remote listener
+    // serves a client with the local password.
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
+    let password = pgwi_testsupport::random_alphanumeric(20);
+    pgwi_testsupport::secrets::register(&password);
+    let dir = tempfile::tempdir().expect("socket dir");
+    let socket_dir = dir.path().to_str().expect("UTF-8 path");
+    let args = [
+        "--listen",
+        "0.0.0.0:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        socket_dir,
+        "--allow-remote",
+        "--startup-timeout-secs",
+        "15",
+    ];
+    let pgwi = proxy(&db, &wi, &args)
+        .env("PGWI_PROXY__LOCAL_PASSWORD_ENV", "LOCAL_PROXY_PASSWORD")
+        .env("LOCAL_PROXY_PASSWORD", &password);
+    let running = Running::start(pgwi, 3, false).await;
+    let address = |prefix: &str| {
+        let found = running.listening.iter().find(|a| a.starts_with(prefix));
+        host_port(found.expect("a listener"))
+    };
+    let (remote_host, remote_port) = address("0.0.0.0:");
+    let (loopback_host, loopback_port) = address("127.0.0.1:");
+    let (socket_host, socket_port) = address("/");
+
+    let mut flood = Vec::new();
+    for _ in 0..80 {
+        flood.push(
+            tokio::net::TcpStream::connect((remote_host.as_str(), remote_port))
+                .await
+                .expect("a silent connection"),
+        );
+    }
+    for (host, port, what) in [
+        (&loopback_host, loopback_port, "loopback"),
+        (&socket_host, socket_port, "unix socket"),
+    ] {
+        let sql = format!("SELECT '{what}'");
+        let out = psql(host, port, &wi.identity, db.name(), &sql, &[]).await;
+        assert_eq!(assert_ok(what, &out), what);
+    }
+    let mut probe = [0_u8; 1];
+    for silent in &flood {
+        let open = matches!(silent.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(
+            open,
+            "the flood ended before the local clients were served: inconclusive"
+        );
+    }
+
+    for mut silent in flood {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(START_LIMIT, silent.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a silent connection was never closed");
+        assert!(rest.is_empty(), "a silent connection was sent {rest:?}");
+    }
+    let out = psql(
+        &remote_host,
+        remote_port,
+        &wi.identity,
+        db.name(),
+        "SELECT 'remote'",
+        &[("PGPASSWORD", &password)],
+    )
+    .await;
+    assert_eq!(assert_ok("remote after the flood", &out), "remote");
+    let dropped = running.process.log_lines("connection dropped");
+    assert!(
+        dropped.len() >= 80,
+        "{} silent connections logged at debug",
+        dropped.len()
+    );
+    let warned = running.process.log_lines("connection refused");
+    assert!(
+        warned.is_empty(),
+        "silent connections logged as warnings: {warned:?}"
     );
     running.stop().await;
 }
