@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwi_core::config::{ConfigSources, LoadedConfig, split_host_port};
+use pgwi_core::config::{ConfigSources, DatabaseConfig, LoadedConfig, split_host_port};
+use pgwi_core::tls_rules::{TlsRules, Verification};
 use pgwi_core::{ConnectError, connect_with};
 use pgwi_credentials::{
     CachedTokenSource, ChainOutcome, ChainStep, CredentialError, SourceContext, SourceRegistry,
@@ -92,7 +93,8 @@ impl Report {
     }
 }
 
-const AFTER_CONFIG: [&str; 8] = [
+const AFTER_CONFIG: [&str; 9] = [
+    "sslmode",
     "credential inputs",
     "token",
     "dns",
@@ -124,6 +126,7 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
     };
     report.push("configuration", Status::Ok, describe_config(&loaded), None);
     let config = &loaded.config;
+    check_sslmode(&mut report, &config.database);
 
     let registry = SourceRegistry::default();
     let auto = config.credential.kind.trim() == pgwi_credentials::AUTO;
@@ -292,6 +295,45 @@ fn report_chain(report: &mut Report, steps: &[ChainStep]) {
             ),
         }
     }
+}
+
+/// What `database.sslmode` verifies of the server, by the rules the pool and the proxy follow: ✗ with the
+/// fix when a token or password would go to a non-local server that is not verified (the warning they log
+/// at start), whether or not the server is reachable from here.
+fn check_sslmode(report: &mut Report, db: &DatabaseConfig) {
+    let host = split_host_port(db.host.as_deref().unwrap_or_default())
+        .map(|(host, _)| host)
+        .unwrap_or_default();
+    let rules = TlsRules::new(db, &host);
+    if let Some(exposure) = rules.exposure() {
+        report.push(
+            "sslmode",
+            Status::Failed,
+            format!("database.sslmode {}", exposure.problem),
+            Some(exposure.fix),
+        );
+        return;
+    }
+    let detail = match &rules.verification {
+        _ if rules.is_local() => format!(
+            "{} to {host}, on this machine: nothing crosses a network",
+            rules.sslmode
+        ),
+        Verification::Full(file) => format!(
+            "{}the certificate must chain to Mozilla's roots{} and name {host}",
+            if rules.raised.is_some() {
+                "verify-ca without database.ssl_root_cert is used as verify-full: "
+            } else {
+                "verify-full: "
+            },
+            file.as_ref()
+                .map(|file| format!(" or a CA of {}", file.display()))
+                .unwrap_or_default()
+        ),
+        // Any other rule to a host that is not local is an exposure, reported above.
+        _ => format!("{} to {host}", rules.sslmode),
+    };
+    report.push("sslmode", Status::Ok, detail, None);
 }
 
 /// An error's problem with its AADSTS code.

@@ -34,9 +34,11 @@ pub enum SslMode {
     Disable,
     /// TLS if the server offers it, else plaintext. Refused for non-local hosts unless `allow_insecure`.
     Prefer,
-    /// TLS without checking the certificate.
+    /// TLS without checking the certificate (warned about at start for a non-local host).
     Require,
-    /// TLS with the certificate checked against trusted CAs, not the host name.
+    /// TLS with the certificate checked against the CAs of `ssl_root_cert` alone, not the host name (warned
+    /// about at start for a non-local host). Without `ssl_root_cert` it is used as `VerifyFull`: with the
+    /// public roots only the name makes the check mean anything. See [`crate::tls_rules`].
     VerifyCa,
     /// TLS with the certificate and the host name checked. The default.
     VerifyFull,
@@ -97,7 +99,8 @@ pub struct DatabaseConfig {
     pub user: Option<String>,
     /// TLS mode (the demo's `SSL_MODE`). Default `verify-full`.
     pub sslmode: SslMode,
-    /// A PEM file of CAs trusted in addition to the built-in roots.
+    /// A PEM file of CAs: trusted besides the built-in (Mozilla's) roots with `verify-full`, alone with
+    /// `verify-ca` (see [`crate::tls_rules`]).
     pub ssl_root_cert: Option<PathBuf>,
     /// Shown in `pg_stat_activity`. Default `pgwi`.
     pub application_name: String,
@@ -562,18 +565,17 @@ fn check(
     }
     let (host, _) = split_host_port(host)
         .map_err(|problem| reject("database.host", problem, "write host or host:port"))?;
-    if db.sslmode.is_below_require() && !is_local_host(&host) {
-        if !db.allow_insecure {
-            return Err(reject(
-                "database.sslmode",
-                format!(
-                    "is {} against {host}, which may send the password or token in the clear",
-                    db.sslmode
-                ),
-                "use verify-full (Azure Database for PostgreSQL requires TLS), or set database.allow_insecure = true if you really mean it",
-            ));
-        }
-        tracing::warn!(sslmode = %db.sslmode, host, "TLS is not required for a non-local host (database.allow_insecure = true)");
+    // Allowed with allow_insecure: the warning is then the connection's own, said once when the pool or the
+    // proxy starts (`TlsRules::announce`), as for require and verify-ca.
+    if db.sslmode.is_below_require() && !is_local_host(&host) && !db.allow_insecure {
+        return Err(reject(
+            "database.sslmode",
+            format!(
+                "is {} against {host}, which may send the password or token in the clear",
+                db.sslmode
+            ),
+            "use verify-full (Azure Database for PostgreSQL requires TLS), or set database.allow_insecure = true if you really mean it",
+        ));
     }
     if db.max_connections == 0 {
         return Err(reject(

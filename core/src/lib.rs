@@ -24,6 +24,7 @@ pub mod config;
 mod connect;
 mod protocol;
 pub mod proxy;
+pub mod tls_rules;
 
 pub use config::{Config, ConfigError, LoadedConfig};
 pub use connect::{

@@ -23,7 +23,7 @@ pub use postgres::{
     Backend, CLEARTEXT_GROUP, PasswordAuth, TOKEN_GROUP, TestDatabase, TestPostgres, TestRole,
     TokenCheck,
 };
-pub use tls::TestCertificates;
+pub use tls::{TestCertificates, TlsStandIn};
 
 /// Everything that can go wrong while setting up a test resource. Each message says how to fix it.
 #[derive(Debug, thiserror::Error)]

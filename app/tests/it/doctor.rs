@@ -44,6 +44,7 @@ async fn a_good_workload_identity_setup_passes_every_check(#[future(awt)] fresh_
     let stdout = text(&output.stdout);
     for check in [
         "configuration",
+        "sslmode",
         "credential inputs",
         "token",
         "dns",
@@ -195,6 +196,31 @@ async fn an_untrusted_certificate_fails_tls(#[future(awt)] fresh_db: TestDatabas
         line(&stdout, "authentication").0.starts_with('–'),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn require_to_a_remote_host_is_an_sslmode_failure_with_the_fix() {
+    // Proves: sslmode=require (the original demo's SSL_MODE) against a host that is not local is ✗ on its
+    // own line, before any network check, naming the risk and the fix (verify-full); exit status 1.
+    let output = Pgwi::new(&["doctor"])
+        .env("DBHOST", "db.pgwi-test.invalid")
+        .env("DBNAME", "app")
+        .env("DBUSER", "app")
+        .env("SSL_MODE", "require")
+        .env("PGPASSWORD", "a-static-password")
+        .output()
+        .await;
+
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    let (found, fix) = line(&stdout, "sslmode");
+    assert!(
+        found.starts_with("✗ sslmode: database.sslmode is require against db.pgwi-test.invalid")
+            && found.contains("take the token"),
+        "{stdout}"
+    );
+    assert!(fix.contains("database.sslmode = verify-full"), "{stdout}");
+    assert!(!stdout.contains("a-static-password"), "{stdout}");
 }
 
 #[rstest]

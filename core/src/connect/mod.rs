@@ -29,6 +29,7 @@ use rotation::{Current, Rotation, RotationState};
 pub(crate) use rotation::{expired_on_arrival, lock, usable_at, usable_now};
 
 use crate::config::Config;
+use crate::tls_rules::TlsRules;
 
 /// Figures about the connection's password, for diagnostics and tests.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,10 +156,13 @@ impl<'a> Connector<'a> {
         check_cache_timing(&credential, skew)?;
         let db = &config.database;
         let (host, port) = pool::resolve_host(db)?;
+        let tls = TlsRules::new(db, &host).for_sqlx();
         let span = tracing::info_span!("connect", %host, port, database = db.name.as_deref().unwrap_or_default(), credential = %credential.info());
         let pool_options = self.pool_options;
         let map_connect_options = self.map_connect_options;
         async move {
+            // Said once per pool, before any credential is fetched or sent.
+            tls.announce();
             let token = credential.token().await?;
             if !rotation::usable_now(&token, skew) {
                 return Err(rotation::expired_on_arrival(credential.info().kind, &token).into());
@@ -171,7 +175,7 @@ impl<'a> Connector<'a> {
                 user,
                 user_from_token: db.user.as_deref().map(str::trim) == Some("auto"),
             };
-            let base = map_connect_options(pool::base_options(db, &target));
+            let base = map_connect_options(pool::base_options(db, &target, &tls));
             let lifetime = Duration::from_secs(db.max_lifetime_secs.max(1));
             let state = Arc::new(RotationState::default());
             *lock(&state.current_expiry) = token.expires_at();
@@ -181,7 +185,8 @@ impl<'a> Connector<'a> {
                 .max_lifetime(lifetime)
                 .idle_timeout(lifetime.min(Duration::from_secs(600)))
                 .connect_lazy_with(base.clone().password(token.secret().expose()));
-            let mut first = pool::establish(&pool, db, &target, &token).await?;
+            let mut first =
+                pool::establish(&pool, db, &target, &token, tls.effective_sslmode()).await?;
             let (version,): (String,) = sqlx::query_as("SHOW server_version").fetch_one(&mut *first).await?;
             drop(first);
             tracing::info!(user = %target.user, server_version = %version, token_expires_at = ?token.expires_at(), max_lifetime_secs = lifetime.as_secs(), "connected");

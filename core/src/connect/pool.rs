@@ -9,6 +9,7 @@ use sea_orm::sqlx::{self, ConnectOptions as _, PgPool, pool::PoolConnection};
 
 use super::{AuthenticationFailure, ConnectError};
 use crate::config::{ConfigError, DatabaseConfig, SslMode, split_host_port};
+use crate::tls_rules::{TlsRules, Verification};
 
 /// The resolved connection target.
 #[derive(Debug, Clone)]
@@ -57,27 +58,25 @@ pub(crate) fn resolve_user(
     }
 }
 
-pub(crate) fn base_options(db: &DatabaseConfig, target: &Target) -> PgConnectOptions {
+/// Each connection's options; TLS per `tls`, the rules as sqlx can apply them ([`TlsRules::for_sqlx`]).
+pub(crate) fn base_options(
+    db: &DatabaseConfig,
+    target: &Target,
+    tls: &TlsRules,
+) -> PgConnectOptions {
     let mut options = PgConnectOptions::new_without_pgpass()
         .host(&target.host)
         .port(target.port)
         .database(&target.database)
         .username(&target.user)
-        .ssl_mode(match db.sslmode {
-            // A socket directory (as libpq): the kernel carries the bytes, and PostgreSQL offers no TLS there.
-            _ if target.host.starts_with('/') => PgSslMode::Disable,
-            SslMode::Disable => PgSslMode::Disable,
-            SslMode::Prefer => PgSslMode::Prefer,
-            SslMode::Require => PgSslMode::Require,
-            SslMode::VerifyCa => PgSslMode::VerifyCa,
-            SslMode::VerifyFull => PgSslMode::VerifyFull,
-        })
+        .ssl_mode(sqlx_ssl_mode(tls));
+    if let Verification::Full(Some(ca)) | Verification::ChainToFile(ca) = &tls.verification {
+        options = options.ssl_root_cert(ca);
+    }
+    options = options
         .application_name(&db.application_name)
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
-    if let Some(ca) = &db.ssl_root_cert {
-        options = options.ssl_root_cert(ca);
-    }
     if db.statement_timeout_secs > 0 {
         options = options.options([(
             "statement_timeout",
@@ -85,6 +84,17 @@ pub(crate) fn base_options(db: &DatabaseConfig, target: &Target) -> PgConnectOpt
         )]);
     }
     options
+}
+
+/// sqlx's mode for `tls`. sqlx's `VerifyCa` trusts Mozilla's roots besides the CA file and skips the name,
+/// passing any public certificate: it is never used ([`TlsRules::for_sqlx`] has raised it to `verify-full`).
+fn sqlx_ssl_mode(tls: &TlsRules) -> PgSslMode {
+    match &tls.verification {
+        Verification::Plaintext => PgSslMode::Disable,
+        Verification::Unverified if tls.sslmode == SslMode::Prefer => PgSslMode::Prefer,
+        Verification::Unverified => PgSslMode::Require,
+        Verification::ChainToFile(_) | Verification::Full(_) => PgSslMode::VerifyFull,
+    }
 }
 
 /// The token's audience as [`AuthenticationFailure`] words it.
@@ -108,6 +118,7 @@ pub(crate) async fn establish(
     db: &DatabaseConfig,
     target: &Target,
     token: &Token,
+    sslmode: SslMode,
 ) -> Result<PoolConnection<sqlx::Postgres>, ConnectError> {
     let started = Instant::now();
     let limit = Duration::from_secs(db.connect_timeout_secs);
@@ -142,7 +153,7 @@ pub(crate) async fn establish(
                     return Err(ConnectError::Tls {
                         host: target.host.clone(),
                         port: target.port,
-                        sslmode: db.sslmode,
+                        sslmode,
                         detail: detail.to_string(),
                     });
                 }
@@ -150,7 +161,7 @@ pub(crate) async fn establish(
                     return Err(ConnectError::Tls {
                         host: target.host.clone(),
                         port: target.port,
-                        sslmode: db.sslmode,
+                        sslmode,
                         detail: io.to_string(),
                     });
                 }

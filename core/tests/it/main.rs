@@ -8,3 +8,4 @@ mod proxy;
 mod rotation;
 mod service;
 mod support;
+mod tls;
