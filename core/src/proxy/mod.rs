@@ -265,9 +265,9 @@ impl Proxy {
         let proxy = Self {
             inner: Arc::new(Inner {
                 target: upstream::Target {
+                    sslmode: crate::tls_rules::TlsRules::new(db, &host).effective_sslmode(),
                     host,
                     port,
-                    sslmode: db.sslmode,
                     tls,
                 },
                 configured_user,

@@ -39,10 +39,7 @@ async fn session_through_proxy(config: &Config) -> String {
         .expect("proxy");
     let (mut client, end) = tokio::io::duplex(64 * 1024);
     let served = tokio::spawn(async move {
-        let who = Client {
-            address: "test".into(),
-            local_secret: None,
-        };
+        let who = Client::local("test");
         proxy.serve(end, who).await;
     });
     let mut body = 196_608_i32.to_be_bytes().to_vec();
