@@ -1173,3 +1173,39 @@ async fn keep_fresh(credential: Arc<CachedTokenSource>, current: Arc<Mutex<Optio
         tokio::time::sleep(wait).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pbkdf2_for_the_server_runs_off_the_runtime_thread() {
+        // Proves: the SCRAM client's PBKDF2 (here the most iterations a server may ask for) leaves the
+        // runtime's one thread free: a task spawned beside it makes progress while it runs. Were it
+        // computed inline, the await would complete in one poll and the other task could not run at all.
+        let (state, first) = scram::Client::start().expect("start");
+        let nonce = first.rsplit("r=").next().expect("nonce").to_owned();
+        let server_first = format!("r={nonce}server,s=c2FsdA==,i={}", scram::MAX_ITERATIONS);
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counting = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counting.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        ticks.store(0, Ordering::Relaxed);
+        let password = Zeroizing::new("pencil".to_owned());
+        let (_, last) = scram_client_final(state, server_first, password)
+            .await
+            .expect("client final");
+        assert!(last.contains(",p="), "{last}");
+        assert!(
+            ticks.load(Ordering::Relaxed) > 0,
+            "the runtime thread was blocked"
+        );
+        ticker.abort();
+    }
+}
