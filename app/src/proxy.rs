@@ -1,51 +1,36 @@
 //! `pgwi proxy`: a local PostgreSQL endpoint for psql, Python, Go, `pg_dump` — any client — that logs in to
-//! the configured server with a fresh token per session ([`pgwi_core::proxy`] serves each session; this
-//! module owns the listeners, the `[proxy]` configuration section, `/healthz` and `/livez`, the cap on
-//! concurrent clients, and the drain on SIGTERM).
+//! the configured server with a fresh token per session. This module maps the `[proxy]` configuration
+//! section and the flags onto [`pgwi_core::proxy::server::ProxyServer`] (listeners, the local password,
+//! TLS, `/healthz` and `/livez`, the drain) and [`pgwi_core::proxy::Proxy`] (limits), and stops it on
+//! SIGTERM/SIGINT.
 //!
 //! Loopback addresses and Unix socket directories only, unless `--allow-remote` with a local password that
 //! clients on the non-loopback listeners must prove (SCRAM-SHA-256, bound to the proxy's certificate when
 //! `--tls-cert` is set, which those listeners then require); never an open door on the network.
-//!
-//! Clients still in their start-up hold one of their listener's [`PENDING_PER_LISTENER`] slots for at most
-//! the start-up timeout; while all are taken, that listener accepts no more (new connections wait in the
-//! kernel's backlog, as a burst of real clients does for a moment), so a flood of silent connections on
-//! one listener leaves the others served, and the work an attacker can cause is bounded on every path.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use pgwi_core::ConfigError;
 use pgwi_core::config::{ConfigSources, LoadedConfig};
-use pgwi_core::proxy::{Client, ClientTls, Health, LocalSecret, Proxy, ProxyOptions};
+use pgwi_core::proxy::server::{Listen, ProxyServer, check_socket_directory};
+use pgwi_core::proxy::{ClientTls, LocalSecret, Proxy, ProxyOptions};
 use pgwi_credentials::{SourceContext, SourceRegistry};
 use serde::Deserialize as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Notify, Semaphore, watch};
 
 /// The default listen address: where libpq looks by default, on loopback.
 const DEFAULT_LISTEN: &str = "127.0.0.1:5432";
 /// The port of a socket directory given without one (libpq's default).
 const DEFAULT_SOCKET_PORT: u16 = 5432;
-/// How long a health request may take to arrive.
-const HEALTHZ_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// After the drain deadline, how long closed sessions get to finish logging.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The default cap on concurrent clients: each holds a backend of the server, whose own limit is usually
 /// lower; the cap keeps a runaway client from exhausting the proxy's file descriptors and memory.
 const DEFAULT_MAX_CLIENTS: usize = pgwi_core::proxy::DEFAULT_MAX_CLIENTS;
-/// Clients in their start-up (TLS, start-up message, local password) at once on one listener.
-const PENDING_PER_LISTENER: usize = 64;
-/// Health requests served at once; beyond that, connections are closed.
-const HEALTH_REQUESTS_AT_ONCE: usize = 16;
 /// The default mode of Unix socket files: the proxy's own OS user only (see [`ProxyConfig::socket_mode`]).
-const DEFAULT_SOCKET_MODE: u32 = 0o700;
+const DEFAULT_SOCKET_MODE: u32 = pgwi_core::proxy::server::DEFAULT_SOCKET_MODE;
 
 /// The `proxy` section of the configuration; each key can also be given as a flag.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -183,27 +168,6 @@ pub struct ProxyArgs {
     pub socket_mode: Option<String>,
 }
 
-/// Where a listener is.
-#[derive(Debug, Clone, PartialEq)]
-enum Listen {
-    Tcp(SocketAddr),
-    /// A socket directory and the port in the socket's name.
-    Unix(PathBuf, u16),
-}
-
-impl std::fmt::Display for Listen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Listen::Tcp(addr) => write!(f, "{addr}"),
-            Listen::Unix(dir, port) => write!(f, "{}", socket_path(dir, *port).display()),
-        }
-    }
-}
-
-fn socket_path(dir: &Path, port: u16) -> PathBuf {
-    dir.join(format!(".s.PGSQL.{port}"))
-}
-
 /// `HOST:PORT` with an IP address (or `localhost`) and a port.
 fn parse_socket_addr(text: &str) -> Option<SocketAddr> {
     let text = text.trim();
@@ -221,9 +185,15 @@ fn parse_listen(text: &str) -> Result<Listen, String> {
                 let port = port
                     .parse()
                     .map_err(|_| format!("{text:?} has a port above 65535"))?;
-                Listen::Unix(PathBuf::from(dir), port)
+                Listen::Unix {
+                    dir: PathBuf::from(dir),
+                    port,
+                }
             }
-            _ => Listen::Unix(PathBuf::from(text), DEFAULT_SOCKET_PORT),
+            _ => Listen::Unix {
+                dir: PathBuf::from(text),
+                port: DEFAULT_SOCKET_PORT,
+            },
         });
     }
     parse_socket_addr(text).map(Listen::Tcp).ok_or_else(|| {
@@ -236,7 +206,7 @@ fn parse_listen(text: &str) -> Result<Listen, String> {
 
 /// The proxy's settings: flags over the `proxy` section.
 struct Settings {
-    listen: Vec<(Listen, bool)>,
+    listen: Vec<Listen>,
     healthz: Option<SocketAddr>,
     drain_timeout: Duration,
     local_secret: Option<Arc<LocalSecret>>,
@@ -277,8 +247,7 @@ impl Settings {
                     "write HOST:PORT or an absolute socket directory, optionally DIR:PORT",
                 )
             })?;
-            let remote = matches!(&address, Listen::Tcp(addr) if !addr.ip().is_loopback());
-            if remote && !allow_remote {
+            if address.is_remote() && !allow_remote {
                 return Err(reject(
                     "proxy.listen",
                     listen_origin,
@@ -292,7 +261,7 @@ impl Settings {
                      clients must give",
                 ));
             }
-            if let Listen::Unix(dir, _) = &address {
+            if let Listen::Unix { dir, .. } = &address {
                 check_socket_directory(dir).map_err(|problem| {
                     reject(
                         "proxy.listen",
@@ -303,9 +272,9 @@ impl Settings {
                     )
                 })?;
             }
-            parsed.push((address, remote));
+            parsed.push(address);
         }
-        let local_secret = if parsed.iter().any(|(_, remote)| *remote) {
+        let local_secret = if parsed.iter().any(Listen::is_remote) {
             let password = local_password(&section, loaded)?;
             Some(Arc::new(LocalSecret::new(&password).map_err(|e| {
                 reject(
@@ -504,339 +473,6 @@ fn local_password(section: &ProxyConfig, loaded: &LoadedConfig) -> Result<String
     Ok(password)
 }
 
-/// What the listeners, sessions and health endpoint share.
-struct State {
-    draining: AtomicBool,
-    /// Connections being served (sessions, clients in their start-up, cancel requests).
-    sessions: AtomicUsize,
-    idle: Notify,
-    /// Set at the drain deadline: open sessions are closed.
-    close: watch::Sender<bool>,
-    /// Set when the drain starts: listeners stop accepting.
-    stop: watch::Sender<bool>,
-    /// Whether the health endpoint may say why it is not ready (a loopback address: only this host asks).
-    health_details: bool,
-}
-
-/// Counts an open connection; notifies when the last one ends.
-struct SessionGuard(Arc<State>);
-
-impl SessionGuard {
-    fn new(state: &Arc<State>) -> Self {
-        state.sessions.fetch_add(1, Ordering::SeqCst);
-        Self(state.clone())
-    }
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        if self.0.sessions.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// Removes a Unix socket file when the listener ends.
-struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A bound listener and what its clients must prove.
-struct Listener {
-    socket: BoundSocket,
-    /// Clients on it must prove the local password (and use TLS when a certificate is configured).
-    remote: bool,
-    /// Slots for clients in their start-up.
-    pending: Arc<Semaphore>,
-}
-
-enum BoundSocket {
-    Tcp(TcpListener),
-    Unix(UnixListener, SocketFile),
-}
-
-async fn bind(listen: &Listen, remote: bool, mode: u32) -> anyhow::Result<(Listener, String)> {
-    let (socket, actual) = match listen {
-        Listen::Tcp(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?;
-            let actual = listener.local_addr()?.to_string();
-            (BoundSocket::Tcp(listener), actual)
-        }
-        Listen::Unix(dir, port) => {
-            let path = socket_path(dir, *port);
-            remove_stale_socket(&path).await?;
-            let (listener, file) = bind_unix(&path, mode)?;
-            (
-                BoundSocket::Unix(listener, file),
-                path.display().to_string(),
-            )
-        }
-    };
-    let listener = Listener {
-        socket,
-        remote,
-        pending: Arc::new(Semaphore::new(PENDING_PER_LISTENER)),
-    };
-    Ok((listener, actual))
-}
-
-/// A socket directory every user may write to (without the sticky bit, which keeps them from removing or
-/// renaming others' files) would let any of them replace the socket with their own and receive the
-/// clients meant for the proxy. A directory that does not exist is left to the bind's error.
-fn check_socket_directory(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let Ok(meta) = std::fs::metadata(dir) else {
-        return Ok(());
-    };
-    let mode = meta.permissions().mode();
-    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-        return Err(format!(
-            "names the socket directory {}, which every user may write to (mode {:04o}): any of them \
-             could replace the socket with their own and receive the clients meant for the proxy",
-            dir.display(),
-            mode & 0o7777,
-        ));
-    }
-    Ok(())
-}
-
-/// Removes the socket a proxy that did not exit cleanly left behind; refuses anything else at `path`.
-async fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::FileTypeExt as _;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    anyhow::ensure!(
-        meta.file_type().is_socket(),
-        "{} exists and is not a socket: remove it or listen elsewhere",
-        path.display()
-    );
-    anyhow::ensure!(
-        tokio::net::UnixStream::connect(path).await.is_err(),
-        "{} is in use by a running server: stop it or listen elsewhere",
-        path.display()
-    );
-    std::fs::remove_file(path)
-        .with_context(|| format!("removing the stale socket {}", path.display()))
-}
-
-/// Binds the socket with a umask that lets nobody but this user connect, then sets `mode`: no client can
-/// connect in between with the wider permissions a plain bind would give.
-fn bind_unix(path: &Path, mode: u32) -> anyhow::Result<(UnixListener, SocketFile)> {
-    use rustix::fs::Mode;
-    use std::os::unix::fs::PermissionsExt as _;
-    let previous = rustix::process::umask(Mode::from_raw_mode(0o177));
-    let bound = UnixListener::bind(path);
-    rustix::process::umask(previous);
-    let listener = bound.with_context(|| {
-        format!(
-            "listening on {} (the directory must exist and be writable)",
-            path.display()
-        )
-    })?;
-    let file = SocketFile(path.to_owned());
-    // Who may connect gets a session as the identity: only whom proxy.socket_mode names.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
-    Ok((listener, file))
-}
-
-/// What every connection of a listener is served with.
-struct Served {
-    proxy: Proxy,
-    state: Arc<State>,
-    secret: Option<Arc<LocalSecret>>,
-    tls: Option<ClientTls>,
-}
-
-/// Accepts until the drain starts, whenever a start-up slot is free; each session runs until it ends or the
-/// drain deadline closes it.
-async fn accept_loop(listener: Listener, served: Served) {
-    let mut stop = served.state.stop.subscribe();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            accepted = accept_when_free(&listener, &served) => accepted,
-        };
-        let (stream, client) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // E.g. out of file descriptors: wait a little rather than spin.
-                tracing::warn!(%error, "accepting a client failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let proxy = served.proxy.clone();
-        let guard = SessionGuard::new(&served.state);
-        let mut close = served.state.close.subscribe();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = proxy.serve(stream, client) => {}
-                _ = close.wait_for(|c| *c) => {}
-            }
-            drop(guard);
-        });
-    }
-}
-
-/// Waits for a start-up slot of the listener, then accepts a client holding it.
-async fn accept_when_free(
-    listener: &Listener,
-    served: &Served,
-) -> std::io::Result<(Stream, Client)> {
-    let slot = listener
-        .pending
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(std::io::Error::other)?;
-    let (stream, mut client) = accept(listener, served).await?;
-    client.admission = Some(slot);
-    Ok((stream, client))
-}
-
-/// A client stream of either kind.
-type Stream = Box<dyn ClientStream>;
-trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientStream for T {}
-
-async fn accept(listener: &Listener, served: &Served) -> std::io::Result<(Stream, Client)> {
-    match &listener.socket {
-        BoundSocket::Tcp(socket) => {
-            let (stream, peer) = socket.accept().await?;
-            let _ = stream.set_nodelay(true);
-            let mut client = Client::local(peer.to_string());
-            client.tls = served.tls.clone();
-            if listener.remote {
-                client.local_secret = served.secret.clone();
-                client.tls_required = served.tls.is_some();
-            }
-            Ok((Box::new(stream), client))
-        }
-        BoundSocket::Unix(socket, file) => {
-            let (stream, _) = socket.accept().await?;
-            let client = Client::local(format!("unix:{}", file.0.display()));
-            Ok((Box::new(stream), client))
-        }
-    }
-}
-
-/// `GET /healthz` (readiness): 200 while listening with a usable token, 503 while draining or without one.
-/// `GET /livez` (liveness): 200 while the process serves — also without a token and while draining, since a
-/// restart would end every open session and bring no token sooner. The body says why, never a secret; on a
-/// non-loopback address only ok or the kind of problem (no tenant, client id or path: the log has those).
-/// At most [`HEALTH_REQUESTS_AT_ONCE`] are served at once.
-async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<State>) {
-    let at_once = Arc::new(Semaphore::new(HEALTH_REQUESTS_AT_ONCE));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok(slot) = at_once.clone().try_acquire_owned() else {
-            continue;
-        };
-        let proxy = proxy.clone();
-        let state = state.clone();
-        tokio::spawn(async move {
-            answer_health_request(stream, &proxy, &state).await;
-            drop(slot);
-        });
-    }
-}
-
-/// Reads one request (within [`HEALTHZ_READ_TIMEOUT`] and 8 KiB) and answers it.
-async fn answer_health_request(mut stream: tokio::net::TcpStream, proxy: &Proxy, state: &State) {
-    let mut request = Vec::new();
-    let mut buf = [0; 1024];
-    let read = tokio::time::timeout(HEALTHZ_READ_TIMEOUT, async {
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            request.extend(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return;
-    }
-    let line = String::from_utf8_lossy(&request);
-    let line = line.lines().next().unwrap_or_default();
-    let is =
-        |path: &str| line == format!("GET {path}") || line.starts_with(&format!("GET {path} "));
-    let (status, body) = if is("/livez") {
-        ("200 OK", liveness(state))
-    } else if is("/healthz") {
-        readiness(proxy, state)
-    } else {
-        (
-            "404 Not Found",
-            "not found: GET /healthz or GET /livez\n".to_owned(),
-        )
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
-}
-
-/// `/livez`'s body: what the proxy is doing (and how many connections it serves, on loopback).
-fn liveness(state: &State) -> String {
-    let doing = if state.draining.load(Ordering::SeqCst) {
-        "draining"
-    } else {
-        "listening"
-    };
-    if !state.health_details {
-        return format!("alive: {doing}\n");
-    }
-    let open = state.sessions.load(Ordering::SeqCst);
-    format!("alive: {doing}; {open} open sessions\n")
-}
-
-/// `/healthz`'s status and body.
-fn readiness(proxy: &Proxy, state: &State) -> (&'static str, String) {
-    if state.draining.load(Ordering::SeqCst) {
-        return (
-            "503 Service Unavailable",
-            "draining: not accepting new connections\n".to_owned(),
-        );
-    }
-    match proxy.health() {
-        Health::Ready { expires_at } if state.health_details => (
-            "200 OK",
-            format!(
-                "ok: listening; token valid{}\n",
-                expires_at
-                    .map(|e| format!(" until {e}"))
-                    .unwrap_or_default()
-            ),
-        ),
-        Health::Ready { .. } => ("200 OK", "ok\n".to_owned()),
-        Health::NoToken(why) if state.health_details => (
-            "503 Service Unavailable",
-            format!("no valid token: {why}\n"),
-        ),
-        Health::NoToken(_) => (
-            "503 Service Unavailable",
-            "no valid token (the proxy's log says why)\n".to_owned(),
-        ),
-    }
-}
-
 /// Waits for SIGTERM or SIGINT.
 async fn termination() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -846,40 +482,6 @@ async fn termination() -> anyhow::Result<&'static str> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
-}
-
-/// Each session holds two file descriptors (client and upstream). The usual soft limit, 1024, would cap the
-/// default 1000 clients near 500, so the soft limit is raised toward the hard one, as Go's runtime and
-/// PostgreSQL's own servers do; a hard limit too low for `max_clients` is one warning saying how to fix it.
-fn raise_open_files_limit(max_clients: usize) {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let needed = (max_clients as u64).saturating_mul(2).saturating_add(64);
-    let limit = getrlimit(Resource::Nofile);
-    let soft = limit.current.unwrap_or(u64::MAX);
-    let hard = limit.maximum.unwrap_or(u64::MAX);
-    if soft >= needed {
-        return;
-    }
-    let target = needed.min(hard);
-    match setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(target),
-            maximum: limit.maximum,
-        },
-    ) {
-        Ok(()) => tracing::debug!(from = soft, to = target, "raised the open-files limit"),
-        Err(err) => tracing::warn!(%err, soft, "could not raise the open-files limit"),
-    }
-    if target < needed {
-        tracing::warn!(
-            max_clients,
-            needed,
-            hard_limit = hard,
-            "proxy.max_clients needs about {needed} open files but the hard limit is {hard}: raise it \
-             (ulimit -Hn, systemd LimitNOFILE, the container runtime's nofile) or lower proxy.max_clients"
-        );
-    }
 }
 
 /// `pgwi proxy`: serves until SIGTERM/SIGINT, then drains and exits 0.
@@ -893,83 +495,31 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
         max_clients: settings.max_clients,
     };
     let proxy = Proxy::start_with(&loaded.config, credential, options).await?;
-    let (stop, _) = watch::channel(false);
-    let (close, _) = watch::channel(false);
-    let state = Arc::new(State {
-        draining: AtomicBool::new(false),
-        sessions: AtomicUsize::new(0),
-        idle: Notify::new(),
-        close,
-        stop,
-        health_details: settings.healthz.is_some_and(|addr| addr.ip().is_loopback()),
-    });
-    raise_open_files_limit(settings.max_clients);
-    let user = proxy.user().unwrap_or_default();
-    let mut loops = Vec::new();
-    for (listen, remote) in &settings.listen {
-        let (listener, address) = bind(listen, *remote, settings.socket_mode).await?;
-        tracing::info!(
-            %address,
-            upstream = %proxy.upstream(),
-            %user,
-            local_password = *remote,
-            tls = if settings.tls.is_none() { "off" } else if *remote { "required" } else { "offered" },
-            "listening"
-        );
-        let served = Served {
-            proxy: proxy.clone(),
-            state: state.clone(),
-            secret: settings.local_secret.clone(),
-            tls: settings.tls.clone(),
-        };
-        loops.push(tokio::spawn(accept_loop(listener, served)));
+    let mut server = ProxyServer::new(proxy)
+        .drain_timeout(settings.drain_timeout)
+        .socket_mode(settings.socket_mode);
+    for listen in settings.listen {
+        server = server.listen(listen);
     }
-    if let Some(addr) = settings.healthz {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("serving /healthz on {addr}"))?;
-        tracing::info!(address = %listener.local_addr()?, "serving GET /healthz");
-        tracing::info!(address = %listener.local_addr()?, "serving GET /livez");
-        tokio::spawn(serve_healthz(listener, proxy.clone(), state.clone()));
+    if let Some(secret) = settings.local_secret {
+        server = server.remote_password(secret);
     }
-
-    let signal = termination().await?;
-    state.draining.store(true, Ordering::SeqCst);
-    let _ = state.stop.send(true);
-    for accept in loops {
-        // Each loop drops its listener (and removes its socket file) as it returns.
-        let _ = accept.await;
+    if let Some(tls) = settings.tls {
+        server = server.tls(tls);
     }
-    let open = state.sessions.load(Ordering::SeqCst);
-    tracing::info!(
-        signal,
-        open_sessions = open,
-        drain_timeout_secs = settings.drain_timeout.as_secs(),
-        "draining: not accepting new connections; open sessions may finish"
-    );
-    // A second signal (Ctrl-C again in a terminal) does not wait for the deadline.
-    let unfinished = tokio::select! {
-        drained = tokio::time::timeout(settings.drain_timeout, wait_idle(&state)) => {
-            drained.is_err().then_some("the drain deadline was reached")
+    if let Some(address) = settings.healthz {
+        server = server.health(address);
+    }
+    let server = server.bind().await?;
+    // SIGTERM or SIGINT drains; a second one (Ctrl-C again in a terminal) does not wait for the deadline.
+    let stop = async {
+        if let Ok(signal) = termination().await {
+            tracing::info!(signal, "stopping");
         }
-        _ = termination() => Some("a second signal came"),
     };
-    if let Some(reason) = unfinished {
-        let open = state.sessions.load(Ordering::SeqCst);
-        tracing::warn!(open_sessions = open, reason, "closing the open sessions");
-        let _ = state.close.send(true);
-        let _ = tokio::time::timeout(CLOSE_GRACE, wait_idle(&state)).await;
-    }
-    tracing::info!("stopped");
+    let hurry = async {
+        let _ = termination().await;
+    };
+    server.serve(stop, hurry).await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_idle(state: &State) {
-    loop {
-        let idle = state.idle.notified();
-        if state.sessions.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        idle.await;
-    }
 }

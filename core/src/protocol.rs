@@ -253,6 +253,64 @@ pub(crate) async fn read_message_within<S: AsyncRead + Unpin>(
     Ok(Message { tag, body })
 }
 
+/// Authentication request codes (`R` messages) the proxy sends or answers.
+pub(crate) const AUTH_OK: i32 = 0;
+pub(crate) const AUTH_CLEARTEXT: i32 = 3;
+pub(crate) const AUTH_MD5: i32 = 5;
+pub(crate) const AUTH_SASL: i32 = 10;
+pub(crate) const AUTH_SASL_CONTINUE: i32 = 11;
+pub(crate) const AUTH_SASL_FINAL: i32 = 12;
+
+/// An authentication request (`R`) with `code` and `data` after it.
+pub(crate) fn authentication(code: i32, data: &[u8]) -> Vec<u8> {
+    let mut body = code.to_be_bytes().to_vec();
+    body.extend(data);
+    with_length(Some(b'R'), body)
+}
+
+/// `AuthenticationSASL` offering `mechanisms`, in order of preference.
+pub(crate) fn sasl_request(mechanisms: &[&str]) -> Vec<u8> {
+    let mut list = Vec::new();
+    for mechanism in mechanisms {
+        list.extend(mechanism.as_bytes());
+        list.push(0);
+    }
+    list.push(0);
+    authentication(AUTH_SASL, &list)
+}
+
+/// The mechanisms an `AuthenticationSASL` body offers (after its code).
+pub(crate) fn sasl_mechanisms(data: &[u8]) -> Vec<String> {
+    data.split(|&b| b == 0)
+        .filter(|m| !m.is_empty())
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect()
+}
+
+/// A `SASLInitialResponse` choosing `mechanism` with its first message.
+pub(crate) fn sasl_initial_response(mechanism: &str, data: &[u8]) -> Vec<u8> {
+    let mut body = mechanism.as_bytes().to_vec();
+    body.push(0);
+    body.extend(i32::try_from(data.len()).unwrap_or(i32::MAX).to_be_bytes());
+    body.extend(data);
+    with_length(Some(b'p'), body)
+}
+
+/// A `SASLInitialResponse` body: the mechanism and its data, whose length must be what the message says
+/// (`-1`: none); `None` for anything else.
+pub(crate) fn parse_sasl_initial_response(body: &[u8]) -> Option<(&str, &[u8])> {
+    let end = body.iter().position(|&b| b == 0)?;
+    let mechanism = std::str::from_utf8(&body[..end]).ok()?;
+    let rest = &body[end + 1..];
+    let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let data = &rest[4..];
+    match usize::try_from(len) {
+        Ok(len) if len == data.len() => Some((mechanism, data)),
+        Err(_) if len == -1 && data.is_empty() => Some((mechanism, data)),
+        _ => None,
+    }
+}
+
 /// An `ErrorResponse` with these fields (`S` severity, `C` SQLSTATE, `M` message, `H` hint, …).
 pub(crate) fn error_response(fields: &[(u8, &str)]) -> Vec<u8> {
     let mut body = Vec::new();
@@ -432,5 +490,30 @@ mod tests {
         ok.extend(b"rest");
         let message = read_message(&mut ok.as_slice()).await.expect("a message");
         assert_eq!((message.tag, message.int32(0)), (b'R', Some(0)));
+    }
+
+    #[test]
+    fn sasl_messages_round_trip_and_a_lying_length_is_refused() {
+        // Proves: an initial response made here parses back to its mechanism and data; one whose length
+        // field disagrees with its data, or that has no length or no terminator, is refused; `-1` with no
+        // data is accepted, as the protocol allows.
+        let message = sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abc");
+        let body = &message[5..];
+        assert_eq!(
+            parse_sasl_initial_response(body),
+            Some(("SCRAM-SHA-256", &b"n,,n=,r=abc"[..]))
+        );
+        let mut lying = body.to_vec();
+        let at = lying.len() - 11 - 4;
+        lying[at..at + 4].copy_from_slice(&100_i32.to_be_bytes());
+        assert_eq!(parse_sasl_initial_response(&lying), None);
+        assert_eq!(parse_sasl_initial_response(b"SCRAM-SHA-256"), None);
+        assert_eq!(parse_sasl_initial_response(b"SCRAM-SHA-256\0\0\0"), None);
+        let none = [&b"X\0"[..], &(-1_i32).to_be_bytes()].concat();
+        assert_eq!(parse_sasl_initial_response(&none), Some(("X", &b""[..])));
+        assert_eq!(
+            sasl_mechanisms(&sasl_request(&["A", "B"])[9..]),
+            vec!["A".to_owned(), "B".to_owned()]
+        );
     }
 }

@@ -12,6 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ring::rand::SecureRandom as _;
+use tokio::io::AsyncWriteExt as _;
+
+use super::accounting::SessionLog;
+use super::session::SessionError;
+use super::{CANCEL_TIMEOUT, Proxy};
+use crate::protocol;
 
 /// The key a client gets: backend pid and secret key, 4 bytes each (protocol 3.0's shape).
 pub(crate) type ClientKey = [u8; 8];
@@ -107,6 +113,45 @@ impl CancelKeys {
     #[cfg(test)]
     fn len(&self) -> usize {
         crate::connect::lock(&self.issued).len()
+    }
+}
+
+impl Proxy {
+    /// Forwards a client's cancel request to the server over a new connection, if its key is one the proxy
+    /// issued to an open session and no cancel for that session is on its way; then waits for the server to
+    /// close it (it answers nothing). Any other key is dropped without contacting the server.
+    pub(super) async fn forward_cancel(
+        &self,
+        key: &[u8],
+        log: &mut SessionLog,
+    ) -> Result<(), SessionError> {
+        let Some(forwarding) = self.inner.cancel_keys.forward(key) else {
+            // Logged at debug: a flood of random keys must not flood the log either.
+            log.quiet = true;
+            return Err(SessionError::Client(
+                "a cancel request for no open session (or one already on its way): dropped".into(),
+            ));
+        };
+        let upstream_key = forwarding.upstream_key();
+        log.upstream_pid = upstream_key
+            .get(..4)
+            .and_then(|pid| Some(i32::from_be_bytes(pid.try_into().ok()?)));
+        let forwarded = tokio::time::timeout(CANCEL_TIMEOUT, async {
+            let mut upstream = self.inner.target.open().await?;
+            upstream
+                .write_all(&protocol::cancel_request(upstream_key))
+                .await?;
+            let mut rest = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut upstream, &mut rest).await;
+            Ok::<_, SessionError>(())
+        })
+        .await;
+        match forwarded {
+            Ok(result) => result,
+            Err(_) => Err(SessionError::Upstream(
+                "the cancel request timed out".into(),
+            )),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 mod config;
 mod connection;
 mod proxy;
+mod proxy_example;
 mod rotation;
 mod service;
 mod support;

@@ -13,20 +13,20 @@ use pgwi_testsupport::jwt::ServiceAccountToken;
 use rstest::rstest;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// The built example; built here when the test run did not build examples.
-fn service_binary() -> PathBuf {
+/// The built example `name`; built here when the test run did not build examples.
+pub(crate) fn example_binary(name: &str) -> PathBuf {
     let deps = std::env::current_exe().expect("test path");
     let profile_dir = deps
         .parent()
         .and_then(|d| d.parent())
         .expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("service");
+    let binary = profile_dir.join("examples").join(name);
     if !binary.is_file() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "pgwi-core", "--example", "service"])
+            .args(["build", "-p", "pgwi-core", "--example", name])
             .status()
-            .expect("cargo build --example service");
-        assert!(status.success(), "building the service example failed");
+            .expect("cargo build --example");
+        assert!(status.success(), "building the {name} example failed");
     }
     binary
 }
@@ -82,7 +82,7 @@ async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh
         .expect("free port")
         .port();
 
-    let child = Command::new(service_binary())
+    let child = Command::new(example_binary("service"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         // No test process may ever reach Azure's metadata address.

@@ -1,0 +1,121 @@
+//! Session accounting: the one log line each connection gets when it ends, however it ends, and the byte
+//! counts it reports.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::session::SessionError;
+
+/// The one log line of a session, written when it ends however it ends.
+pub(super) struct SessionLog {
+    pub(super) client: String,
+    pub(super) kind: &'static str,
+    pub(super) database: Option<String>,
+    pub(super) upstream_pid: Option<i32>,
+    pub(super) started: Instant,
+    pub(super) bytes_from_client: Arc<AtomicU64>,
+    pub(super) bytes_from_server: Arc<AtomicU64>,
+    pub(super) relaying: bool,
+    /// Logged at debug: a connection that sent nothing, or a cancel request for no session (floods of
+    /// either must not flood the log).
+    pub(super) quiet: bool,
+    pub(super) error: Option<SessionError>,
+}
+
+impl SessionLog {
+    pub(super) fn new(client: String) -> Self {
+        Self {
+            client,
+            kind: "session",
+            database: None,
+            upstream_pid: None,
+            started: Instant::now(),
+            bytes_from_client: Arc::default(),
+            bytes_from_server: Arc::default(),
+            relaying: false,
+            quiet: false,
+            error: None,
+        }
+    }
+}
+
+impl Drop for SessionLog {
+    fn drop(&mut self) {
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let bytes_from_client = self.bytes_from_client.load(Ordering::Relaxed);
+        let bytes_from_server = self.bytes_from_server.load(Ordering::Relaxed);
+        let database = self.database.as_deref().unwrap_or_default();
+        let upstream_pid = self.upstream_pid.unwrap_or_default();
+        let quiet = self.quiet || bytes_from_client == 0;
+        match &self.error {
+            Some(error) if quiet => tracing::debug!(
+                client = %self.client, kind = self.kind, duration_ms, %error, "connection dropped"
+            ),
+            // A session that was relaying ends with the connection: not the proxy's failure.
+            Some(error) if !self.relaying => tracing::warn!(
+                client = %self.client, kind = self.kind, database, upstream_pid, duration_ms,
+                bytes_from_client, bytes_from_server, %error, "connection refused"
+            ),
+            Some(error) => tracing::info!(
+                client = %self.client, kind = self.kind, database, upstream_pid, duration_ms,
+                bytes_from_client, bytes_from_server, %error, "connection ended"
+            ),
+            None => tracing::info!(
+                client = %self.client, kind = self.kind, database, upstream_pid, duration_ms,
+                bytes_from_client, bytes_from_server, "connection ended"
+            ),
+        }
+    }
+}
+
+/// Counts the bytes read from and written to a stream (shared counters: the log reads them even when the
+/// session is dropped midway).
+pub(super) struct Counted<S> {
+    pub(super) inner: S,
+    pub(super) read: Arc<AtomicU64>,
+    pub(super) written: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read
+            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            this.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,81 @@
+//! The proxy's own door for remote listeners: SCRAM-SHA-256 against the local password before the server
+//! is contacted, SCRAM-SHA-256-PLUS (bound to the proxy's certificate) when the client's hop is TLS.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+
+use super::session::SessionError;
+use super::{LocalSecret, scram};
+use crate::protocol;
+
+/// SCRAM-SHA-256 against the proxy's local password, before the server is contacted; over TLS,
+/// SCRAM-SHA-256-PLUS is offered first, bound to the proxy's certificate (`end_point`).
+/// `user_allowed`: whether the start-up names the user the proxy logs in as; if not, the exchange runs to its
+/// end and fails as a wrong password does, so the reply does not tell which was wrong. Each client message
+/// is read within PostgreSQL's limit for a client that has not authenticated.
+pub(super) async fn local_authentication<S>(
+    client: &mut S,
+    secret: &LocalSecret,
+    user: &str,
+    user_allowed: bool,
+    end_point: Option<&[u8]>,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let offered: &[&str] = match end_point {
+        Some(_) => &[scram::MECHANISM_PLUS, scram::MECHANISM],
+        None => &[scram::MECHANISM],
+    };
+    client.write_all(&protocol::sasl_request(offered)).await?;
+    let result = async {
+        let initial =
+            protocol::read_message_within(client, protocol::MAX_PRE_AUTH_MESSAGE_LEN).await?;
+        let not_initial = || SessionError::Client("not a SCRAM-SHA-256 initial response".into());
+        if initial.tag != b'p' {
+            return Err(not_initial());
+        }
+        let (mechanism, data) =
+            protocol::parse_sasl_initial_response(&initial.body).ok_or_else(not_initial)?;
+        let binding = match (mechanism, end_point) {
+            (scram::MECHANISM_PLUS, Some(end_point)) => scram::Binding::Required(end_point),
+            (scram::MECHANISM, Some(_)) => scram::Binding::Declined,
+            (scram::MECHANISM, None) => scram::Binding::NotOffered,
+            _ => return Err(not_initial()),
+        };
+        let (server, server_first) =
+            scram::Server::start(secret, &String::from_utf8_lossy(data), binding)?;
+        let server_first =
+            protocol::authentication(protocol::AUTH_SASL_CONTINUE, server_first.as_bytes());
+        client.write_all(&server_first).await?;
+        let last =
+            protocol::read_message_within(client, protocol::MAX_PRE_AUTH_MESSAGE_LEN).await?;
+        if last.tag != b'p' {
+            return Err(SessionError::Client("not a SASL response".into()));
+        }
+        let server_final = server.finish(&String::from_utf8_lossy(&last.body))?;
+        if !user_allowed {
+            return Err(SessionError::Client(
+                "the start-up names another user than the proxy's".into(),
+            ));
+        }
+        let server_final =
+            protocol::authentication(protocol::AUTH_SASL_FINAL, server_final.as_bytes());
+        client.write_all(&server_final).await?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(SessionError::Io(error)) if error.kind() != io::ErrorKind::InvalidData => {
+            Err(SessionError::Io(error))
+        }
+        Err(error) => {
+            // The client is told only what PostgreSQL tells it; why is for the log.
+            let message = format!("password authentication failed for user \"{user}\"");
+            let _ = client.write_all(&protocol::fatal("28P01", &message)).await;
+            Err(SessionError::Refused(format!("local password: {error}")))
+        }
+    }
+}

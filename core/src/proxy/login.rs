@@ -1,0 +1,314 @@
+//! Logging a session in to the server: the server's authentication answered here with a token usable at
+//! that moment (cleartext, as Azure asks an Entra principal, or SCRAM-SHA-256 for a static password, whose
+//! final message must prove the server knows it too), then the server's messages up to `ReadyForQuery`,
+//! bounded, with the backend's key replaced by one the proxy issued.
+
+use std::io;
+
+use pgwi_credentials::Token;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use zeroize::Zeroizing;
+
+use super::accounting::SessionLog;
+use super::cancel::Issued;
+use super::diagnosis::with_hint;
+use super::session::{SessionError, refuse};
+use super::{MAX_BUFFERED_BEFORE_READY, Proxy, scram};
+use crate::connect::ConnectError;
+use crate::protocol::{self, Message};
+
+impl Proxy {
+    /// The server's login within the connect timeout ([`Proxy::authenticate`]); anything the server did
+    /// wrong reaches the client as one error (refusals were sent already). The session's cancel key.
+    pub(super) async fn log_in<C, U>(
+        &self,
+        client: &mut C,
+        upstream: &mut U,
+        token: &Token,
+        user: &str,
+        log: &mut SessionLog,
+    ) -> Result<Option<Issued>, SessionError>
+    where
+        C: AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let auth = tokio::time::timeout(
+            self.inner.connect_timeout,
+            self.authenticate(client, upstream, token, user, log),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(SessionError::Upstream(format!(
+                "the server did not finish authentication within {}s",
+                self.inner.connect_timeout.as_secs()
+            )))
+        });
+        let error = match auth {
+            Ok(issued) => return Ok(issued),
+            Err(error) => error,
+        };
+        let message = match &error {
+            SessionError::Upstream(message) => Some(message.clone()),
+            SessionError::Scram(scram) => Some(format!("the server's {scram}")),
+            SessionError::Io(io) => Some(format!(
+                "the connection to the server failed during authentication: {io}"
+            )),
+            _ => None,
+        };
+        if let Some(message) = message {
+            let _ = client
+                .write_all(&protocol::fatal("08006", &format!("pgwi proxy: {message}")))
+                .await;
+        }
+        Err(error)
+    }
+
+    pub(super) fn unreachable(&self, error: io::Error) -> ConnectError {
+        self.inner
+            .target
+            .unreachable(self.inner.connect_timeout.as_secs(), &error)
+    }
+
+    /// A token usable now for the server's password request, kept in `presented` for the rest of the
+    /// exchange; without one the client gets the credential's error.
+    pub(super) async fn token_for_server<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        presented: &mut Option<Token>,
+    ) -> Result<Token, SessionError> {
+        match self.token_now().await {
+            Ok(token) => {
+                *presented = Some(token.clone());
+                Ok(token)
+            }
+            Err(error) => {
+                let message = format!("pgwi proxy: no valid token for new connections: {error}");
+                Err(refuse(client, "08001", message).await)
+            }
+        }
+    }
+
+    /// Answers the server's authentication with a token usable at that moment (`token`, checked when the
+    /// client's user was, serves the diagnosis if the server refuses before asking), then relays its
+    /// messages up to `ReadyForQuery` in one write, with the backend's key replaced by one the proxy issued
+    /// (the key to cancel this session's queries).
+    async fn authenticate<C, U>(
+        &self,
+        client: &mut C,
+        upstream: &mut U,
+        token: &Token,
+        user: &str,
+        log: &mut SessionLog,
+    ) -> Result<Option<Issued>, SessionError>
+    where
+        C: AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        // The token is taken again when the server asks for it: the local password exchange and the
+        // connection to the server took time, and what is presented must be usable at that moment.
+        let mut presented: Option<Token> = None;
+        let mut scram: Option<scram::Client> = None;
+        // Whether the server proved it knows the password too (its SASLFinal): required before `R 0`.
+        let mut verified = false;
+        let mut pending = Vec::new();
+        loop {
+            let message = protocol::read_message(upstream).await?;
+            match (message.tag, message.int32(0)) {
+                (b'R', Some(protocol::AUTH_OK)) => {
+                    if scram.is_some() && !verified {
+                        return Err(SessionError::Upstream(
+                            "the server ended the SCRAM-SHA-256 exchange without its final message, \
+                             so it never proved that it knows the password; not trusting it"
+                                .into(),
+                        ));
+                    }
+                    pending.extend(message.encode());
+                    break;
+                }
+                (b'R', Some(protocol::AUTH_CLEARTEXT)) => {
+                    let token = self.token_for_server(client, &mut presented).await?;
+                    let mut body = Zeroizing::new(token.secret().expose().as_bytes().to_vec());
+                    body.push(0);
+                    let packet = Zeroizing::new(protocol::with_length(Some(b'p'), body.to_vec()));
+                    upstream.write_all(&packet).await?;
+                }
+                (b'R', Some(protocol::AUTH_SASL)) => {
+                    let mechanisms = protocol::sasl_mechanisms(&message.body[4..]);
+                    if !mechanisms.iter().any(|m| m == scram::MECHANISM) {
+                        return Err(SessionError::Upstream(format!(
+                            "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
+                        )));
+                    }
+                    self.token_for_server(client, &mut presented).await?;
+                    let (state, first) = scram::Client::start()?;
+                    scram = Some(state);
+                    let initial =
+                        protocol::sasl_initial_response(scram::MECHANISM, first.as_bytes());
+                    upstream.write_all(&initial).await?;
+                }
+                (b'R', Some(protocol::AUTH_SASL_CONTINUE)) => {
+                    let state = scram.take().ok_or_else(|| {
+                        SessionError::Upstream("SASL continue before SASL start".into())
+                    })?;
+                    let server_first = String::from_utf8_lossy(&message.body[4..]).into_owned();
+                    let password = Zeroizing::new(
+                        presented
+                            .as_ref()
+                            .map(|t| t.secret().expose().to_owned())
+                            .unwrap_or_default(),
+                    );
+                    let (state, last) = scram_client_final(state, server_first, password).await?;
+                    scram = Some(state);
+                    upstream
+                        .write_all(&protocol::with_length(Some(b'p'), last.into_bytes()))
+                        .await?;
+                }
+                (b'R', Some(protocol::AUTH_SASL_FINAL)) => {
+                    let state = scram.as_ref().ok_or_else(|| {
+                        SessionError::Upstream("SASL final before SASL start".into())
+                    })?;
+                    state.verify(&String::from_utf8_lossy(&message.body[4..]))?;
+                    verified = true;
+                }
+                (b'R', Some(protocol::AUTH_MD5)) => {
+                    return Err(SessionError::Upstream(
+                        "the server asks for an MD5 password; pgwi proxy answers cleartext password \
+                         requests (Entra ID tokens, over TLS) and SCRAM-SHA-256: use scram-sha-256 for \
+                         this role"
+                            .into(),
+                    ));
+                }
+                (b'R', subtype) => {
+                    return Err(SessionError::Upstream(format!(
+                        "the server asks for an authentication method pgwi proxy does not speak ({subtype:?})"
+                    )));
+                }
+                (b'E', _) => {
+                    let token = presented.as_ref().unwrap_or(token);
+                    let error = self.diagnose(&message, user, token, log.database.as_deref());
+                    let _ = client.write_all(&error.packet).await;
+                    return Err(SessionError::Refused(error.summary));
+                }
+                (b'N' | b'v', _) => buffer(&mut pending, &message)?,
+                (tag, _) => {
+                    return Err(SessionError::Upstream(format!(
+                        "unexpected message {:?} during authentication",
+                        tag as char
+                    )));
+                }
+            }
+        }
+        self.relay_until_ready(client, upstream, pending, log).await
+    }
+
+    /// After `AuthenticationOk`: the server's messages up to `ReadyForQuery`, sent to the client in one
+    /// write, its `BackendKeyData` replaced by a key the proxy issued (noting the backend's pid for the log).
+    async fn relay_until_ready<C, U>(
+        &self,
+        client: &mut C,
+        upstream: &mut U,
+        mut pending: Vec<u8>,
+        log: &mut SessionLog,
+    ) -> Result<Option<Issued>, SessionError>
+    where
+        C: AsyncWrite + Unpin,
+        U: AsyncRead + Unpin,
+    {
+        let mut issued = None;
+        loop {
+            let message = protocol::read_message(upstream).await?;
+            match message.tag {
+                b'K' if message.body.len() >= 8 && issued.is_none() => {
+                    log.upstream_pid = message.int32(0);
+                    let key = self.inner.cancel_keys.issue(message.body).ok_or_else(|| {
+                        SessionError::Upstream("no random numbers for a cancel key".into())
+                    })?;
+                    pending.extend(protocol::with_length(Some(b'K'), key.client_key().to_vec()));
+                    issued = Some(key);
+                }
+                b'K' => {
+                    return Err(SessionError::Upstream(
+                        "a malformed or repeated BackendKeyData".into(),
+                    ));
+                }
+                b'E' => {
+                    // After AuthenticationOk: the database is missing, the role may not log in, no slots…
+                    let error = with_hint(&message);
+                    pending.extend(error.packet);
+                    client.write_all(&pending).await?;
+                    return Err(SessionError::Refused(error.summary));
+                }
+                b'Z' => {
+                    pending.extend(message.encode());
+                    client.write_all(&pending).await?;
+                    return Ok(issued);
+                }
+                _ => buffer(&mut pending, &message)?,
+            }
+        }
+    }
+}
+
+/// Appends a server message to what the client gets at `ReadyForQuery`, within
+/// [`MAX_BUFFERED_BEFORE_READY`].
+fn buffer(pending: &mut Vec<u8>, message: &Message) -> Result<(), SessionError> {
+    if pending.len() + message.body.len() + 5 > MAX_BUFFERED_BEFORE_READY {
+        return Err(SessionError::Upstream(format!(
+            "the server sent more than {MAX_BUFFERED_BEFORE_READY} bytes before ReadyForQuery"
+        )));
+    }
+    pending.extend(message.encode());
+    Ok(())
+}
+
+/// The SCRAM client-final message for the server's first, on a blocking thread: PBKDF2 with the server's
+/// iteration count (up to [`scram::MAX_ITERATIONS`]) would otherwise hold a runtime thread for milliseconds.
+async fn scram_client_final(
+    mut state: scram::Client,
+    server_first: String,
+    password: Zeroizing<String>,
+) -> Result<(scram::Client, String), SessionError> {
+    tokio::task::spawn_blocking(move || {
+        let last = state.finish(&server_first, &password)?;
+        Ok((state, last))
+    })
+    .await
+    .map_err(|e| SessionError::Upstream(format!("the SCRAM computation failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pbkdf2_for_the_server_runs_off_the_runtime_thread() {
+        // Proves: the SCRAM client's PBKDF2 (here the most iterations a server may ask for) leaves the
+        // runtime's one thread free: a task spawned beside it makes progress while it runs. Were it
+        // computed inline, the await would complete in one poll and the other task could not run at all.
+        let (state, first) = scram::Client::start().expect("start");
+        let nonce = first.rsplit("r=").next().expect("nonce").to_owned();
+        let server_first = format!("r={nonce}server,s=c2FsdA==,i={}", scram::MAX_ITERATIONS);
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counting = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counting.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        ticks.store(0, Ordering::Relaxed);
+        let password = Zeroizing::new("pencil".to_owned());
+        let (_, last) = scram_client_final(state, server_first, password)
+            .await
+            .expect("client final");
+        assert!(last.contains(",p="), "{last}");
+        assert!(
+            ticks.load(Ordering::Relaxed) > 0,
+            "the runtime thread was blocked"
+        );
+        ticker.abort();
+    }
+}

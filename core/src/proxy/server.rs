@@ -1,0 +1,420 @@
+//! The proxy server: listeners (TCP and Unix sockets), each with its own budget of clients in their
+//! start-up, the health endpoints, the open-files limit, and the drain on request. `pgwi proxy` maps its
+//! configuration and flags onto [`ProxyServer`]; a Rust program embeds the same server in a few lines
+//! (`core/examples/proxy.rs`).
+//!
+//! Clients still in their start-up hold one of their listener's [`PENDING_PER_LISTENER`] slots for at most
+//! the start-up timeout; while all are taken, that listener accepts no more (new connections wait in the
+//! kernel's backlog, as a burst of real clients does for a moment), so a flood of silent connections on
+//! one listener leaves the others served, and the work an attacker can cause is bounded on every path.
+//! Non-loopback TCP listeners need a local password ([`ProxyServer::remote_password`]): the server never
+//! serves the network without authentication.
+
+mod health;
+mod listen;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+pub use listen::{Listen, check_socket_directory};
+
+use super::{Client, ClientTls, LocalSecret, Proxy};
+use listen::{BoundSocket, Listener};
+
+/// Clients in their start-up (TLS, start-up message, local password) at once on one listener.
+pub const PENDING_PER_LISTENER: usize = 64;
+/// The default mode of Unix socket files: the proxy's own OS user only (a socket gives a session as the
+/// identity without a password; unlike PostgreSQL's 0777, which authenticates each client itself).
+pub const DEFAULT_SOCKET_MODE: u32 = 0o700;
+/// The default time open sessions get after a stop is requested.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the drain deadline, how long closed sessions get to finish logging.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the server could not start (secret-free; names the address or path).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyServerError {
+    /// A non-loopback TCP listener without a local password for its clients.
+    #[error(
+        "{address} is not a loopback address, and no local password is set for its clients: anyone who \
+         reaches it would get a session logged in with the identity's token"
+    )]
+    RemoteWithoutPassword {
+        /// The listener.
+        address: SocketAddr,
+    },
+    /// A socket directory every user may write to.
+    #[error("{0}")]
+    SocketDirectory(String),
+    /// Binding or preparing a listener failed.
+    #[error("listening on {address}: {detail}")]
+    Listen {
+        /// The address or socket path.
+        address: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// A proxy server to be bound: the [`Proxy`] that serves each session, and where and how to listen.
+///
+/// ```no_run
+/// # async fn run(proxy: pgwi_core::proxy::Proxy) -> Result<(), Box<dyn std::error::Error>> {
+/// use pgwi_core::proxy::server::{Listen, ProxyServer};
+///
+/// let server = ProxyServer::new(proxy)
+///     .listen(Listen::Tcp("127.0.0.1:6432".parse()?))
+///     .bind()
+///     .await?;
+/// server.serve(async { let _ = tokio::signal::ctrl_c().await; }, std::future::pending()).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ProxyServer {
+    proxy: Proxy,
+    listen: Vec<Listen>,
+    remote_password: Option<Arc<LocalSecret>>,
+    tls: Option<ClientTls>,
+    health: Option<SocketAddr>,
+    drain_timeout: Duration,
+    socket_mode: u32,
+}
+
+impl ProxyServer {
+    /// A server for `proxy`, listening nowhere yet.
+    pub fn new(proxy: Proxy) -> Self {
+        Self {
+            proxy,
+            listen: Vec::new(),
+            remote_password: None,
+            tls: None,
+            health: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            socket_mode: DEFAULT_SOCKET_MODE,
+        }
+    }
+
+    /// Adds a listener.
+    pub fn listen(mut self, listen: Listen) -> Self {
+        self.listen.push(listen);
+        self
+    }
+
+    /// The password clients of non-loopback TCP listeners must prove (SCRAM-SHA-256; -PLUS over TLS).
+    pub fn remote_password(mut self, secret: Arc<LocalSecret>) -> Self {
+        self.remote_password = Some(secret);
+        self
+    }
+
+    /// TLS for the client hop: offered on every TCP listener, required on non-loopback ones.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves `GET /healthz` (readiness), `GET /livez` (liveness) on `address`.
+    pub fn health(mut self, address: SocketAddr) -> Self {
+        self.health = Some(address);
+        self
+    }
+
+    /// How long open sessions may go on after a stop is requested ([`DEFAULT_DRAIN_TIMEOUT`]).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The permission bits of Unix socket files ([`DEFAULT_SOCKET_MODE`]).
+    pub fn socket_mode(mut self, mode: u32) -> Self {
+        self.socket_mode = mode;
+        self
+    }
+
+    /// Binds every listener and the health endpoint and starts accepting; serve with
+    /// [`BoundProxyServer::serve`]. Raises the open-files limit for the proxy's `max_clients` first.
+    pub async fn bind(self) -> Result<BoundProxyServer, ProxyServerError> {
+        for listen in &self.listen {
+            if let Listen::Tcp(address) = listen
+                && !address.ip().is_loopback()
+                && self.remote_password.is_none()
+            {
+                return Err(ProxyServerError::RemoteWithoutPassword { address: *address });
+            }
+        }
+        raise_open_files_limit(self.proxy.options().max_clients);
+        let state = Arc::new(State {
+            draining: AtomicBool::new(false),
+            sessions: AtomicUsize::new(0),
+            idle: Notify::new(),
+            close: watch::channel(false).0,
+            stop: watch::channel(false).0,
+            health_details: self.health.is_some_and(|addr| addr.ip().is_loopback()),
+        });
+        let mut addresses = Vec::new();
+        let mut loops = Vec::new();
+        for listen in &self.listen {
+            let (listener, address) = listen::bind(listen, self.socket_mode).await?;
+            self.log_listening(&listener, &address);
+            let served = Served {
+                proxy: self.proxy.clone(),
+                state: state.clone(),
+                secret: self.remote_password.clone(),
+                tls: self.tls.clone(),
+            };
+            loops.push(tokio::spawn(accept_loop(listener, served)));
+            addresses.push(address);
+        }
+        let health = match self.health {
+            Some(address) => Some(health::start(address, self.proxy.clone(), state.clone()).await?),
+            None => None,
+        };
+        Ok(BoundProxyServer {
+            state,
+            loops,
+            addresses,
+            health,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+
+    fn log_listening(&self, listener: &Listener, address: &str) {
+        let tls = match (&self.tls, listener.remote) {
+            (None, _) => "off",
+            (Some(_), true) => "required",
+            (Some(_), false) => "offered",
+        };
+        tracing::info!(
+            %address,
+            upstream = %self.proxy.upstream(),
+            user = %self.proxy.user().unwrap_or_default(),
+            local_password = listener.remote,
+            tls,
+            "listening"
+        );
+    }
+}
+
+/// A server whose listeners are bound and accepting.
+pub struct BoundProxyServer {
+    state: Arc<State>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    addresses: Vec<String>,
+    health: Option<SocketAddr>,
+    drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for BoundProxyServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundProxyServer")
+            .field("addresses", &self.addresses)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoundProxyServer {
+    /// Where clients connect: `HOST:PORT` or a socket file's path, in the order the listeners were added.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
+    /// Where the health endpoint listens.
+    pub fn health_address(&self) -> Option<SocketAddr> {
+        self.health
+    }
+
+    /// Serves until `stop` completes, then stops accepting and lets open sessions finish for the drain
+    /// timeout, or until `hurry` completes (polled only once the drain has begun, e.g. a second Ctrl-C);
+    /// then closes what is left.
+    pub async fn serve(self, stop: impl Future<Output = ()>, hurry: impl Future<Output = ()>) {
+        stop.await;
+        let state = self.state;
+        state.draining.store(true, Ordering::SeqCst);
+        let _ = state.stop.send(true);
+        for accept in self.loops {
+            // Each loop drops its listener (and removes its socket file) as it returns.
+            let _ = accept.await;
+        }
+        tracing::info!(
+            open_sessions = state.sessions.load(Ordering::SeqCst),
+            drain_timeout_secs = self.drain_timeout.as_secs(),
+            "draining: not accepting new connections; open sessions may finish"
+        );
+        let unfinished = tokio::select! {
+            drained = tokio::time::timeout(self.drain_timeout, wait_idle(&state)) => {
+                drained.is_err().then_some("the drain deadline was reached")
+            }
+            () = hurry => Some("a second stop request came"),
+        };
+        if let Some(reason) = unfinished {
+            let open = state.sessions.load(Ordering::SeqCst);
+            tracing::warn!(open_sessions = open, reason, "closing the open sessions");
+            let _ = state.close.send(true);
+            let _ = tokio::time::timeout(CLOSE_GRACE, wait_idle(&state)).await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// What the listeners, sessions and health endpoint share.
+pub(super) struct State {
+    pub(super) draining: AtomicBool,
+    /// Connections being served (sessions, clients in their start-up, cancel requests).
+    pub(super) sessions: AtomicUsize,
+    idle: Notify,
+    /// Set at the drain deadline: open sessions are closed.
+    close: watch::Sender<bool>,
+    /// Set when the drain starts: listeners stop accepting.
+    stop: watch::Sender<bool>,
+    /// Whether the health endpoint may say why it is not ready (a loopback address: only this host asks).
+    pub(super) health_details: bool,
+}
+
+/// Counts an open connection; notifies when the last one ends.
+struct SessionGuard(Arc<State>);
+
+impl SessionGuard {
+    fn new(state: &Arc<State>) -> Self {
+        state.sessions.fetch_add(1, Ordering::SeqCst);
+        Self(state.clone())
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if self.0.sessions.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// What every connection of a listener is served with.
+struct Served {
+    proxy: Proxy,
+    state: Arc<State>,
+    secret: Option<Arc<LocalSecret>>,
+    tls: Option<ClientTls>,
+}
+
+/// Accepts until the drain starts, whenever a start-up slot is free; each session runs until it ends or the
+/// drain deadline closes it.
+async fn accept_loop(listener: Listener, served: Served) {
+    let mut stop = served.state.stop.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = accept_when_free(&listener, &served) => accepted,
+        };
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // E.g. out of file descriptors: wait a little rather than spin.
+                tracing::warn!(%error, "accepting a client failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let proxy = served.proxy.clone();
+        let guard = SessionGuard::new(&served.state);
+        let mut close = served.state.close.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = proxy.serve(stream, client) => {}
+                _ = close.wait_for(|c| *c) => {}
+            }
+            drop(guard);
+        });
+    }
+}
+
+/// Waits for a start-up slot of the listener, then accepts a client holding it.
+async fn accept_when_free(
+    listener: &Listener,
+    served: &Served,
+) -> std::io::Result<(Stream, Client)> {
+    let slot = listener
+        .pending
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    let (stream, mut client) = accept(listener, served).await?;
+    client.admission = Some(slot);
+    Ok((stream, client))
+}
+
+/// A client stream of either kind.
+type Stream = Box<dyn ClientStream>;
+trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientStream for T {}
+
+async fn accept(listener: &Listener, served: &Served) -> std::io::Result<(Stream, Client)> {
+    match &listener.socket {
+        BoundSocket::Tcp(socket) => {
+            let (stream, peer) = socket.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let mut client = Client::local(peer.to_string());
+            client.tls = served.tls.clone();
+            if listener.remote {
+                client.local_secret = served.secret.clone();
+                client.tls_required = served.tls.is_some();
+            }
+            Ok((Box::new(stream), client))
+        }
+        BoundSocket::Unix(socket, file) => {
+            let (stream, _) = socket.accept().await?;
+            let client = Client::local(format!("unix:{}", file.0.display()));
+            Ok((Box::new(stream), client))
+        }
+    }
+}
+
+/// Each session holds two file descriptors (client and upstream). The usual soft limit, 1024, would cap the
+/// default 1000 clients near 500, so the soft limit is raised toward the hard one, as Go's runtime and
+/// PostgreSQL's own servers do; a hard limit too low for `max_clients` is one warning saying how to fix it.
+fn raise_open_files_limit(max_clients: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let needed = (max_clients as u64).saturating_mul(2).saturating_add(64);
+    let limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if soft >= needed {
+        return;
+    }
+    let target = needed.min(hard);
+    match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        },
+    ) {
+        Ok(()) => tracing::debug!(from = soft, to = target, "raised the open-files limit"),
+        Err(err) => tracing::warn!(%err, soft, "could not raise the open-files limit"),
+    }
+    if target < needed {
+        tracing::warn!(
+            max_clients,
+            needed,
+            hard_limit = hard,
+            "proxy.max_clients needs about {needed} open files but the hard limit is {hard}: raise it \
+             (ulimit -Hn, systemd LimitNOFILE, the container runtime's nofile) or lower proxy.max_clients"
+        );
+    }
+}
+
+async fn wait_idle(state: &State) {
+    loop {
+        let idle = state.idle.notified();
+        if state.sessions.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        idle.await;
+    }
+}

@@ -1,0 +1,146 @@
+//! `GET /healthz` (readiness) and `GET /livez` (liveness) on the health address: a minimal HTTP/1.1
+//! responder (one request per connection, 8 KiB and 5 s to send it, 16 served at once).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::{ProxyServerError, State};
+use crate::proxy::{Health, Proxy};
+
+/// How long a health request may take to arrive.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Health requests served at once; beyond that, connections are closed.
+const REQUESTS_AT_ONCE: usize = 16;
+
+/// Binds the health address and serves it; the address bound.
+pub(super) async fn start(
+    address: SocketAddr,
+    proxy: Proxy,
+    state: Arc<State>,
+) -> Result<SocketAddr, ProxyServerError> {
+    let listen_error = |e: std::io::Error| ProxyServerError::Listen {
+        address: address.to_string(),
+        detail: e.to_string(),
+    };
+    let listener = TcpListener::bind(address).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    tracing::info!(address = %bound, "serving GET /healthz");
+    tracing::info!(address = %bound, "serving GET /livez");
+    tokio::spawn(serve_healthz(listener, proxy, state));
+    Ok(bound)
+}
+
+/// `GET /healthz` (readiness): 200 while listening with a usable token, 503 while draining or without one.
+/// `GET /livez` (liveness): 200 while the process serves — also without a token and while draining, since a
+/// restart would end every open session and bring no token sooner. The body says why, never a secret; on a
+/// non-loopback address only ok or the kind of problem (no tenant, client id or path: the log has those).
+/// At most [`REQUESTS_AT_ONCE`] are served at once.
+async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<State>) {
+    let at_once = Arc::new(Semaphore::new(REQUESTS_AT_ONCE));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(slot) = at_once.clone().try_acquire_owned() else {
+            continue;
+        };
+        let proxy = proxy.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            answer_health_request(stream, &proxy, &state).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Reads one request (within [`READ_TIMEOUT`] and 8 KiB) and answers it.
+async fn answer_health_request(mut stream: tokio::net::TcpStream, proxy: &Proxy, state: &State) {
+    let mut request = Vec::new();
+    let mut buf = [0; 1024];
+    let read = tokio::time::timeout(READ_TIMEOUT, async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            request.extend(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return;
+    }
+    let line = String::from_utf8_lossy(&request);
+    let line = line.lines().next().unwrap_or_default();
+    let is =
+        |path: &str| line == format!("GET {path}") || line.starts_with(&format!("GET {path} "));
+    let (status, body) = if is("/livez") {
+        ("200 OK", liveness(state))
+    } else if is("/healthz") {
+        readiness(proxy, state)
+    } else {
+        (
+            "404 Not Found",
+            "not found: GET /healthz or GET /livez\n".to_owned(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// `/livez`'s body: what the proxy is doing (and how many connections it serves, on loopback).
+fn liveness(state: &State) -> String {
+    let doing = if state.draining.load(Ordering::SeqCst) {
+        "draining"
+    } else {
+        "listening"
+    };
+    if !state.health_details {
+        return format!("alive: {doing}\n");
+    }
+    let open = state.sessions.load(Ordering::SeqCst);
+    format!("alive: {doing}; {open} open sessions\n")
+}
+
+/// `/healthz`'s status and body.
+fn readiness(proxy: &Proxy, state: &State) -> (&'static str, String) {
+    if state.draining.load(Ordering::SeqCst) {
+        return (
+            "503 Service Unavailable",
+            "draining: not accepting new connections\n".to_owned(),
+        );
+    }
+    match proxy.health() {
+        Health::Ready { expires_at } if state.health_details => (
+            "200 OK",
+            format!(
+                "ok: listening; token valid{}\n",
+                expires_at
+                    .map(|e| format!(" until {e}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Health::Ready { .. } => ("200 OK", "ok\n".to_owned()),
+        Health::NoToken(why) if state.health_details => (
+            "503 Service Unavailable",
+            format!("no valid token: {why}\n"),
+        ),
+        Health::NoToken(_) => (
+            "503 Service Unavailable",
+            "no valid token (the proxy's log says why)\n".to_owned(),
+        ),
+    }
+}

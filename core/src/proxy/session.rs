@@ -1,0 +1,269 @@
+//! One client session: the start-up within its deadline (TLS, start-up message, the local password on a
+//! remote listener), a session slot, the user check, the connection to the server with exactly the
+//! parameters checked, the login ([`super::login`]), then bytes both ways until either side closes.
+
+use std::io;
+use std::time::Instant;
+
+use pgwi_credentials::{Token, TokenSource as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+
+use super::accounting::{Counted, SessionLog};
+use super::client::{ClientConn, ClientTls};
+use super::local_auth::local_authentication;
+use super::{Client, Proxy, ScramError, upstream};
+use crate::connect::ConnectError;
+use crate::protocol::{self, FirstMessage, StartupError};
+
+/// A client past its start-up, or a cancel request.
+enum StartUp {
+    Session {
+        version: i32,
+        params: protocol::Params,
+        user: String,
+    },
+    Cancel(Vec<u8>),
+}
+
+impl Proxy {
+    /// Serves one accepted connection to its end, and logs one line about it then (also when the future is
+    /// dropped, e.g. by a drain deadline): client, database, upstream pid, duration and bytes each way.
+    pub async fn serve<S>(&self, stream: S, mut client: Client)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut log = SessionLog::new(client.address.clone());
+        let mut conn = ClientConn::Plain(Counted {
+            inner: stream,
+            read: log.bytes_from_client.clone(),
+            written: log.bytes_from_server.clone(),
+        });
+        if let Err(error) = self.session(&mut conn, &mut client, &mut log).await {
+            log.error = Some(error);
+        }
+        let _ = conn.shutdown().await;
+    }
+
+    /// One session: the client's start-up within the start-up deadline, a session slot, the user check, the
+    /// server's login with a token usable now, then bytes both ways until either side closes.
+    async fn session<S>(
+        &self,
+        client: &mut ClientConn<S>,
+        who: &mut Client,
+        log: &mut SessionLog,
+    ) -> Result<(), SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let deadline = self.inner.options.startup_timeout;
+        let start_up = tokio::time::timeout(deadline, self.start_up(client, who, log))
+            .await
+            .map_err(|_| {
+                SessionError::Client(format!(
+                    "no complete start-up within {}s (the start-up timeout)",
+                    deadline.as_secs_f32()
+                ))
+            })??;
+        let (version, params, user) = match start_up {
+            StartUp::Cancel(key) => {
+                log.kind = "cancel";
+                return self.forward_cancel(&key, log).await;
+            }
+            StartUp::Session {
+                version,
+                params,
+                user,
+            } => (version, params, user),
+        };
+        // Past its start-up the client leaves its listener's budget and needs one of the session slots.
+        drop(who.admission.take());
+        let Ok(_slot) = self.inner.sessions.clone().try_acquire_owned() else {
+            let message = format!(
+                "sorry, too many clients already: pgwi proxy serves at most {} at once \
+                 (proxy.max_clients)",
+                self.inner.options.max_clients
+            );
+            return Err(refuse(client, "53300", message).await);
+        };
+        // For the user check; the one presented is taken again when the server asks.
+        let token = self.token_for_server(client, &mut None).await?;
+        self.check_user(client, &user, &token).await?;
+        let mut upstream = self.open_upstream(client, version, &params).await?;
+        drop(params);
+        let issued = self
+            .log_in(client, &mut upstream, &token, &user, log)
+            .await?;
+        drop(token);
+        log.relaying = true;
+        tokio::io::copy_bidirectional(client, &mut upstream).await?;
+        drop(issued);
+        Ok(())
+    }
+
+    /// The client's start-up: TLS if it asks and the proxy offers it, the start-up message (each key once),
+    /// TLS if the listener requires it, a user, and on a remote listener the local password. A remote client
+    /// proves the local password before it learns anything (the role, the credential's errors) or makes the
+    /// proxy ask for a token; a wrong user gets the same 28P01 as a wrong password, as from PostgreSQL. The
+    /// user is checked against the token held now, which asks nothing upstream.
+    async fn start_up<S>(
+        &self,
+        client: &mut ClientConn<S>,
+        who: &Client,
+        log: &mut SessionLog,
+    ) -> Result<StartUp, SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let first = match client.negotiate(who.tls.as_ref()).await {
+            Ok(first) => first,
+            // As PostgreSQL: the client is told which versions are spoken.
+            Err(StartupError::Version(version)) => {
+                let message = format!(
+                    "unsupported frontend protocol {}.{}: pgwi proxy supports 3.x",
+                    version >> 16,
+                    version & 0xffff
+                );
+                return Err(refuse(client, "0A000", message).await);
+            }
+            Err(error @ StartupError::Layout(_)) => {
+                return Err(refuse(client, "08P01", error.to_string()).await);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let (version, params) = match first {
+            FirstMessage::Cancel(key) => return Ok(StartUp::Cancel(key)),
+            FirstMessage::Startup { version, params } => (version, params),
+        };
+        if who.tls_required && !client.is_tls() {
+            let message = "pgwi proxy serves clients on this listener over TLS only: connect with \
+                           sslmode=verify-full and the proxy's CA as sslrootcert (or at least sslmode=require)";
+            return Err(refuse(client, "28000", message.into()).await);
+        }
+        // Values are bytes in the client's encoding; names and databases are shown as UTF-8 (lossy).
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(key, _)| key == name.as_bytes())
+                .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+        };
+        let Some(user) = param("user") else {
+            return Err(refuse(client, "08P01", "the start-up names no user".into()).await);
+        };
+        log.database = Some(param("database").unwrap_or_else(|| user.clone()));
+        if let Some(secret) = &who.local_secret {
+            let user_allowed = self.user().as_deref() == Some(user.as_str());
+            let end_point = who
+                .tls
+                .as_ref()
+                .filter(|_| client.is_tls())
+                .map(ClientTls::end_point);
+            local_authentication(client, secret, &user, user_allowed, end_point).await?;
+        }
+        Ok(StartUp::Session {
+            version,
+            params,
+            user,
+        })
+    }
+
+    /// The start-up names the user the proxy logs in as (the configured one, or the token's with `auto`),
+    /// else the client gets one error naming that user.
+    async fn check_user<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        user: &str,
+        token: &Token,
+    ) -> Result<(), SessionError> {
+        let Some(expected) = self.user_for(token) else {
+            let error = ConnectError::UserNotDerivable {
+                source_kind: self.inner.credential.info().kind,
+            };
+            return Err(refuse(client, "28000", format!("pgwi proxy: {error}")).await);
+        };
+        if user != expected {
+            let message = format!(
+                "pgwi proxy logs in to PostgreSQL as {expected:?} only, but this client asked for user \
+                 {user:?}: connect with user {expected} (psql -U {expected}, PGUSER={expected})"
+            );
+            return Err(refuse(client, "28000", message).await);
+        }
+        Ok(())
+    }
+
+    /// Connects to the server and sends the client's start-up: exactly the parameters that were checked
+    /// (each key once), so the server logs in the user the proxy checked.
+    async fn open_upstream<C: AsyncWrite + Unpin>(
+        &self,
+        client: &mut C,
+        version: i32,
+        params: &protocol::Params,
+    ) -> Result<upstream::Upstream, SessionError> {
+        let connecting = Instant::now();
+        let opened = tokio::time::timeout(self.inner.connect_timeout, async {
+            let mut upstream = self.inner.target.open().await?;
+            upstream
+                .write_all(&protocol::startup_message(version, params))
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            Ok::<_, ConnectError>(upstream)
+        })
+        .await
+        .unwrap_or_else(|_| Err(self.unreachable(io::Error::from(io::ErrorKind::TimedOut))));
+        match opened {
+            Ok(upstream) => Ok(upstream),
+            Err(mut error) => {
+                if let ConnectError::Unreachable { waited_secs, .. } = &mut error {
+                    *waited_secs = connecting.elapsed().as_secs();
+                }
+                Err(refuse(client, "08001", format!("pgwi proxy: {error}")).await)
+            }
+        }
+    }
+}
+
+/// Sends `code`/`message` to the client as a FATAL error; the session's error.
+pub(super) async fn refuse<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    code: &str,
+    message: String,
+) -> SessionError {
+    let _ = client.write_all(&protocol::fatal(code, &message)).await;
+    SessionError::Refused(format!("{message} (SQLSTATE {code})"))
+}
+
+/// Why a session ended before or instead of relaying (secret-free).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SessionError {
+    /// The client sent something that is not PostgreSQL, or too late.
+    #[error("client: {0}")]
+    Client(String),
+    /// The client was sent an error (wrong user, no token, the server refused it).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The server misbehaved during authentication.
+    #[error("server: {0}")]
+    Upstream(String),
+    /// Reaching the server failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// SCRAM failed.
+    #[error(transparent)]
+    Scram(#[from] ScramError),
+    /// A connection failed or closed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<StartupError> for SessionError {
+    fn from(error: StartupError) -> Self {
+        match error {
+            StartupError::Garbage(what) => {
+                SessionError::Client(format!("not a PostgreSQL start-up: {what}"))
+            }
+            StartupError::Version(_) | StartupError::Layout(_) => {
+                SessionError::Client(error.to_string())
+            }
+            StartupError::Io(error) => SessionError::Io(error),
+        }
+    }
+}
