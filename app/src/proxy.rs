@@ -62,6 +62,20 @@ pub struct ProxyConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// The PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// `prefer` (default): over TLS, the local password is offered as SCRAM-SHA-256-PLUS and
+    /// SCRAM-SHA-256; `require`: as SCRAM-SHA-256-PLUS only, so a client a relay stripped of TLS is refused.
+    pub channel_binding: ChannelBinding,
+}
+
+/// Whether remote clients must bind the local password exchange to the proxy's certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBinding {
+    /// SCRAM-SHA-256-PLUS offered first, SCRAM-SHA-256 accepted.
+    #[default]
+    Prefer,
+    /// SCRAM-SHA-256-PLUS only (needs --tls-cert).
+    Require,
 }
 
 impl Default for ProxyConfig {
@@ -78,6 +92,7 @@ impl Default for ProxyConfig {
             startup_timeout_secs: pgwi_core::proxy::DEFAULT_STARTUP_TIMEOUT.as_secs(),
             tls_cert_file: None,
             tls_key_file: None,
+            channel_binding: ChannelBinding::Prefer,
         }
     }
 }
@@ -162,6 +177,11 @@ pub struct ProxyArgs {
     /// The PEM private key of --tls-cert [config: proxy.tls_key_file]
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// `require`: remote clients must bind the local password to the proxy's certificate
+    /// (SCRAM-SHA-256-PLUS, libpq's channel_binding), so a relay that strips TLS gets nothing; `prefer`
+    /// offers it first [default: prefer; config: proxy.channel_binding]
+    #[arg(long, value_name = "MODE")]
+    pub channel_binding: Option<ChannelBinding>,
     /// Permissions of the Unix socket files, octal: 0700 lets only this OS user connect, 0770 its group
     /// too; whoever can connect gets a session as the identity [default: 0700; config: proxy.socket_mode]
     #[arg(long, value_name = "MODE")]
@@ -276,14 +296,16 @@ impl Settings {
         }
         let local_secret = if parsed.iter().any(Listen::is_remote) {
             let password = local_password(&section, loaded)?;
-            Some(Arc::new(LocalSecret::new(&password).map_err(|e| {
-                reject(
-                    "proxy.local_password_file",
-                    "the local password".into(),
-                    e.to_string(),
-                    "try again",
-                )
-            })?))
+            Some(Arc::new(LocalSecret::new(password.as_str()).map_err(
+                |e| {
+                    reject(
+                        "proxy.local_password_file",
+                        "the local password".into(),
+                        e.to_string(),
+                        "try again",
+                    )
+                },
+            )?))
         } else {
             None
         };
@@ -330,7 +352,27 @@ impl Settings {
             })?,
         };
         let startup_timeout = startup_timeout(args.startup_timeout_secs, &section, loaded)?;
+        let binding_origin = match args.channel_binding {
+            Some(_) => "--channel-binding".to_owned(),
+            None => loaded.origin("proxy.channel_binding"),
+        };
+        let binding = args.channel_binding.unwrap_or(section.channel_binding);
         let tls = client_tls(args.tls_cert, args.tls_key, &section, loaded)?;
+        let tls = match (tls, binding) {
+            (None, ChannelBinding::Require) => {
+                return Err(reject(
+                    "proxy.channel_binding",
+                    binding_origin,
+                    "is require, but the client hop has no TLS to bind to".into(),
+                    "set --tls-cert and --tls-key (proxy.tls_cert_file, proxy.tls_key_file), or use prefer",
+                ));
+            }
+            (Some(tls), binding) => Some(
+                tls.require_channel_binding(binding == ChannelBinding::Require)
+                    .map_err(|e| reject("proxy.channel_binding", binding_origin, e.to_string(), "use prefer, or a certificate signed with ECDSA or RSA and SHA-256/384/512"))?,
+            ),
+            (None, ChannelBinding::Prefer) => None,
+        };
         Ok(Self {
             listen: parsed,
             healthz,
@@ -424,8 +466,16 @@ fn client_tls(
         })
 }
 
-/// The local password for remote clients: from `local_password_file`, else `local_password_env`.
-fn local_password(section: &ProxyConfig, loaded: &LoadedConfig) -> Result<String, ConfigError> {
+/// The shortest local password accepted: remote clients can guess online (a second per failure per
+/// connection, eight connections per address), and anyone who records an exchange without TLS offline.
+const MIN_LOCAL_PASSWORD_CHARS: usize = 16;
+
+/// The local password for remote clients: from `local_password_file`, else `local_password_env`; wiped
+/// from memory once its SCRAM verifier is made.
+fn local_password(
+    section: &ProxyConfig,
+    loaded: &LoadedConfig,
+) -> Result<zeroize::Zeroizing<String>, ConfigError> {
     let reject = |key: &str, problem: String, fix: &str| ConfigError::Rejected {
         key: key.into(),
         origin: loaded.origin(key),
@@ -463,11 +513,21 @@ fn local_password(section: &ProxyConfig, loaded: &LoadedConfig) -> Result<String
             });
         }
     };
-    if password.is_empty() {
+    let password = zeroize::Zeroizing::new(password);
+    let key = if section.local_password_file.is_some() {
+        "proxy.local_password_file"
+    } else {
+        "proxy.local_password_env"
+    };
+    let chars = password.chars().count();
+    if chars < MIN_LOCAL_PASSWORD_CHARS {
         return Err(reject(
-            "proxy.local_password_file",
-            "gives an empty password".into(),
-            "put a password in it (clients give it as PGPASSWORD)",
+            key,
+            format!(
+                "gives a password of {chars} characters; remote clients' passwords must have at least \
+                 {MIN_LOCAL_PASSWORD_CHARS}"
+            ),
+            "use a long random one, e.g. from `head -c 24 /dev/urandom | base64` (clients give it as PGPASSWORD)",
         ));
     }
     Ok(password)

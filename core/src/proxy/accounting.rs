@@ -3,8 +3,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -22,6 +22,8 @@ pub(super) struct SessionLog {
     pub(super) bytes_from_client: Arc<AtomicU64>,
     pub(super) bytes_from_server: Arc<AtomicU64>,
     pub(super) relaying: bool,
+    /// Whether the client finished its start-up (failures before that are counted, not each warned).
+    pub(super) started_up: bool,
     /// Logged at debug: a connection that sent nothing, or a cancel request for no session (floods of
     /// either must not flood the log).
     pub(super) quiet: bool,
@@ -40,8 +42,37 @@ impl SessionLog {
             bytes_from_server: Arc::default(),
             relaying: false,
             quiet: false,
+            started_up: false,
             error: None,
         }
+    }
+}
+
+/// How often connections that failed before their start-up was done are summed up in one warning: each
+/// is logged at debug only, since anyone who can connect could otherwise write the log at line rate.
+const FAILED_START_UPS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Failed start-ups since the last warning, and when that was.
+static FAILED_START_UPS: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+
+/// Counts a start-up that failed with `error`: the first is a warning, then one warning sums up the
+/// failures of each [`FAILED_START_UPS_EVERY`] (when a failure comes after it has passed).
+fn count_failed_start_up(error: &SessionError) {
+    let mut counted = crate::connect::lock(&FAILED_START_UPS);
+    let Some((since, failures)) = counted.as_mut() else {
+        tracing::warn!(%error, "a connection failed before its start-up was done (the next are summed up every 10 s; each is logged at debug)");
+        *counted = Some((Instant::now(), 0));
+        return;
+    };
+    *failures += 1;
+    if since.elapsed() >= FAILED_START_UPS_EVERY {
+        tracing::warn!(
+            failures = *failures,
+            seconds = since.elapsed().as_secs(),
+            last_error = %error,
+            "connections failed before their start-up was done (each is logged at debug)"
+        );
+        *counted = Some((Instant::now(), 0));
     }
 }
 
@@ -57,6 +88,13 @@ impl Drop for SessionLog {
             Some(error) if quiet => tracing::debug!(
                 client = %self.client, kind = self.kind, duration_ms, %error, "connection dropped"
             ),
+            Some(error) if !self.started_up => {
+                tracing::debug!(
+                    client = %self.client, kind = self.kind, duration_ms, bytes_from_client, %error,
+                    "connection dropped"
+                );
+                count_failed_start_up(error);
+            }
             // A session that was relaying ends with the connection: not the proxy's failure.
             Some(error) if !self.relaying => tracing::warn!(
                 client = %self.client, kind = self.kind, database, upstream_pid, duration_ms,

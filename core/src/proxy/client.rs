@@ -28,7 +28,10 @@ use crate::protocol::{self, FirstMessage, FirstPacket, Negotiated, StartupError}
 #[derive(Clone)]
 pub struct ClientTls {
     acceptor: TlsAcceptor,
-    end_point: Arc<[u8]>,
+    /// `None` for a certificate whose signature hash RFC 5929 does not map (Ed25519, RSA-PSS, SHA-224):
+    /// SCRAM-SHA-256-PLUS is then not offered, since clients would compute another hash.
+    end_point: Option<Arc<[u8]>>,
+    binding_required: bool,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -67,6 +70,14 @@ pub enum ClientTlsError {
     /// rustls refused the pair (e.g. the key does not match the certificate, or an unsupported key type).
     #[error("the certificate and key cannot serve TLS: {0}")]
     Refused(String),
+    /// Channel binding is required, but the certificate's signature algorithm has no `tls-server-end-point`
+    /// hash clients agree on.
+    #[error(
+        "channel binding is required, but the certificate is signed with an algorithm whose \
+         tls-server-end-point hash clients do not agree on (Ed25519, RSA-PSS, SHA-224): use an ECDSA or \
+         RSA certificate signed with SHA-256, SHA-384 or SHA-512"
+    )]
+    NoChannelBinding,
 }
 
 impl ClientTls {
@@ -101,45 +112,73 @@ impl ClientTls {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, ClientTlsError> {
-        let end_point = chain
+        let leaf = chain
             .first()
-            .map(|leaf| end_point_hash(leaf))
             .ok_or_else(|| ClientTlsError::Refused("no certificate".into()))?;
+        let end_point = end_point_hash(leaf);
+        if end_point.is_none() {
+            tracing::warn!(
+                "the proxy's certificate is signed with an algorithm without an agreed channel-binding hash \
+                 (Ed25519, RSA-PSS, SHA-224): the local password is offered as SCRAM-SHA-256 only"
+            );
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
             .map_err(|e| ClientTlsError::Refused(e.to_string()))?;
+        // As PostgreSQL 17: a client that names another protocol (a cross-protocol attack) is refused; one
+        // that names none (libpq before 17) is served.
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
-            end_point: end_point.into(),
+            end_point: end_point.map(Into::into),
+            binding_required: false,
         })
     }
 
-    /// The `tls-server-end-point` channel-binding data of this certificate (RFC 5929).
-    pub(crate) fn end_point(&self) -> &[u8] {
-        &self.end_point
+    /// Offers the local password only as SCRAM-SHA-256-PLUS over TLS: a client that does not bind the
+    /// exchange to this certificate (e.g. one a relay told "no TLS") is refused.
+    pub fn require_channel_binding(mut self, required: bool) -> Result<Self, ClientTlsError> {
+        if required && self.end_point.is_none() {
+            return Err(ClientTlsError::NoChannelBinding);
+        }
+        self.binding_required = required;
+        Ok(self)
+    }
+
+    /// The `tls-server-end-point` channel-binding data of this certificate (RFC 5929), if it has one.
+    pub(crate) fn end_point(&self) -> Option<&[u8]> {
+        self.end_point.as_deref()
+    }
+
+    /// Whether only SCRAM-SHA-256-PLUS is offered over TLS.
+    pub(crate) fn binding_required(&self) -> bool {
+        self.binding_required
     }
 }
 
 /// RFC 5929's `tls-server-end-point`: the certificate's hash with the hash of its signature algorithm,
-/// SHA-256 when that is MD5 or SHA-1 (or not recognised), as PostgreSQL computes it.
-fn end_point_hash(certificate: &[u8]) -> Vec<u8> {
-    // DER of ecdsa-with-SHA384/512 and sha384/512WithRSAEncryption.
-    const SHA384: [&[u8]; 2] = [
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
-    ];
-    const SHA512: [&[u8]; 2] = [
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
-    ];
-    let algorithm = match signature_algorithm(certificate) {
-        Some(oid) if SHA384.contains(&oid) => &digest::SHA384,
-        Some(oid) if SHA512.contains(&oid) => &digest::SHA512,
-        _ => &digest::SHA256,
+/// SHA-256 when that is MD5 or SHA-1, as PostgreSQL computes it; `None` for an algorithm without one
+/// (Ed25519, RSA-PSS) or one ring lacks (SHA-224), and for bytes that are not a certificate.
+fn end_point_hash(certificate: &[u8]) -> Option<Vec<u8>> {
+    // DER of the OIDs' prefixes: {md5,sha1,sha256,sha384,sha512}WithRSAEncryption (1.2.840.113549.1.1.n),
+    // ecdsa-with-SHA256/384/512 (1.2.840.10045.4.3.n), ecdsa-with-SHA1 (1.2.840.10045.4.1).
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let oid = signature_algorithm(certificate)?;
+    let algorithm = match oid.split_last()? {
+        _ if oid == ECDSA_SHA1 => &digest::SHA256,
+        (0x04 | 0x05 | 0x0b, prefix) if prefix == RSA => &digest::SHA256,
+        (0x0c, prefix) if prefix == RSA => &digest::SHA384,
+        (0x0d, prefix) if prefix == RSA => &digest::SHA512,
+        (0x02, prefix) if prefix == ECDSA_SHA2 => &digest::SHA256,
+        (0x03, prefix) if prefix == ECDSA_SHA2 => &digest::SHA384,
+        (0x04, prefix) if prefix == ECDSA_SHA2 => &digest::SHA512,
+        _ => return None,
     };
-    digest::digest(algorithm, certificate).as_ref().to_vec()
+    Some(digest::digest(algorithm, certificate).as_ref().to_vec())
 }
 
 /// The OID of a certificate's `signatureAlgorithm` (Certificate ::= SEQUENCE { tbsCertificate,
@@ -281,16 +320,17 @@ mod tests {
 
     #[test]
     fn the_end_point_hash_follows_the_certificate_signature_and_survives_garbage() {
-        // Proves: an ECDSA-SHA256 certificate (what rcgen makes) is hashed with SHA-256 as RFC 5929 says;
-        // truncated or non-DER bytes fall back to SHA-256 without a panic; an over-long DER length is
-        // refused rather than read past the end.
+        // Proves: an ECDSA-SHA256 certificate (what rcgen makes) is hashed with SHA-256 and an
+        // ECDSA-SHA384 one with SHA-384, as RFC 5929 says; an Ed25519 one, truncated or non-DER bytes give
+        // no hash (no channel binding offered) without a panic; an over-long DER length is refused rather
+        // than read past the end.
         let signature_oid_sha256 = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
         let algorithm = [&[0x30, 0x0a, 0x06, 0x08][..], &signature_oid_sha256].concat();
         let tbs = [0x30, 0x00];
         let inner = [&tbs[..], &algorithm, &[0x03, 0x01, 0x00]].concat();
         let cert = [&[0x30, inner.len() as u8][..], &inner].concat();
         assert_eq!(signature_algorithm(&cert), Some(&signature_oid_sha256[..]));
-        assert_eq!(end_point_hash(&cert).len(), 32);
+        assert_eq!(end_point_hash(&cert).map(|h| h.len()), Some(32));
         for garbage in [
             &[][..],
             &[0x30],
@@ -298,7 +338,7 @@ mod tests {
             &cert[..5],
         ] {
             assert_eq!(signature_algorithm(garbage), None);
-            assert_eq!(end_point_hash(garbage).len(), 32);
+            assert_eq!(end_point_hash(garbage), None);
         }
         let sha384 = [
             &[0x30, 0x0a, 0x06, 0x08][..],
@@ -307,6 +347,92 @@ mod tests {
         .concat();
         let inner = [&tbs[..], &sha384].concat();
         let cert = [&[0x30, inner.len() as u8][..], &inner].concat();
-        assert_eq!(end_point_hash(&cert).len(), 48);
+        assert_eq!(end_point_hash(&cert).map(|h| h.len()), Some(48));
+        // Ed25519 (1.3.101.112): no agreed hash, so no channel binding.
+        let ed25519 = [0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
+        let inner = [&tbs[..], &ed25519].concat();
+        let cert = [&[0x30, inner.len() as u8][..], &inner].concat();
+        assert_eq!(end_point_hash(&cert), None);
+    }
+
+    /// TLS for the proxy with a fresh self-signed certificate for `localhost`, and a client config that
+    /// trusts it.
+    fn tls_pair() -> (ClientTls, Arc<rustls::ClientConfig>) {
+        let own = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let cert = own.cert.der().clone();
+        let key = PrivateKeyDer::try_from(own.signing_key.serialize_der()).expect("key");
+        let server = ClientTls::new(vec![cert.clone()], key).expect("server TLS");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (server, Arc::new(client))
+    }
+
+    /// Runs the proxy's negotiation on one end of a pipe; the other end, after an SSLRequest answered.
+    async fn negotiating(
+        tls: ClientTls,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<Result<FirstMessage, StartupError>>,
+    ) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let negotiation = tokio::spawn(async move {
+            let mut conn = ClientConn::Plain(server);
+            conn.negotiate(Some(&tls)).await
+        });
+        client
+            .write_all(&protocol::ssl_request())
+            .await
+            .expect("SSLRequest");
+        let mut answer = [0_u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut answer)
+            .await
+            .expect("answer");
+        assert_eq!(&answer, b"S");
+        (client, negotiation)
+    }
+
+    #[tokio::test]
+    async fn inside_tls_a_second_encryption_request_is_refused_and_plaintext_is_no_start_up() {
+        // Proves: after TLS is on, another SSLRequest or a GSSENCRequest inside it is PostgreSQL's
+        // "unsupported protocol" error; a start-up sent in plaintext after the `S` (an injection before
+        // the handshake) fails the handshake instead of being read as the client's start-up.
+        let gss = protocol::with_length(None, protocol::GSSENC_REQUEST.to_be_bytes().to_vec());
+        for (second, code) in [
+            (protocol::ssl_request(), protocol::SSL_REQUEST),
+            (gss, protocol::GSSENC_REQUEST),
+        ] {
+            let (server, client_config) = tls_pair();
+            let (client, negotiation) = negotiating(server).await;
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let mut tls = tokio_rustls::TlsConnector::from(client_config)
+                .connect(name, client)
+                .await
+                .expect("handshake");
+            tls.write_all(&second).await.expect("second request");
+            tls.flush().await.expect("flush");
+            let result = negotiation.await.expect("join");
+            assert!(
+                matches!(result, Err(StartupError::Version(c)) if c == code),
+                "{result:?}"
+            );
+        }
+
+        let (server, _) = tls_pair();
+        let (mut client, negotiation) = negotiating(server).await;
+        let mut startup = 196_608_i32.to_be_bytes().to_vec();
+        startup.extend(b"user\0app\0\0");
+        client
+            .write_all(&protocol::with_length(None, startup))
+            .await
+            .expect("plaintext start-up");
+        drop(client);
+        let result = negotiation.await.expect("join");
+        assert!(matches!(result, Err(StartupError::Io(_))), "{result:?}");
     }
 }

@@ -9,8 +9,12 @@ use super::session::SessionError;
 use super::{LocalSecret, scram};
 use crate::protocol;
 
+/// How long a client that failed the local password waits for its answer.
+const FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// SCRAM-SHA-256 against the proxy's local password, before the server is contacted; over TLS,
-/// SCRAM-SHA-256-PLUS is offered first, bound to the proxy's certificate (`end_point`).
+/// SCRAM-SHA-256-PLUS is offered first, bound to the proxy's certificate (`binding`: its hash, and whether
+/// SCRAM-SHA-256-PLUS is the only mechanism offered).
 /// `user_allowed`: whether the start-up names the user the proxy logs in as; if not, the exchange runs to its
 /// end and fails as a wrong password does, so the reply does not tell which was wrong. Each client message
 /// is read within PostgreSQL's limit for a client that has not authenticated.
@@ -19,13 +23,15 @@ pub(super) async fn local_authentication<S>(
     secret: &LocalSecret,
     user: &str,
     user_allowed: bool,
-    end_point: Option<&[u8]>,
+    binding: Option<(&[u8], bool)>,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let offered: &[&str] = match end_point {
-        Some(_) => &[scram::MECHANISM_PLUS, scram::MECHANISM],
+    let end_point = binding.map(|(end_point, _)| end_point);
+    let offered: &[&str] = match binding {
+        Some((_, true)) => &[scram::MECHANISM_PLUS],
+        Some((_, false)) => &[scram::MECHANISM_PLUS, scram::MECHANISM],
         None => &[scram::MECHANISM],
     };
     client.write_all(&protocol::sasl_request(offered)).await?;
@@ -40,7 +46,9 @@ where
             protocol::parse_sasl_initial_response(&initial.body).ok_or_else(not_initial)?;
         let binding = match (mechanism, end_point) {
             (scram::MECHANISM_PLUS, Some(end_point)) => scram::Binding::Required(end_point),
-            (scram::MECHANISM, Some(_)) => scram::Binding::Declined,
+            (scram::MECHANISM, Some(_)) if offered.contains(&scram::MECHANISM) => {
+                scram::Binding::Declined
+            }
             (scram::MECHANISM, None) => scram::Binding::NotOffered,
             _ => return Err(not_initial()),
         };
@@ -72,6 +80,9 @@ where
             Err(SessionError::Io(error))
         }
         Err(error) => {
+            // As PostgreSQL's auth_delay: each failed guess costs the guesser a second, while this client
+            // holds one of its address's few start-up slots, so guessing is slow however it is spread.
+            tokio::time::sleep(FAILURE_DELAY).await;
             // The client is told only what PostgreSQL tells it; why is for the log.
             let message = format!("password authentication failed for user \"{user}\"");
             let _ = client.write_all(&protocol::fatal("28P01", &message)).await;

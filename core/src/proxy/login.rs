@@ -127,9 +127,7 @@ impl Proxy {
                 }
                 (b'R', Some(protocol::AUTH_CLEARTEXT)) => {
                     let token = self.token_for_server(client, &mut presented).await?;
-                    let mut body = Zeroizing::new(token.secret().expose().as_bytes().to_vec());
-                    body.push(0);
-                    let packet = Zeroizing::new(protocol::with_length(Some(b'p'), body.to_vec()));
+                    let packet = password_message(token.secret().expose().as_bytes());
                     upstream.write_all(&packet).await?;
                 }
                 (b'R', Some(protocol::AUTH_SASL)) => {
@@ -247,6 +245,18 @@ impl Proxy {
             }
         }
     }
+}
+
+/// A `PasswordMessage` carrying `secret`, built in one buffer of its final size that is wiped when dropped
+/// (a growing `Vec` would leave copies of the token in freed memory).
+fn password_message(secret: &[u8]) -> Zeroizing<Vec<u8>> {
+    let len = i32::try_from(secret.len() + 5).unwrap_or(i32::MAX);
+    let mut packet = Zeroizing::new(Vec::with_capacity(secret.len() + 6));
+    packet.push(b'p');
+    packet.extend(len.to_be_bytes());
+    packet.extend(secret);
+    packet.push(0);
+    packet
 }
 
 /// Appends a server message to what the client gets at `ReadyForQuery`, within

@@ -2,24 +2,26 @@
 //! client session gets its own connection to the configured server, authenticated with a token that is
 //! valid at that moment, and then the bytes flow both ways untouched.
 //!
-//! Per session: the client's TLS and GSS requests are answered `N` (the hop is loopback or a Unix socket);
-//! a remote client (`--allow-remote`) proves the proxy's local password with SCRAM right after its start-up,
-//! before it learns anything or a token is asked for (a wrong user fails like a wrong password); the start-up
-//! must name the configured user (or the one `auto` derives from the token), else it gets one error naming
-//! that user; the server's authentication request is answered here — cleartext with the token (what Azure
-//! asks an Entra principal for), or SCRAM-SHA-256 with it (a static password; the server must prove the
-//! password back before `AuthenticationOk` counts) — and from `AuthenticationOk` on, every message is the
-//! server's own, including `BackendKeyData`, so a client's `CancelRequest` is forwarded as is, over a new
-//! connection with the same TLS. An authentication failure reaches the client as the server's error with
-//! pgwi's diagnosis in its message; a later one (no such database, no LOGIN) with pgwi's fix as its hint.
+//! Per session (`session.rs`): the client's start-up within the start-up deadline — TLS if it asks and a
+//! certificate is configured (`client.rs`), GSS encryption refused, each start-up key at most once; a remote
+//! client proves the proxy's local password with SCRAM (`local_auth.rs`) before it learns anything or a token
+//! is asked for (a wrong user fails like a wrong password); then a session slot; the start-up must name the
+//! configured user (or the one `auto` derives from the token), else one error naming that user; the server
+//! gets exactly the parameters checked, and its authentication request is answered here (`login.rs`) —
+//! cleartext with the token (what Azure asks an Entra principal for), or SCRAM-SHA-256 with it (a static
+//! password; the server must prove the password back before `AuthenticationOk` counts). From
+//! `AuthenticationOk` on, every message is the server's own except `BackendKeyData`: the client gets a key
+//! the proxy issued (`cancel.rs`), and its `CancelRequest` is mapped back and forwarded over a new
+//! connection with the same TLS. A refused login reaches the client with pgwi's diagnosis
+//! (`diagnosis.rs`); every connection ends with one log line (`accounting.rs`).
 //!
 //! "No expired token is presented" holds as for the pool: a token is taken from the token source's cache
 //! for each session and presented only while `now < exp - skew` (the skew allowance capped at a quarter of
 //! the token's life, measured from its issue, [`crate::connect`]'s rule); otherwise the client gets the
 //! credential's error. The cache serves its last good token up to its very expiry while the source fails,
 //! so this check, not the cache, keeps a token inside the allowance from the server. A keeper task asks the
-//! cache ahead of expiry, so sessions rarely wait for a refresh. The listeners, signals and health endpoint
-//! are the caller's (the `pgwi proxy` command); this module serves one accepted connection.
+//! cache ahead of expiry, so sessions rarely wait for a refresh. Listeners, start-up budgets, the health
+//! endpoint and the drain are [`server::ProxyServer`]'s; [`Proxy::serve`] serves one accepted connection.
 
 mod accounting;
 mod cancel;
@@ -182,9 +184,16 @@ pub struct Client {
     pub tls: Option<ClientTls>,
     /// Whether a start-up outside TLS is refused (remote clients, when a certificate is configured).
     pub tls_required: bool,
-    /// The listener's start-up slot this client holds, released as soon as its start-up is done, so that
-    /// clients that never finish theirs cannot hold more than their listener's budget.
-    pub admission: Option<OwnedSemaphorePermit>,
+    /// The start-up slots this client holds (its listener's, its address's), released as soon as its
+    /// start-up is done, so that clients that never finish theirs cannot hold more than their budget.
+    pub admission: Option<Admission>,
+}
+
+/// Start-up slots a client holds until its start-up is done ([`server::ProxyServer`] hands them out).
+#[derive(Debug)]
+pub struct Admission {
+    _listener: OwnedSemaphorePermit,
+    _peer: Option<server::PeerSlot>,
 }
 
 impl Client {

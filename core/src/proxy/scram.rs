@@ -130,17 +130,20 @@ impl Client {
                  scram_iterations"
             )));
         }
-        let salted = salted_password(password, &salt, iterations)?;
+        let salted = zeroize::Zeroizing::new(salted_password(password, &salt, iterations)?);
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
-        let client_key = hmac(&salted, b"Client Key");
+        let client_key = zeroize::Zeroizing::new(hmac(&*salted, b"Client Key"));
         let signature = hmac(&sha256(&client_key), auth_message.as_bytes());
         let proof: Vec<u8> = client_key
             .iter()
             .zip(&signature)
             .map(|(a, b)| a ^ b)
             .collect();
-        self.server_signature = Some(hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes()));
+        self.server_signature = Some(hmac(
+            &hmac(&*salted, b"Server Key"),
+            auth_message.as_bytes(),
+        ));
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }
 
@@ -183,10 +186,10 @@ impl LocalSecret {
     }
 
     fn with_salt(password: &str, salt: Vec<u8>) -> Result<Self, ScramError> {
-        let salted = salted_password(password, &salt, ITERATIONS)?;
+        let salted = zeroize::Zeroizing::new(salted_password(password, &salt, ITERATIONS)?);
         Ok(Self {
-            stored_key: sha256(&hmac(&salted, b"Client Key")),
-            server_key: hmac(&salted, b"Server Key"),
+            stored_key: sha256(&hmac(&*salted, b"Client Key")),
+            server_key: hmac(&*salted, b"Server Key"),
             salt,
         })
     }

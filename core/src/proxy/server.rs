@@ -23,11 +23,14 @@ use tokio::sync::{Notify, watch};
 
 pub use listen::{Listen, check_socket_directory};
 
-use super::{Client, ClientTls, LocalSecret, Proxy};
+use super::{Admission, Client, ClientTls, LocalSecret, Proxy};
 use listen::{BoundSocket, Listener};
 
 /// Clients in their start-up (TLS, start-up message, local password) at once on one listener.
 pub const PENDING_PER_LISTENER: usize = 64;
+/// Clients in their start-up at once from one address on a remote listener: one host cannot take all of its
+/// listener's slots; beyond this its connections are closed at once.
+pub const PENDING_PER_PEER: usize = 8;
 /// The default mode of Unix socket files: the proxy's own OS user only (a socket gives a session as the
 /// identity without a password; unlike PostgreSQL's 0777, which authenticates each client itself).
 pub const DEFAULT_SOCKET_MODE: u32 = 0o700;
@@ -147,7 +150,7 @@ impl ProxyServer {
                 return Err(ProxyServerError::RemoteWithoutPassword { address: *address });
             }
         }
-        raise_open_files_limit(self.proxy.options().max_clients);
+        raise_open_files_limit(self.proxy.options().max_clients, self.listen.len());
         let state = Arc::new(State {
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
@@ -333,20 +336,75 @@ async fn accept_loop(listener: Listener, served: Served) {
     }
 }
 
-/// Waits for a start-up slot of the listener, then accepts a client holding it.
+/// Waits for a start-up slot of the listener, then accepts a client holding it (and, on a remote listener,
+/// one of its address's slots: a client from an address that has none left is closed at once).
 async fn accept_when_free(
     listener: &Listener,
     served: &Served,
 ) -> std::io::Result<(Stream, Client)> {
-    let slot = listener
-        .pending
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(std::io::Error::other)?;
-    let (stream, mut client) = accept(listener, served).await?;
-    client.admission = Some(slot);
-    Ok((stream, client))
+    loop {
+        let slot = listener
+            .pending
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (stream, mut client, peer) = accept(listener, served).await?;
+        let peer_slot = match peer.filter(|_| listener.remote) {
+            Some(ip) => match PeerSlot::take(&listener.peers, ip) {
+                Some(peer_slot) => Some(peer_slot),
+                None => {
+                    tracing::debug!(client = %client.address, "connection closed at once: its address has {PENDING_PER_PEER} clients in their start-up");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        client.admission = Some(Admission {
+            _listener: slot,
+            _peer: peer_slot,
+        });
+        return Ok((stream, client));
+    }
+}
+
+/// Clients in their start-up per address, on one remote listener.
+pub(super) type PeerCounts =
+    Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One of an address's start-up slots; given back when dropped.
+#[derive(Debug)]
+pub struct PeerSlot {
+    counts: PeerCounts,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    /// A slot for `ip`, unless it holds [`PENDING_PER_PEER`] already.
+    fn take(counts: &PeerCounts, ip: std::net::IpAddr) -> Option<Self> {
+        let mut map = crate::connect::lock(counts);
+        let held = map.entry(ip).or_insert(0);
+        if *held >= PENDING_PER_PEER {
+            return None;
+        }
+        *held += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = crate::connect::lock(&self.counts);
+        if let Some(held) = map.get_mut(&self.ip) {
+            *held -= 1;
+            if *held == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A client stream of either kind.
@@ -354,7 +412,11 @@ type Stream = Box<dyn ClientStream>;
 trait ClientStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientStream for T {}
 
-async fn accept(listener: &Listener, served: &Served) -> std::io::Result<(Stream, Client)> {
+/// Accepts one client: its stream, how it is served, and its address (TCP only).
+async fn accept(
+    listener: &Listener,
+    served: &Served,
+) -> std::io::Result<(Stream, Client, Option<std::net::IpAddr>)> {
     match &listener.socket {
         BoundSocket::Tcp(socket) => {
             let (stream, peer) = socket.accept().await?;
@@ -365,22 +427,27 @@ async fn accept(listener: &Listener, served: &Served) -> std::io::Result<(Stream
                 client.local_secret = served.secret.clone();
                 client.tls_required = served.tls.is_some();
             }
-            Ok((Box::new(stream), client))
+            Ok((Box::new(stream), client, Some(peer.ip())))
         }
         BoundSocket::Unix(socket, file) => {
             let (stream, _) = socket.accept().await?;
             let client = Client::local(format!("unix:{}", file.0.display()));
-            Ok((Box::new(stream), client))
+            Ok((Box::new(stream), client, None))
         }
     }
 }
 
-/// Each session holds two file descriptors (client and upstream). The usual soft limit, 1024, would cap the
-/// default 1000 clients near 500, so the soft limit is raised toward the hard one, as Go's runtime and
-/// PostgreSQL's own servers do; a hard limit too low for `max_clients` is one warning saying how to fix it.
-fn raise_open_files_limit(max_clients: usize) {
+/// Each session holds two file descriptors (client and upstream), each client in its start-up one, and the
+/// health endpoint and forwarded cancels a few more. The usual soft limit, 1024, would cap the default 1000
+/// clients near 500, so the soft limit is raised toward the hard one, as Go's runtime and PostgreSQL's own
+/// servers do; a hard limit too low for `max_clients` is one warning saying how to fix it.
+fn raise_open_files_limit(max_clients: usize, listeners: usize) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let needed = (max_clients as u64).saturating_mul(2).saturating_add(64);
+    let pending = (listeners * PENDING_PER_LISTENER) as u64;
+    let needed = (max_clients as u64)
+        .saturating_mul(2)
+        .saturating_add(pending)
+        .saturating_add(health::REQUESTS_AT_ONCE as u64 + 64);
     let limit = getrlimit(Resource::Nofile);
     let soft = limit.current.unwrap_or(u64::MAX);
     let hard = limit.maximum.unwrap_or(u64::MAX);

@@ -9,7 +9,7 @@ use pgwi_credentials::{Token, TokenSource as _};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 
 use super::accounting::{Counted, SessionLog};
-use super::client::{ClientConn, ClientTls};
+use super::client::ClientConn;
 use super::local_auth::local_authentication;
 use super::{Client, Proxy, ScramError, upstream};
 use crate::connect::ConnectError;
@@ -77,6 +77,7 @@ impl Proxy {
         };
         // Past its start-up the client leaves its listener's budget and needs one of the session slots.
         drop(who.admission.take());
+        log.started_up = true;
         let Ok(_slot) = self.inner.sessions.clone().try_acquire_owned() else {
             let message = format!(
                 "sorry, too many clients already: pgwi proxy serves at most {} at once \
@@ -87,7 +88,8 @@ impl Proxy {
         };
         // For the user check; the one presented is taken again when the server asks.
         let token = self.token_for_server(client, &mut None).await?;
-        self.check_user(client, &user, &token).await?;
+        self.check_user(client, &user, raw_user(&params).as_deref(), &token)
+            .await?;
         let mut upstream = self.open_upstream(client, version, &params).await?;
         drop(params);
         let issued = self
@@ -151,12 +153,12 @@ impl Proxy {
         };
         log.database = Some(param("database").unwrap_or_else(|| user.clone()));
         if let Some(secret) = &who.local_secret {
-            let user_allowed = self.user().as_deref() == Some(user.as_str());
+            let user_allowed = self.user().map(String::into_bytes) == raw_user(&params);
             let end_point = who
                 .tls
                 .as_ref()
                 .filter(|_| client.is_tls())
-                .map(ClientTls::end_point);
+                .and_then(|tls| Some((tls.end_point()?, tls.binding_required())));
             local_authentication(client, secret, &user, user_allowed, end_point).await?;
         }
         Ok(StartUp::Session {
@@ -172,6 +174,7 @@ impl Proxy {
         &self,
         client: &mut C,
         user: &str,
+        raw: Option<&[u8]>,
         token: &Token,
     ) -> Result<(), SessionError> {
         let Some(expected) = self.user_for(token) else {
@@ -180,7 +183,9 @@ impl Proxy {
             };
             return Err(refuse(client, "28000", format!("pgwi proxy: {error}")).await);
         };
-        if user != expected {
+        // The bytes the server will get, not their lossy UTF-8 reading: `app\xff` must not pass for a
+        // role whose name holds U+FFFD.
+        if raw != Some(expected.as_bytes()) {
             let message = format!(
                 "pgwi proxy logs in to PostgreSQL as {expected:?} only, but this client asked for user \
                  {user:?}: connect with user {expected} (psql -U {expected}, PGUSER={expected})"
@@ -219,6 +224,14 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The `user` of a start-up, as bytes.
+fn raw_user(params: &protocol::Params) -> Option<Vec<u8>> {
+    params
+        .iter()
+        .find(|(key, _)| key == b"user")
+        .map(|(_, value)| value.clone())
 }
 
 /// Sends `code`/`message` to the client as a FATAL error; the session's error.

@@ -404,7 +404,7 @@ async fn another_user_and_garbage_are_refused_and_the_proxy_serves_on(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Proves: a client asking for another user gets one PostgreSQL error (28000) naming the user to use;
-    // clients sending garbage or an oversized start-up are disconnected with one log line each; and the
+    // clients sending garbage or an oversized start-up are disconnected with one debug line each; and the
     // proxy serves psql as before after all of them.
     let db = fresh_db;
     let (wi, mut running, host, port) = loopback_proxy(&db).await;
@@ -433,9 +433,11 @@ async fn another_user_and_garbage_are_refused_and_the_proxy_serves_on(
             tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest)).await;
         assert!(closed.is_ok(), "the proxy kept a garbage connection open");
     }
+    // Connections that fail before their start-up is done are each logged at debug (one warning sums
+    // them up), so a flood of them cannot flood the log.
     let refused = running
         .process
-        .wait_for_log("connection refused", 4, START_LIMIT)
+        .wait_for_log("connection dropped", 2, START_LIMIT)
         .await;
     let garbage_lines = refused
         .iter()

@@ -226,6 +226,13 @@ async fn random_cancel_keys_reach_no_server_and_the_issued_key_cancels_once(
     let (host, port) = running.tcp();
     let (mut session, key) = raw_session(&host, port, &wi.identity, db.name()).await;
     assert_eq!(forwarder.connections(), 1);
+    let backend_pid = query_one_value(&mut session, "SELECT pg_backend_pid()").await;
+    let issued_pid = i32::from_be_bytes(key[..4].try_into().expect("4 bytes"));
+    assert_ne!(
+        backend_pid,
+        issued_pid.to_string(),
+        "the client got the backend's own pid"
+    );
 
     let mut senders = tokio::task::JoinSet::new();
     for batch in 0..20 {
@@ -291,6 +298,28 @@ async fn random_cancel_keys_reach_no_server_and_the_issued_key_cancels_once(
     running.stop().await;
 }
 
+/// Runs `sql` on a raw session and returns the first column of its one row, as text.
+async fn query_one_value(session: &mut tokio::net::TcpStream, sql: &str) -> String {
+    session.write_all(&query_message(sql)).await.expect("query");
+    let mut received = Vec::new();
+    let mut buf = [0; 8192];
+    loop {
+        let replies = parse_replies(&received);
+        if replies.iter().any(|r| r.tag == b'Z') {
+            let row = replies.iter().find(|r| r.tag == b'D').expect("a row");
+            let len = i32::from_be_bytes(row.body[2..6].try_into().expect("4 bytes"));
+            let len = usize::try_from(len).expect("not NULL");
+            return String::from_utf8_lossy(&row.body[6..6 + len]).into_owned();
+        }
+        let n = tokio::time::timeout(START_LIMIT, session.read(&mut buf))
+            .await
+            .expect("the query hung")
+            .expect("read");
+        assert!(n > 0, "closed during a query");
+        received.extend(&buf[..n]);
+    }
+}
+
 /// A simple-query message.
 fn query_message(sql: &str) -> Vec<u8> {
     let mut packet = vec![b'Q'];
@@ -300,15 +329,35 @@ fn query_message(sql: &str) -> Vec<u8> {
     packet
 }
 
+/// A TCP connection to `port` from the loopback address `source` (127.0.0.0/8 is all this host's).
+async fn connect_from(source: [u8; 4], port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .expect("bind a loopback source address");
+    socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("connect")
+}
+
+/// Whether the proxy has closed `stream` (or sent something) by now, without waiting.
+fn answered_or_closed(stream: &tokio::net::TcpStream) -> bool {
+    let mut probe = [0_u8; 1];
+    !matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_on_a_remote_listener_leave_the_local_ones_served(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
-    // Proves: 80 connections that never send a byte to the remote listener (more than its 64 start-up
-    // slots) do not keep psql from being served on the loopback listener and the Unix socket meanwhile;
-    // the proxy closes each at the start-up timeout, logging them at debug only; then the remote listener
-    // serves a client with the local password.
+    // Proves: one address gets at most 8 of a remote listener's start-up slots (a 9th connection from it
+    // is closed at once); 64 silent connections from 8 addresses take all 64 slots, so a client from a
+    // 9th address gets no answer to its start-up while they hold them (it waits in the backlog), yet psql
+    // is served on the loopback listener and the Unix socket meanwhile, with --max-clients 2 (clients in
+    // their start-up take no session slot); the proxy closes the silent ones at the start-up timeout,
+    // logging them at debug only, and then answers the waiting client.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
     let password = pgwi_testsupport::random_alphanumeric(20);
@@ -325,27 +374,41 @@ async fn silent_connections_on_a_remote_listener_leave_the_local_ones_served(
         "--allow-remote",
         "--startup-timeout-secs",
         "15",
+        "--max-clients",
+        "2",
     ];
     let pgwi = proxy(&db, &wi, &args)
         .env("PGWI_PROXY__LOCAL_PASSWORD_ENV", "LOCAL_PROXY_PASSWORD")
         .env("LOCAL_PROXY_PASSWORD", &password);
-    let running = Running::start(pgwi, 3, false).await;
+    let mut running = Running::start(pgwi, 3, false).await;
     let address = |prefix: &str| {
         let found = running.listening.iter().find(|a| a.starts_with(prefix));
         host_port(found.expect("a listener"))
     };
-    let (remote_host, remote_port) = address("0.0.0.0:");
+    let (_, remote_port) = address("0.0.0.0:");
     let (loopback_host, loopback_port) = address("127.0.0.1:");
     let (socket_host, socket_port) = address("/");
 
     let mut flood = Vec::new();
-    for _ in 0..80 {
-        flood.push(
-            tokio::net::TcpStream::connect((remote_host.as_str(), remote_port))
-                .await
-                .expect("a silent connection"),
-        );
+    for _ in 0..8 {
+        flood.push(connect_from([127, 0, 0, 2], remote_port).await);
     }
+    let mut ninth = connect_from([127, 0, 0, 2], remote_port).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(START_LIMIT, ninth.read_to_end(&mut rest))
+        .await
+        .expect("a 9th connection from one address was kept")
+        .expect("read");
+    assert!(rest.is_empty(), "{rest:?}");
+    for host in 3..10 {
+        for _ in 0..8 {
+            flood.push(connect_from([127, 0, 0, host], remote_port).await);
+        }
+    }
+    let mut waiting = connect_from([127, 0, 0, 10], remote_port).await;
+    let startup = raw_startup(&[("user", wi.identity.as_str()), ("database", db.name())]);
+    waiting.write_all(&startup).await.expect("start-up");
+
     for (host, port, what) in [
         (&loopback_host, loopback_port, "loopback"),
         (&socket_host, socket_port, "unix socket"),
@@ -354,14 +417,15 @@ async fn silent_connections_on_a_remote_listener_leave_the_local_ones_served(
         let out = psql(host, port, &wi.identity, db.name(), &sql, &[]).await;
         assert_eq!(assert_ok(what, &out), what);
     }
-    let mut probe = [0_u8; 1];
-    for silent in &flood {
-        let open = matches!(silent.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-        assert!(
-            open,
-            "the flood ended before the local clients were served: inconclusive"
-        );
-    }
+    let held = flood.iter().filter(|s| !answered_or_closed(s)).count();
+    assert_eq!(
+        held, 64,
+        "the flood ended before the local clients were served: inconclusive"
+    );
+    assert!(
+        !answered_or_closed(&waiting),
+        "a client beyond the 64 slots was answered while they were all held"
+    );
 
     for mut silent in flood {
         let mut rest = Vec::new();
@@ -369,8 +433,14 @@ async fn silent_connections_on_a_remote_listener_leave_the_local_ones_served(
         assert!(closed.is_ok(), "a silent connection was never closed");
         assert!(rest.is_empty(), "a silent connection was sent {rest:?}");
     }
+    let mut first = [0_u8; 1];
+    tokio::time::timeout(START_LIMIT, waiting.read_exact(&mut first))
+        .await
+        .expect("the waiting client was never answered")
+        .expect("read");
+    assert_eq!(first[0], b'R', "not the local password's SASL request");
     let out = psql(
-        &remote_host,
+        "127.0.0.1",
         remote_port,
         &wi.identity,
         db.name(),
@@ -379,9 +449,12 @@ async fn silent_connections_on_a_remote_listener_leave_the_local_ones_served(
     )
     .await;
     assert_eq!(assert_ok("remote after the flood", &out), "remote");
-    let dropped = running.process.log_lines("connection dropped");
+    let dropped = running
+        .process
+        .wait_for_log("connection dropped", 64, START_LIMIT)
+        .await;
     assert!(
-        dropped.len() >= 80,
+        dropped.len() >= 64,
         "{} silent connections logged at debug",
         dropped.len()
     );
@@ -389,6 +462,37 @@ async fn silent_connections_on_a_remote_listener_leave_the_local_ones_served(
     assert!(
         warned.is_empty(),
         "silent connections logged as warnings: {warned:?}"
+    );
+    running.stop().await;
+}
+
+#[rstest]
+#[tokio::test]
+async fn a_client_sending_its_start_up_a_byte_at_a_time_is_cut_at_the_deadline(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: the start-up timeout bounds the whole start-up, not each read: a client that sends a byte
+    // every half second (which an idle timeout would never cut) is closed before its start-up is complete.
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
+    let args = ["--listen", "127.0.0.1:0", "--startup-timeout-secs", "2"];
+    let running = Running::start(proxy(&db, &wi, &args), 1, false).await;
+    let (host, port) = running.tcp();
+    let startup = raw_startup(&[("user", wi.identity.as_str()), ("database", db.name())]);
+    let mut slow = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .expect("connect");
+    let mut sent = 0;
+    for byte in &startup {
+        if answered_or_closed(&slow) || slow.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        sent < startup.len(),
+        "the whole start-up went through one byte at a time ({sent} bytes)"
     );
     running.stop().await;
 }

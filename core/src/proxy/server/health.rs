@@ -1,5 +1,5 @@
 //! `GET /healthz` (readiness) and `GET /livez` (liveness) on the health address: a minimal HTTP/1.1
-//! responder (one request per connection, 8 KiB and 5 s to send it, 16 served at once).
+//! responder (one request per connection, 8 KiB and 1 s to send it, 64 served at once).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +13,11 @@ use tokio::sync::Semaphore;
 use super::{ProxyServerError, State};
 use crate::proxy::{Health, Proxy};
 
-/// How long a health request may take to arrive.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a health request may take to arrive: probes send theirs at once, so a connection that stays
+/// silent longer only holds a slot.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// Health requests served at once; beyond that, connections are closed.
-const REQUESTS_AT_ONCE: usize = 16;
+pub(super) const REQUESTS_AT_ONCE: usize = 64;
 
 /// Binds the health address and serves it; the address bound.
 pub(super) async fn start(

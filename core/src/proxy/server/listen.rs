@@ -62,6 +62,8 @@ pub(super) struct Listener {
     pub(super) remote: bool,
     /// Slots for clients in their start-up.
     pub(super) pending: Arc<Semaphore>,
+    /// Clients in their start-up per address (remote listeners).
+    pub(super) peers: super::PeerCounts,
 }
 
 pub(super) enum BoundSocket {
@@ -107,15 +109,18 @@ pub(super) async fn bind(
         socket,
         remote: listen.is_remote(),
         pending: Arc::new(Semaphore::new(PENDING_PER_LISTENER)),
+        peers: super::PeerCounts::default(),
     };
     Ok((listener, actual))
 }
 
-/// A socket directory every user may write to (without the sticky bit, which keeps them from removing or
-/// renaming others' files) would let any of them replace the socket with their own and receive the
-/// clients meant for the proxy. A directory that does not exist is left to the bind's error.
+/// Whoever may remove or rename files in the socket directory could replace the socket with their own and
+/// receive the clients meant for the proxy: a directory every user may write to (without the sticky bit,
+/// which keeps them from touching others' files) is refused, and so is one owned by another user (its
+/// owner may do anything in it, sticky or not; through a symbolic link, the target counts). A group that
+/// may write is warned about. A directory that does not exist is left to the bind's error.
 pub fn check_socket_directory(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let Ok(meta) = std::fs::metadata(dir) else {
         return Ok(());
     };
@@ -127,6 +132,21 @@ pub fn check_socket_directory(dir: &Path) -> Result<(), String> {
             dir.display(),
             mode & 0o7777,
         ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "the socket directory {}, which is owned by another user (uid {}): that user could replace \
+             the socket with their own and receive the clients meant for the proxy",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if mode & 0o020 != 0 && mode & 0o1000 == 0 {
+        tracing::warn!(
+            directory = %dir.display(),
+            "the socket directory's group may write to it: its members could replace the socket"
+        );
     }
     Ok(())
 }
@@ -154,13 +174,14 @@ async fn remove_stale_socket(path: &Path) -> Result<(), ProxyServerError> {
         .map_err(|e| listen_error(&address, format!("removing the stale socket: {e}")))
 }
 
-/// Binds the socket with a umask that lets nobody but this user connect, then sets `mode`: no client can
-/// connect in between with the wider permissions a plain bind would give.
+/// Binds the socket under a umask that gives it exactly `mode` (who may connect gets a session as the
+/// identity: only whom the mode names). Nobody can connect with wider permissions first, and no `chmod` by
+/// path follows that a symbolic link swapped in could redirect.
 fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), ProxyServerError> {
     use rustix::fs::Mode;
-    use std::os::unix::fs::PermissionsExt as _;
     let address = path.display();
-    let previous = rustix::process::umask(Mode::from_raw_mode(0o177));
+    // The umask is the process's: held only for the bind, and only ever narrower than the usual 022.
+    let previous = rustix::process::umask(Mode::from_raw_mode(!mode & 0o777));
     let bound = UnixListener::bind(path);
     rustix::process::umask(previous);
     let listener = bound.map_err(|e| {
@@ -169,9 +190,5 @@ fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), Proxy
             format!("{e} (the directory must exist and be writable)"),
         )
     })?;
-    let file = SocketFile(path.to_owned());
-    // Who may connect gets a session as the identity: only whom the mode names.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| listen_error(&address, format!("setting mode {mode:o}: {e}")))?;
-    Ok((listener, file))
+    Ok((listener, SocketFile(path.to_owned())))
 }
