@@ -5,6 +5,7 @@
 //!
 //! - [`TokenSource`]: the trait; [`Token`]: a secret plus an optional expiry.
 //! - [`SourceRegistry`]: maps `credential.kind` to a constructor; applications may register their own.
+//! - [`validity`]: when a token may still be presented (expiry less skew), shared by the pool and the proxy.
 //! - [`CachedTokenSource`]: single-flight cache with refresh ahead of expiry and last-good-token fallback.
 //! - Each built-in source lives in [`sources`], behind a default-on cargo feature.
 //!
@@ -60,6 +61,7 @@ mod secret;
 mod source;
 pub mod sources;
 mod token;
+pub mod validity;
 
 pub use cache::{CacheOptions, CacheStats, CachedTokenSource, refresh_time};
 pub use config::{

@@ -11,4 +11,5 @@ mod secrets;
 mod service_principal;
 mod static_password;
 mod support;
+mod validity;
 mod workload_identity;
