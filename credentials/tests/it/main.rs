@@ -5,6 +5,7 @@ mod azure_developer_cli;
 mod cache;
 mod chain;
 mod github_actions;
+mod kinds;
 mod managed_identity;
 mod registry;
 mod secrets;
