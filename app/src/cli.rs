@@ -46,9 +46,8 @@ struct GlobalArgs {
     /// disable, prefer, require, verify-ca or verify-full (overrides database.sslmode)
     #[arg(long, global = true, value_parser = clap::builder::ValueParser::new(<SslMode as std::str::FromStr>::from_str))]
     sslmode: Option<SslMode>,
-    /// Token source: auto, workload-identity, managed-identity, client-secret, client-certificate,
-    /// github-actions, az-cli, azure-developer-cli, static-password (overrides credential.kind)
-    #[arg(long, global = true, value_name = "KIND")]
+    // The kinds come from the registry, so a new kind shows here without an edit.
+    #[arg(long, global = true, value_name = "KIND", help = credential_help())]
     credential: Option<String>,
 }
 
@@ -95,6 +94,16 @@ enum AdminAction {
     /// Create the application's Entra principal, its database and grants (idempotent): the original demo's
     /// manual SQL. Connect as the server's Entra administrator (e.g. --profile admin).
     Bootstrap(bootstrap::BootstrapArgs),
+}
+
+/// `--credential`'s help: every kind this build has.
+fn credential_help() -> String {
+    format!(
+        "Token source: {} (overrides credential.kind)",
+        pgwi_credentials::SourceRegistry::default()
+            .kinds()
+            .join(", ")
+    )
 }
 
 impl GlobalArgs {

@@ -171,7 +171,8 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
         Some(config.credential.kind.trim().to_owned())
     };
     match kind {
-        Some(kind) => match inputs(&kind, &loaded, ctx) {
+        // What the kind reads, in its own words (`SourceKind::inputs`).
+        Some(kind) => match registry.inputs(&kind, &config.credential, ctx) {
             Ok(detail) => report.push("credential inputs", Status::Ok, detail, None),
             Err(e) => report.push(
                 "credential inputs",
@@ -240,6 +241,7 @@ fn static_steps(
 ) -> Vec<ChainStep> {
     let credential = &loaded.config.credential;
     pgwi_credentials::present_steps(
+        registry,
         &registry.chain(credential).unwrap_or_default(),
         credential,
         ctx,
@@ -363,64 +365,6 @@ fn describe_config(loaded: &LoadedConfig) -> String {
         loaded.config.credential.kind,
         loaded.origin("credential.kind"),
     )
-}
-
-fn inputs(
-    kind: &str,
-    loaded: &LoadedConfig,
-    ctx: &SourceContext,
-) -> Result<String, pgwi_credentials::CredentialError> {
-    let credential = &loaded.config.credential;
-    match kind {
-        "workload-identity" => {
-            let inputs = pgwi_credentials::sources::workload_identity::inspect(credential, ctx)?;
-            let mut detail = format!(
-                "client id {} (from {}), tenant {} (from {}), token file {} (from {}), authority {}",
-                inputs.client_id.0,
-                inputs.client_id.1,
-                inputs.tenant_id.0,
-                inputs.tenant_id.1,
-                inputs.token_file.0.display(),
-                inputs.token_file.1,
-                inputs.authority_host
-            );
-            if let Some(claims) = &inputs.token_claims {
-                let expired = claims
-                    .expires_at()
-                    .is_some_and(|e| e <= time::OffsetDateTime::now_utc());
-                detail.push_str(&format!(
-                    "; {}{}",
-                    pgwi_credentials::entra::federated_credential_hint(&inputs.token_file.0),
-                    if expired { "; the projected token has EXPIRED (the kubelet refreshes it: is the pod's clock right?)" } else { "" },
-                ));
-            }
-            Ok(detail)
-        }
-        "az-cli" => match pgwi_credentials::sources::az_cli::locate(ctx) {
-            Some(az) => Ok(format!("az found at {}", az.display())),
-            None => Err(pgwi_credentials::sources::az_cli::az_missing()),
-        },
-        "managed-identity"
-        | "client-secret"
-        | "client-certificate"
-        | "github-actions"
-        | "azure-developer-cli" => {
-            // These resolve their inputs when built, without contacting anything.
-            let mut single = credential.clone();
-            single.kind = kind.to_owned();
-            let source = SourceRegistry::default().build(&single, ctx)?;
-            Ok(source.info().to_string())
-        }
-        "static-password" => {
-            let sp = &credential.static_password;
-            Ok(match (&sp.password_file, &sp.password) {
-                (Some(file), _) => format!("password file {}", file.display()),
-                (None, Some(_)) => "inline password in configuration".to_owned(),
-                (None, None) => format!("variable {}", sp.password_env),
-            })
-        }
-        other => Ok(format!("registered kind {other}: no generic input check")),
-    }
 }
 
 async fn network_checks(

@@ -1,28 +1,19 @@
-//! The `credential` section of pgwi's configuration: which source, and each source's own keys.
+//! The `credential` section of pgwi's configuration: which source, the keys every source shares, a typed
+//! table per built-in kind (its struct is defined in the kind's own file under `sources/`) and the tables of
+//! the kinds an application registers.
 //!
 //! Every key is optional; unset keys fall back to the environment variables named on each field, which is
 //! what AKS's workload-identity webhook injects.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::SecretString;
-
-/// The kinds `auto` tries when `credential.chain` is not set, in this order: a static password only where
-/// one is configured, then a service principal from the environment, workload identity, managed identity,
-/// and a developer's own login through `az` then `azd` (the order of the Azure SDKs'
-/// `DefaultAzureCredential`). `github-actions` is tried only when named in `credential.chain`.
-pub const DEFAULT_CHAIN: [&str; 7] = [
-    "static-password",
-    "client-secret",
-    "client-certificate",
-    "workload-identity",
-    "managed-identity",
-    "az-cli",
-    "azure-developer-cli",
-];
+// Each built-in kind's module, for the type of its table; a build without any kind uses none.
+#[allow(unused_imports)]
+use crate::sources::*;
+use crate::{CredentialError, kind::section_name};
 
 /// Entra ID scope for Azure Database for PostgreSQL in the public cloud. Sovereign clouds use other hosts.
 pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
@@ -34,11 +25,10 @@ pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.def
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CredentialConfig {
-    /// `auto` (default), one of the built-in kinds (`static-password`, `client-secret`,
-    /// `client-certificate`, `github-actions`, `workload-identity`, `managed-identity`, `az-cli`,
-    /// `azure-developer-cli`), or a kind an application registered.
+    /// `auto` (default), a built-in kind (one per module of [`crate::sources`]), or a kind an application
+    /// registered: [`crate::SourceRegistry::kinds`] lists them.
     pub kind: String,
-    /// The kinds `auto` tries, in order. `None`: [`DEFAULT_CHAIN`] (kinds this build lacks left out).
+    /// The kinds `auto` tries, in order. `None`: [`crate::SourceRegistry::default_chain`].
     pub chain: Option<Vec<String>>,
     /// The Entra ID scope to request. Default [`POSTGRES_SCOPE`].
     pub scope: String,
@@ -53,21 +43,29 @@ pub struct CredentialConfig {
     /// `refresh_margin_secs`.
     pub expiry_skew_secs: u64,
     /// Keys of the `workload-identity` source.
-    pub workload_identity: WorkloadIdentityConfig,
+    #[cfg(feature = "workload-identity")]
+    pub workload_identity: workload_identity::WorkloadIdentityConfig,
     /// Keys of the `az-cli` source.
-    pub az_cli: AzCliConfig,
+    #[cfg(feature = "az-cli")]
+    pub az_cli: az_cli::AzCliConfig,
     /// Keys of the `static-password` source.
-    pub static_password: StaticPasswordConfig,
+    #[cfg(feature = "static-password")]
+    pub static_password: static_password::StaticPasswordConfig,
     /// Keys of the `managed-identity` source.
-    pub managed_identity: ManagedIdentityConfig,
+    #[cfg(feature = "managed-identity")]
+    pub managed_identity: managed_identity::ManagedIdentityConfig,
     /// Keys of the `client-secret` source.
-    pub client_secret: ClientSecretConfig,
+    #[cfg(feature = "client-secret")]
+    pub client_secret: client_secret::ClientSecretConfig,
     /// Keys of the `client-certificate` source.
-    pub client_certificate: ClientCertificateConfig,
+    #[cfg(feature = "client-certificate")]
+    pub client_certificate: client_certificate::ClientCertificateConfig,
     /// Keys of the `github-actions` source.
-    pub github_actions: GithubActionsConfig,
+    #[cfg(feature = "github-actions")]
+    pub github_actions: github_actions::GithubActionsConfig,
     /// Keys of the `azure-developer-cli` source.
-    pub azure_developer_cli: AzureDeveloperCliConfig,
+    #[cfg(feature = "azure-developer-cli")]
+    pub azure_developer_cli: azure_developer_cli::AzureDeveloperCliConfig,
     /// Tables of registered sources, by kind (with `-` written as `_`).
     #[serde(flatten)]
     pub custom: BTreeMap<String, serde_json::Value>,
@@ -82,14 +80,22 @@ impl Default for CredentialConfig {
             refresh_margin_secs: 300,
             fetch_timeout_secs: 30,
             expiry_skew_secs: 10,
-            workload_identity: WorkloadIdentityConfig::default(),
-            az_cli: AzCliConfig::default(),
-            static_password: StaticPasswordConfig::default(),
-            managed_identity: ManagedIdentityConfig::default(),
-            client_secret: ClientSecretConfig::default(),
-            client_certificate: ClientCertificateConfig::default(),
-            github_actions: GithubActionsConfig::default(),
-            azure_developer_cli: AzureDeveloperCliConfig::default(),
+            #[cfg(feature = "workload-identity")]
+            workload_identity: Default::default(),
+            #[cfg(feature = "az-cli")]
+            az_cli: Default::default(),
+            #[cfg(feature = "static-password")]
+            static_password: Default::default(),
+            #[cfg(feature = "managed-identity")]
+            managed_identity: Default::default(),
+            #[cfg(feature = "client-secret")]
+            client_secret: Default::default(),
+            #[cfg(feature = "client-certificate")]
+            client_certificate: Default::default(),
+            #[cfg(feature = "github-actions")]
+            github_actions: Default::default(),
+            #[cfg(feature = "azure-developer-cli")]
+            azure_developer_cli: Default::default(),
             custom: BTreeMap::new(),
         }
     }
@@ -102,27 +108,58 @@ impl std::fmt::Debug for CredentialConfig {
             .keys()
             .map(|key| (key.as_str(), "<redacted>"))
             .collect();
-        f.debug_struct("CredentialConfig")
+        let mut debug = f.debug_struct("CredentialConfig");
+        debug
             .field("kind", &self.kind)
             .field("chain", &self.chain)
             .field("scope", &self.scope)
             .field("refresh_margin_secs", &self.refresh_margin_secs)
             .field("fetch_timeout_secs", &self.fetch_timeout_secs)
-            .field("expiry_skew_secs", &self.expiry_skew_secs)
-            .field("workload_identity", &self.workload_identity)
-            .field("az_cli", &self.az_cli)
-            .field("static_password", &self.static_password)
-            .field("managed_identity", &self.managed_identity)
-            .field("client_secret", &self.client_secret)
-            .field("client_certificate", &self.client_certificate)
-            .field("github_actions", &self.github_actions)
-            .field("azure_developer_cli", &self.azure_developer_cli)
-            .field("custom", &custom)
-            .finish()
+            .field("expiry_skew_secs", &self.expiry_skew_secs);
+        #[cfg(feature = "workload-identity")]
+        debug.field("workload_identity", &self.workload_identity);
+        #[cfg(feature = "az-cli")]
+        debug.field("az_cli", &self.az_cli);
+        #[cfg(feature = "static-password")]
+        debug.field("static_password", &self.static_password);
+        #[cfg(feature = "managed-identity")]
+        debug.field("managed_identity", &self.managed_identity);
+        #[cfg(feature = "client-secret")]
+        debug.field("client_secret", &self.client_secret);
+        #[cfg(feature = "client-certificate")]
+        debug.field("client_certificate", &self.client_certificate);
+        #[cfg(feature = "github-actions")]
+        debug.field("github_actions", &self.github_actions);
+        #[cfg(feature = "azure-developer-cli")]
+        debug.field("azure_developer_cli", &self.azure_developer_cli);
+        debug.field("custom", &custom).finish()
     }
 }
 
 impl CredentialConfig {
+    /// The `credential.<kind>` table of a registered kind (with `-` in `kind` written as `_`), as it is.
+    pub fn custom_section(&self, kind: &str) -> Option<&serde_json::Value> {
+        self.custom.get(&section_name(kind))
+    }
+
+    /// The `credential.<kind>` table of a registered kind read as `T` (an absent table as an empty one):
+    /// what [`crate::SourceKind::config`] does by default. A key `T` refuses (`deny_unknown_fields`), lacks
+    /// or cannot read is a configuration error naming the table.
+    pub fn section<T: DeserializeOwned>(&self, kind: &str) -> Result<T, CredentialError> {
+        let table = section_name(kind);
+        let value = self
+            .custom_section(kind)
+            .cloned()
+            .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
+        serde_json::from_value(value).map_err(|e| {
+            CredentialError::configuration(
+                kind.to_owned(),
+                format!("credential.{table} is not valid: {e}"),
+                format!("fix credential.{table} (the keys the {kind} token source reads)"),
+            )
+        })
+    }
+
     /// The cache's options from `refresh_margin_secs` and `fetch_timeout_secs`.
     pub fn cache_options(&self) -> crate::CacheOptions {
         crate::CacheOptions {
@@ -200,13 +237,17 @@ impl CredentialConfig {
                     .into(),
             ));
         }
-        for (key, configured) in [
-            ("credential.az_cli.timeout_secs", self.az_cli.timeout_secs),
+        // The CLIs' own deadlines must end before the whole request's, or their kill never comes.
+        let cli_timeouts: Vec<(&'static str, Option<u64>)> = vec![
+            #[cfg(feature = "az-cli")]
+            (az_cli::TOOL.timeout_key, self.az_cli.timeout_secs),
+            #[cfg(feature = "azure-developer-cli")]
             (
-                "credential.azure_developer_cli.timeout_secs",
+                azure_developer_cli::TOOL.timeout_key,
                 self.azure_developer_cli.timeout_secs,
             ),
-        ] {
+        ];
+        for (key, configured) in cli_timeouts {
             if let Some((problem, fix)) = self.cli_timeout_problem(key, configured) {
                 return Some((key, problem, fix));
             }
@@ -223,178 +264,4 @@ impl CredentialConfig {
         }
         None
     }
-}
-
-/// Keys of the `workload-identity` source.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WorkloadIdentityConfig {
-    /// The managed identity's client id. Falls back to `AZURE_CLIENT_ID`.
-    pub client_id: Option<String>,
-    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
-    pub tenant_id: Option<String>,
-    /// The projected service-account token. Falls back to `AZURE_FEDERATED_TOKEN_FILE`.
-    pub token_file: Option<PathBuf>,
-    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
-    pub authority_host: Option<String>,
-}
-
-/// Keys of the `az-cli` source.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AzCliConfig {
-    /// Ask `az` for a token of this tenant (`--tenant`).
-    pub tenant_id: Option<String>,
-    /// Use this subscription (`--subscription`).
-    pub subscription: Option<String>,
-    /// Kill `az` when it has not answered after this many seconds; must be below `fetch_timeout_secs`.
-    /// Unset: two thirds of `fetch_timeout_secs` (20 with the defaults), see
-    /// [`CredentialConfig::cli_timeout`].
-    pub timeout_secs: Option<u64>,
-}
-
-/// Keys of the `static-password` source. At most one of `password_file` and `password` may be set; with
-/// neither, the password comes from the variable `password_env`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StaticPasswordConfig {
-    /// The variable holding the password. Default `PGPASSWORD`.
-    pub password_env: String,
-    /// A file holding the password, re-read for every new connection (Kubernetes Secret rotation).
-    pub password_file: Option<PathBuf>,
-    /// The password itself. Allowed, but logged as a warning: prefer a variable or a file.
-    pub password: Option<SecretString>,
-}
-
-impl Default for StaticPasswordConfig {
-    fn default() -> Self {
-        Self {
-            password_env: "PGPASSWORD".into(),
-            password_file: None,
-            password: None,
-        }
-    }
-}
-
-/// Keys of the `managed-identity` source. At most one of `client_id`, `object_id` and `resource_id`; none
-/// means the system-assigned identity.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ManagedIdentityConfig {
-    /// A user-assigned identity's client id. Falls back to `AZURE_CLIENT_ID`.
-    pub client_id: Option<String>,
-    /// A user-assigned identity's object (principal) id.
-    pub object_id: Option<String>,
-    /// A user-assigned identity's Azure resource id (not supported by App Service's endpoint).
-    pub resource_id: Option<String>,
-    /// The instance metadata service's base URL. Falls back to `AZURE_POD_IDENTITY_AUTHORITY_HOST`, then
-    /// `http://169.254.169.254`.
-    pub imds_endpoint: Option<String>,
-}
-
-/// Keys of the `client-secret` source. At most one of `secret_file` and `secret`; with neither, the secret
-/// comes from the variable `secret_env`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientSecretConfig {
-    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
-    pub tenant_id: Option<String>,
-    /// The application's client id. Falls back to `AZURE_CLIENT_ID`.
-    pub client_id: Option<String>,
-    /// A file holding the client secret.
-    pub secret_file: Option<PathBuf>,
-    /// The variable holding the client secret. Default `AZURE_CLIENT_SECRET`.
-    pub secret_env: String,
-    /// The secret itself. Allowed, but logged as a warning: prefer a variable or a file.
-    pub secret: Option<SecretString>,
-    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
-    pub authority_host: Option<String>,
-}
-
-impl Default for ClientSecretConfig {
-    fn default() -> Self {
-        Self {
-            tenant_id: None,
-            client_id: None,
-            secret_file: None,
-            secret_env: "AZURE_CLIENT_SECRET".into(),
-            secret: None,
-            authority_host: None,
-        }
-    }
-}
-
-/// Keys of the `client-certificate` source.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientCertificateConfig {
-    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
-    pub tenant_id: Option<String>,
-    /// The application's client id. Falls back to `AZURE_CLIENT_ID`.
-    pub client_id: Option<String>,
-    /// A PEM file with the certificate (and its chain) and its unencrypted private key. Falls back to
-    /// `AZURE_CLIENT_CERTIFICATE_PATH`.
-    pub certificate_path: Option<PathBuf>,
-    /// A file holding the certificate's password (encrypted keys and PFX files are refused with the command
-    /// that converts them).
-    pub password_file: Option<PathBuf>,
-    /// The variable holding the certificate's password. Default `AZURE_CLIENT_CERTIFICATE_PASSWORD`.
-    pub password_env: String,
-    /// Send the certificate chain (`x5c`) for subject-name/issuer authentication. Falls back to
-    /// `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`; default false.
-    pub send_certificate_chain: Option<bool>,
-    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
-    pub authority_host: Option<String>,
-}
-
-impl Default for ClientCertificateConfig {
-    fn default() -> Self {
-        Self {
-            tenant_id: None,
-            client_id: None,
-            certificate_path: None,
-            password_file: None,
-            password_env: "AZURE_CLIENT_CERTIFICATE_PASSWORD".into(),
-            send_certificate_chain: None,
-            authority_host: None,
-        }
-    }
-}
-
-/// Keys of the `github-actions` source.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GithubActionsConfig {
-    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
-    pub tenant_id: Option<String>,
-    /// The client id of the application or managed identity with the federated credential. Falls back to
-    /// `AZURE_CLIENT_ID`.
-    pub client_id: Option<String>,
-    /// The audience of the job's OIDC token. Default `api://AzureADTokenExchange`.
-    pub audience: String,
-    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
-    pub authority_host: Option<String>,
-}
-
-impl Default for GithubActionsConfig {
-    fn default() -> Self {
-        Self {
-            tenant_id: None,
-            client_id: None,
-            audience: "api://AzureADTokenExchange".into(),
-            authority_host: None,
-        }
-    }
-}
-
-/// Keys of the `azure-developer-cli` source.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AzureDeveloperCliConfig {
-    /// Ask `azd` for a token of this tenant (`--tenant-id`).
-    pub tenant_id: Option<String>,
-    /// Kill `azd` when it has not answered after this many seconds; must be below `fetch_timeout_secs`.
-    /// Unset: two thirds of `fetch_timeout_secs` (20 with the defaults), see
-    /// [`CredentialConfig::cli_timeout`].
-    pub timeout_secs: Option<u64>,
 }

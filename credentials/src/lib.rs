@@ -4,7 +4,11 @@
 //! or by `auto`'s ordered chain.
 //!
 //! - [`TokenSource`]: the trait; [`Token`]: a secret plus an optional expiry.
-//! - [`SourceRegistry`]: maps `credential.kind` to a constructor; applications may register their own.
+//! - [`SourceKind`]: one kind of source — its name, keys, build, presence and what `pgwi doctor` shows; a
+//!   kind is one file (the built-in ones in [`sources`]) and one [`SourceRegistry::register`] line.
+//! - [`SourceRegistry`]: maps `credential.kind` to a kind; applications may register their own.
+//! - [`ChainSource`]: `credential.kind = "auto"`, the kinds of `credential.chain` tried in order.
+//! - [`validity`]: when a token may still be presented (expiry less skew), shared by the pool and the proxy.
 //! - [`CachedTokenSource`]: single-flight cache with refresh ahead of expiry and last-good-token fallback.
 //! - Each built-in source lives in [`sources`], behind a default-on cargo feature.
 //!
@@ -33,56 +37,53 @@
 //! # }
 //! ```
 
-// A build with only some kinds compiled in leaves some shared helpers unused; the default build (all kinds)
-// is checked for dead code as usual.
-#![cfg_attr(
-    not(all(
-        feature = "workload-identity",
-        feature = "managed-identity",
-        feature = "client-secret",
-        feature = "client-certificate",
-        feature = "github-actions",
-        feature = "az-cli",
-        feature = "azure-developer-cli",
-        feature = "static-password"
-    )),
-    allow(dead_code)
-)]
+// A build with only some kinds compiled in leaves some shared helpers unused; the default build (every kind,
+// the `all-kinds` feature) is checked for dead code as usual.
+#![cfg_attr(not(feature = "all-kinds"), allow(dead_code))]
 
 mod cache;
+mod chain;
 mod config;
 #[cfg(feature = "azure-sdk")]
 pub mod entra;
 mod environment;
 mod error;
+mod kind;
 mod registry;
 mod secret;
 mod source;
 pub mod sources;
 mod token;
+pub mod validity;
 
 pub use cache::{CacheOptions, CacheStats, CachedTokenSource, refresh_time};
-pub use config::{
-    AzCliConfig, AzureDeveloperCliConfig, ClientCertificateConfig, ClientSecretConfig,
-    CredentialConfig, DEFAULT_CHAIN, GithubActionsConfig, ManagedIdentityConfig, POSTGRES_SCOPE,
-    StaticPasswordConfig, WorkloadIdentityConfig,
-};
+pub use chain::{ChainOutcome, ChainSource, ChainStep, present_steps};
+pub use config::{CredentialConfig, POSTGRES_SCOPE};
 pub use environment::Environment;
 pub use error::{CredentialError, ErrorKind, redact_tokens};
-pub use registry::{
-    AUTO, ChainOutcome, ChainSource, ChainStep, SourceContext, SourceFactory, SourceRegistry,
-    presence, present_steps,
-};
+pub use kind::SourceKind;
+pub use registry::{AUTO, SourceContext, SourceRegistry};
 pub use secret::{REDACTED, SecretString};
 pub use source::{SourceInfo, TokenSource};
 pub use token::{Claims, Token};
 
-impl CredentialConfig {
-    /// The `credential.<kind>` table of a registered source (with `-` in `kind` written as `_`).
-    pub fn custom_section(&self, kind: &str) -> Option<&serde_json::Value> {
-        self.custom.get(&kind.replace('-', "_"))
-    }
-}
+// Each kind's keys are defined next to its source; re-exported here, where they always were.
+#[cfg(feature = "az-cli")]
+pub use sources::az_cli::AzCliConfig;
+#[cfg(feature = "azure-developer-cli")]
+pub use sources::azure_developer_cli::AzureDeveloperCliConfig;
+#[cfg(feature = "client-certificate")]
+pub use sources::client_certificate::ClientCertificateConfig;
+#[cfg(feature = "client-secret")]
+pub use sources::client_secret::ClientSecretConfig;
+#[cfg(feature = "github-actions")]
+pub use sources::github_actions::GithubActionsConfig;
+#[cfg(feature = "managed-identity")]
+pub use sources::managed_identity::ManagedIdentityConfig;
+#[cfg(feature = "static-password")]
+pub use sources::static_password::StaticPasswordConfig;
+#[cfg(feature = "workload-identity")]
+pub use sources::workload_identity::WorkloadIdentityConfig;
 
 /// Installs `ring` as the process's TLS crypto provider unless one is installed already. The Azure SDK's
 /// HTTP client is built without a provider of its own so that the process has one (sqlx uses `ring` too).

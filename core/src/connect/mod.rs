@@ -220,22 +220,7 @@ pub(crate) fn check_cache_timing(
     credential: &CachedTokenSource,
     skew: Duration,
 ) -> Result<(), ConnectError> {
-    let options = credential.options();
-    let problem = if skew >= options.refresh_margin {
-        Some(format!(
-            "is {}s, but the token source's cache refreshes only {}s before expiry",
-            skew.as_secs(),
-            options.refresh_margin.as_secs_f64()
-        ))
-    } else if options.fetch_timeout.saturating_mul(2) > options.refresh_margin {
-        Some(format!(
-            "leaves no time to retry: the cache's fetch deadline ({}s) is over half its margin ({}s)",
-            options.fetch_timeout.as_secs_f64(),
-            options.refresh_margin.as_secs_f64()
-        ))
-    } else {
-        None
-    };
+    let problem = pgwi_credentials::validity::cache_timing_problem(&credential.options(), skew);
     match problem {
         Some(problem) => Err(ConnectError::Config(crate::ConfigError::Rejected {
             key: "credential.expiry_skew_secs".into(),

@@ -197,64 +197,36 @@ pub(crate) fn current_deadline(current: &Current, skew: Duration) -> Option<Offs
     token_deadline(&current.token, current.installed_at, skew)
 }
 
-/// When `token` was issued: its JWT `iat` claim, else `received` (when pgwi got it); never later than that.
-fn issued_at(token: &Token, received: OffsetDateTime) -> OffsetDateTime {
-    token
-        .claims()
-        .and_then(|claims| claims.get("iat")?.parse::<i64>().ok())
-        .and_then(|iat| OffsetDateTime::from_unix_timestamp(iat).ok())
-        .filter(|iat| *iat <= received)
-        .unwrap_or(received)
-}
-
-/// The instant after which `token` must not be presented: its expiry less the skew allowance, the allowance
-/// capped at a quarter of the token's lifetime (from its issue, so a short-lived token is still used), never
-/// after the expiry itself. `received` is when pgwi got the token (the issue time if it names none).
-/// The lifetime is the token's own, not what is left of it: a token held for long is not
-/// given a smaller allowance as it ages.
+/// The instant after which `token` must not be presented: the policy of
+/// [`pgwi_credentials::validity::token_deadline`], which the proxy follows too.
 pub(crate) fn token_deadline(
     token: &Token,
     received: OffsetDateTime,
     skew: Duration,
 ) -> Option<OffsetDateTime> {
-    let exp = token.expires_at()?;
-    let configured = time::Duration::try_from(skew).unwrap_or(time::Duration::ZERO);
-    let lifetime: time::Duration = exp - issued_at(token, received);
-    let quarter: time::Duration = std::cmp::max(lifetime / 4_i32, time::Duration::ZERO);
-    Some(exp.checked_sub(configured.min(quarter)).unwrap_or(exp))
+    pgwi_credentials::validity::token_deadline(token, received, skew)
 }
 
-/// Whether `token`, received at `received`, may be presented at `now`: `now < exp - skew` (the skew capped
-/// as [`token_deadline`] says). A password without expiry always may.
+/// Whether `token`, received at `received`, may be presented at `now`
+/// ([`pgwi_credentials::validity::usable_at`]).
 pub(crate) fn usable_at(
     token: &Token,
     received: OffsetDateTime,
     skew: Duration,
     now: OffsetDateTime,
 ) -> bool {
-    token_deadline(token, received, skew).is_none_or(|deadline| now < deadline)
+    pgwi_credentials::validity::usable_at(token, received, skew, now)
 }
 
-/// Whether `token`, just obtained, may be presented at all: not already at its deadline.
+/// Whether `token`, just obtained, may be presented at all ([`pgwi_credentials::validity::usable_now`]).
 pub(crate) fn usable_now(token: &Token, skew: Duration) -> bool {
-    let now = OffsetDateTime::now_utc();
-    usable_at(token, now, skew, now)
+    pgwi_credentials::validity::usable_now(token, skew)
 }
 
-/// The error for a token that arrives already expired (or inside the skew allowance).
+/// The error for a token that arrives already expired
+/// ([`pgwi_credentials::validity::expired_on_arrival`]).
 pub(crate) fn expired_on_arrival(kind: String, token: &Token) -> CredentialError {
-    CredentialError::new(
-        ErrorKind::Upstream,
-        kind,
-        format!(
-            "the source returned a token that expires at {} (with the skew allowance: already expired)",
-            token
-                .expires_at()
-                .map_or_else(|| "?".into(), |e| e.to_string())
-        ),
-        "check the clock of this machine (and of the token issuer); lower credential.expiry_skew_secs if \
-         tokens are that short-lived on purpose",
-    )
+    pgwi_credentials::validity::expired_on_arrival(kind, token)
 }
 
 /// Runs the loop; restarts it after a panic; ends when the pool is closed.

@@ -8,12 +8,63 @@ use async_trait::async_trait;
 use azure_identity::{AzureDeveloperCliCredential, AzureDeveloperCliCredentialOptions};
 
 use azure_core::credentials::TokenCredential;
+use serde::{Deserialize, Serialize};
 
 use super::cli::{self, CliSource, CliTool};
-use crate::{CredentialConfig, CredentialError, SourceContext, SourceInfo, Token, TokenSource};
+use crate::{
+    CredentialConfig, CredentialError, SourceContext, SourceInfo, SourceKind, Token, TokenSource,
+};
 
 /// The kind's name in configuration.
 pub const KIND: &str = "azure-developer-cli";
+
+/// Keys of the `azure-developer-cli` source.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AzureDeveloperCliConfig {
+    /// Ask `azd` for a token of this tenant (`--tenant-id`).
+    pub tenant_id: Option<String>,
+    /// Kill `azd` when it has not answered after this many seconds; must be below `fetch_timeout_secs`.
+    /// Unset: two thirds of `fetch_timeout_secs` (20 with the defaults), see
+    /// [`CredentialConfig::cli_timeout`].
+    pub timeout_secs: Option<u64>,
+}
+
+/// The `azure-developer-cli` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AzureDeveloperCliKind;
+
+impl SourceKind for AzureDeveloperCliKind {
+    const NAME: &'static str = KIND;
+    const CHAIN_POSITION: Option<u16> = Some(70);
+    type Config = AzureDeveloperCliConfig;
+
+    fn config(&self, credential: &CredentialConfig) -> Result<Self::Config, CredentialError> {
+        Ok(credential.azure_developer_cli.clone())
+    }
+
+    fn build(
+        &self,
+        config: &Self::Config,
+        credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Arc<dyn TokenSource>, CredentialError> {
+        Ok(Arc::new(AzureDeveloperCliSource::new(
+            config, credential, ctx,
+        )?))
+    }
+
+    fn presence(
+        &self,
+        _config: &Self::Config,
+        _credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<String, String> {
+        locate(ctx)
+            .map(|azd| format!("azd is installed ({})", azd.display()))
+            .ok_or_else(|| "azd is not on PATH".into())
+    }
+}
 
 pub(crate) const TOOL: CliTool = CliTool {
     kind: KIND,
@@ -45,8 +96,11 @@ pub struct AzureDeveloperCliSource {
 
 impl AzureDeveloperCliSource {
     /// Builds the source; `azd` itself is first run when a token is asked for.
-    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
-        let azd = &config.azure_developer_cli;
+    pub fn new(
+        azd: &AzureDeveloperCliConfig,
+        config: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Self, CredentialError> {
         let cli = CliSource::new(
             TOOL,
             config,

@@ -22,15 +22,95 @@ use base64::Engine as _;
 use ring::signature::RsaKeyPair;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
 
 use super::common::{self, EntraApp, Origin};
-use crate::{CredentialConfig, CredentialError, SourceContext, SourceInfo, Token, TokenSource};
+use crate::{
+    CredentialConfig, CredentialError, SourceContext, SourceInfo, SourceKind, Token, TokenSource,
+};
 
 /// The kind's name in configuration.
 pub const KIND: &str = "client-certificate";
 
+/// Keys of the `client-certificate` source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientCertificateConfig {
+    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// The application's client id. Falls back to `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// A PEM file with the certificate (and its chain) and its unencrypted private key. Falls back to
+    /// `AZURE_CLIENT_CERTIFICATE_PATH`.
+    pub certificate_path: Option<PathBuf>,
+    /// A file holding the certificate's password (encrypted keys and PFX files are refused with the command
+    /// that converts them).
+    pub password_file: Option<PathBuf>,
+    /// The variable holding the certificate's password. Default `AZURE_CLIENT_CERTIFICATE_PASSWORD`.
+    pub password_env: String,
+    /// Send the certificate chain (`x5c`) for subject-name/issuer authentication. Falls back to
+    /// `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`; default false.
+    pub send_certificate_chain: Option<bool>,
+    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
+    pub authority_host: Option<String>,
+}
+
+impl Default for ClientCertificateConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: None,
+            client_id: None,
+            certificate_path: None,
+            password_file: None,
+            password_env: "AZURE_CLIENT_CERTIFICATE_PASSWORD".into(),
+            send_certificate_chain: None,
+            authority_host: None,
+        }
+    }
+}
+
 /// How long a signed assertion is valid: Entra only needs it for the one request.
 const ASSERTION_LIFETIME_SECS: i64 = 600;
+
+/// The `client-certificate` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientCertificateKind;
+
+impl SourceKind for ClientCertificateKind {
+    const NAME: &'static str = KIND;
+    const CHAIN_POSITION: Option<u16> = Some(30);
+    type Config = ClientCertificateConfig;
+
+    fn config(&self, credential: &CredentialConfig) -> Result<Self::Config, CredentialError> {
+        Ok(credential.client_certificate.clone())
+    }
+
+    fn build(
+        &self,
+        config: &Self::Config,
+        credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Arc<dyn TokenSource>, CredentialError> {
+        Ok(Arc::new(ClientCertificateSource::new(
+            config, credential, ctx,
+        )?))
+    }
+
+    fn presence(
+        &self,
+        config: &Self::Config,
+        _credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<String, String> {
+        match certificate_path(config, ctx) {
+            Some((path, origin)) => Ok(format!(
+                "a service principal's certificate {} ({origin})",
+                path.display()
+            )),
+            None => Err(no_certificate()),
+        }
+    }
+}
 
 const CLIENT_ID_FIX: &str = "set AZURE_CLIENT_ID or credential.client_certificate.client_id to the \
      application's client id (az ad app list --display-name <name> --query [].appId)";
@@ -38,13 +118,11 @@ const CLIENT_ID_FIX: &str = "set AZURE_CLIENT_ID or credential.client_certificat
 /// The certificate file's path when one is configured or `AZURE_CLIENT_CERTIFICATE_PATH` is set: what
 /// `auto` checks before trying this source.
 pub fn certificate_path(
-    config: &CredentialConfig,
+    cc: &ClientCertificateConfig,
     ctx: &SourceContext,
 ) -> Option<(PathBuf, Origin)> {
     common::optional(
-        config
-            .client_certificate
-            .certificate_path
+        cc.certificate_path
             .as_ref()
             .map(|p| p.display().to_string())
             .as_ref(),
@@ -285,8 +363,11 @@ fn token_endpoint(app: &EntraApp) -> Result<String, CredentialError> {
 
 impl ClientCertificateSource {
     /// Resolves the settings (configuration first, then the environment) and reads the certificate.
-    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
-        let cc = &config.client_certificate;
+    pub fn new(
+        cc: &ClientCertificateConfig,
+        config: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Self, CredentialError> {
         let app = EntraApp::resolve(
             KIND,
             "client_certificate",
@@ -298,7 +379,7 @@ impl ClientCertificateSource {
             CLIENT_ID_FIX,
             ctx,
         )?;
-        let (certificate_path, _) = certificate_path(config, ctx).ok_or_else(|| {
+        let (certificate_path, _) = certificate_path(cc, ctx).ok_or_else(|| {
             CredentialError::configuration(
                 KIND,
                 no_certificate(),

@@ -8,16 +8,52 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::path::PathBuf;
+
 use async_trait::async_trait;
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
+use serde::{Deserialize, Serialize};
 
 use super::common::{self, EntraApp};
 use crate::{
-    CredentialConfig, CredentialError, SecretString, SourceContext, SourceInfo, Token, TokenSource,
+    CredentialConfig, CredentialError, SecretString, SourceContext, SourceInfo, SourceKind, Token,
+    TokenSource,
 };
 
 /// The kind's name in configuration.
 pub const KIND: &str = "client-secret";
+
+/// Keys of the `client-secret` source. At most one of `secret_file` and `secret`; with neither, the secret
+/// comes from the variable `secret_env`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientSecretConfig {
+    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// The application's client id. Falls back to `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// A file holding the client secret.
+    pub secret_file: Option<PathBuf>,
+    /// The variable holding the client secret. Default `AZURE_CLIENT_SECRET`.
+    pub secret_env: String,
+    /// The secret itself. Allowed, but logged as a warning: prefer a variable or a file.
+    pub secret: Option<SecretString>,
+    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
+    pub authority_host: Option<String>,
+}
+
+impl Default for ClientSecretConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: None,
+            client_id: None,
+            secret_file: None,
+            secret_env: "AZURE_CLIENT_SECRET".into(),
+            secret: None,
+            authority_host: None,
+        }
+    }
+}
 
 /// Where the secret came from (never the secret itself).
 #[derive(Debug, Clone)]
@@ -41,8 +77,7 @@ impl std::fmt::Display for SecretOrigin {
 }
 
 /// Where the secret would come from, when one is there: what `auto` checks before trying this source.
-pub fn secret_origin(config: &CredentialConfig, ctx: &SourceContext) -> Option<SecretOrigin> {
-    let cs = &config.client_secret;
+pub fn secret_origin(cs: &ClientSecretConfig, ctx: &SourceContext) -> Option<SecretOrigin> {
     if let Some(file) = &cs.secret_file {
         return Some(SecretOrigin::File(file.clone()));
     }
@@ -52,6 +87,47 @@ pub fn secret_origin(config: &CredentialConfig, ctx: &SourceContext) -> Option<S
     ctx.env
         .get(&cs.secret_env)
         .map(|_| SecretOrigin::Variable(cs.secret_env.clone()))
+}
+
+/// The `client-secret` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientSecretKind;
+
+impl SourceKind for ClientSecretKind {
+    const NAME: &'static str = KIND;
+    // A service principal in the environment comes before the platform's identities, as in the SDKs.
+    const CHAIN_POSITION: Option<u16> = Some(20);
+    type Config = ClientSecretConfig;
+
+    fn config(&self, credential: &CredentialConfig) -> Result<Self::Config, CredentialError> {
+        Ok(credential.client_secret.clone())
+    }
+
+    fn build(
+        &self,
+        config: &Self::Config,
+        credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Arc<dyn TokenSource>, CredentialError> {
+        Ok(Arc::new(ClientSecretSource::new(config, credential, ctx)?))
+    }
+
+    fn presence(
+        &self,
+        config: &Self::Config,
+        _credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<String, String> {
+        match secret_origin(config, ctx) {
+            Some(origin) => Ok(format!(
+                "a service principal's client secret is in {origin}"
+            )),
+            None => Err(format!(
+                "{} is not set and credential.client_secret has no secret_file",
+                config.secret_env
+            )),
+        }
+    }
 }
 
 const CLIENT_ID_FIX: &str = "set AZURE_CLIENT_ID or credential.client_secret.client_id to the application's \
@@ -79,8 +155,11 @@ impl std::fmt::Debug for ClientSecretSource {
 
 impl ClientSecretSource {
     /// Resolves the settings (configuration first, then the environment) and reads the secret.
-    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
-        let cs = &config.client_secret;
+    pub fn new(
+        cs: &ClientSecretConfig,
+        config: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Self, CredentialError> {
         let app = EntraApp::resolve(
             KIND,
             "client_secret",

@@ -18,18 +18,85 @@ use azure_identity::{
     ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
 };
 
+use serde::{Deserialize, Serialize};
+
 use super::common::{self, EntraApp};
 use crate::{
     Claims, CredentialConfig, CredentialError, ErrorKind, SecretString, SourceContext, SourceInfo,
-    Token, TokenSource,
+    SourceKind, Token, TokenSource,
 };
 
 /// The kind's name in configuration.
 pub const KIND: &str = "github-actions";
+
+/// Keys of the `github-actions` source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GithubActionsConfig {
+    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// The client id of the application or managed identity with the federated credential. Falls back to
+    /// `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// The audience of the job's OIDC token. Default `api://AzureADTokenExchange`.
+    pub audience: String,
+    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
+    pub authority_host: Option<String>,
+}
+
+impl Default for GithubActionsConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: None,
+            client_id: None,
+            audience: "api://AzureADTokenExchange".into(),
+            authority_host: None,
+        }
+    }
+}
 /// The variable with the URL of the job's OIDC token endpoint.
 pub const REQUEST_URL_VAR: &str = "ACTIONS_ID_TOKEN_REQUEST_URL";
 /// The variable with the bearer token that authorizes requests to it.
 pub const REQUEST_TOKEN_VAR: &str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
+
+/// The `github-actions` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GithubActionsKind;
+
+impl SourceKind for GithubActionsKind {
+    const NAME: &'static str = KIND;
+    // Not in the default chain: a job's identity is chosen by naming the kind.
+    type Config = GithubActionsConfig;
+
+    fn config(&self, credential: &CredentialConfig) -> Result<Self::Config, CredentialError> {
+        Ok(credential.github_actions.clone())
+    }
+
+    fn build(
+        &self,
+        config: &Self::Config,
+        credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Arc<dyn TokenSource>, CredentialError> {
+        Ok(Arc::new(GithubActionsSource::new(config, credential, ctx)?))
+    }
+
+    fn presence(
+        &self,
+        _config: &Self::Config,
+        _credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<String, String> {
+        if variables_present(ctx) {
+            Ok("ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN are set (a GitHub \
+                Actions job with id-token: write)"
+                .into())
+        } else {
+            Err(variables_missing())
+        }
+    }
+}
+
 /// GitHub's OIDC issuer, which the federated credential must name.
 pub const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
 
@@ -114,8 +181,11 @@ impl std::fmt::Debug for GithubActionsSource {
 
 impl GithubActionsSource {
     /// Resolves the settings and checks that the job may ask for an OIDC token.
-    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
-        let gh = &config.github_actions;
+    pub fn new(
+        gh: &GithubActionsConfig,
+        config: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Self, CredentialError> {
         let (Some(url), Some(request_token)) =
             (ctx.env.get(REQUEST_URL_VAR), ctx.env.get(REQUEST_TOKEN_VAR))
         else {

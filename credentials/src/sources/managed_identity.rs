@@ -42,15 +42,33 @@ use async_trait::async_trait;
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Request, Url};
 use azure_identity::{ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId};
+use serde::{Deserialize, Serialize};
 
 use super::common;
 use crate::entra::EntraFailure;
 use crate::{
-    CredentialConfig, CredentialError, ErrorKind, SourceContext, SourceInfo, Token, TokenSource,
+    CredentialConfig, CredentialError, ErrorKind, SourceContext, SourceInfo, SourceKind, Token,
+    TokenSource,
 };
 
 /// The kind's name in configuration.
 pub const KIND: &str = "managed-identity";
+
+/// Keys of the `managed-identity` source. At most one of `client_id`, `object_id` and `resource_id`; none
+/// means the system-assigned identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagedIdentityConfig {
+    /// A user-assigned identity's client id. Falls back to `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// A user-assigned identity's object (principal) id.
+    pub object_id: Option<String>,
+    /// A user-assigned identity's Azure resource id (not supported by App Service's endpoint).
+    pub resource_id: Option<String>,
+    /// The instance metadata service's base URL. Falls back to `AZURE_POD_IDENTITY_AUTHORITY_HOST`, then
+    /// `http://169.254.169.254`.
+    pub imds_endpoint: Option<String>,
+}
 /// Where IMDS answers on Azure.
 pub const IMDS_ENDPOINT: &str = "http://169.254.169.254";
 /// The variable other Azure SDKs read for another IMDS address.
@@ -59,6 +77,56 @@ pub const IMDS_OVERRIDE_VAR: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
 pub const IMDS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The address the SDK sends IMDS requests to.
 const SDK_IMDS_HOST: &str = "169.254.169.254";
+
+/// The `managed-identity` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ManagedIdentityKind;
+
+impl SourceKind for ManagedIdentityKind {
+    const NAME: &'static str = KIND;
+    const CHAIN_POSITION: Option<u16> = Some(50);
+    type Config = ManagedIdentityConfig;
+
+    fn config(&self, credential: &CredentialConfig) -> Result<Self::Config, CredentialError> {
+        Ok(credential.managed_identity.clone())
+    }
+
+    fn build(
+        &self,
+        config: &Self::Config,
+        credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Arc<dyn TokenSource>, CredentialError> {
+        Ok(Arc::new(ManagedIdentitySource::new(
+            config, credential, ctx,
+        )?))
+    }
+
+    fn presence(
+        &self,
+        config: &Self::Config,
+        _credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<String, String> {
+        // Nothing is contacted here: the IMDS probe comes when the source is asked for a token.
+        match endpoint(config, ctx) {
+            Endpoint::AppService(url) => Ok(format!(
+                "IDENTITY_ENDPOINT ({url}) and IDENTITY_HEADER are set (App Service, Container Apps, \
+                 Functions)"
+            )),
+            Endpoint::Imds(url) => Ok(format!(
+                "a VM's managed identity through the instance metadata service at {url} (probed before the \
+                 first request)"
+            )),
+            Endpoint::Unsupported {
+                platform,
+                variables,
+            } => Err(format!(
+                "{variables} ({platform}), a managed identity the Azure SDK for Rust does not support"
+            )),
+        }
+    }
+}
 
 /// Which endpoint the SDK will ask (the SDK's own choice, from the same variables in the same order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +159,7 @@ impl std::fmt::Display for Endpoint {
 
 /// The endpoint the source uses in this environment: what `auto` and `pgwi doctor` describe. Follows the
 /// SDK's choice (`get_source` in `azure_identity`'s `managed_identity_credential.rs`).
-pub fn endpoint(config: &CredentialConfig, ctx: &SourceContext) -> Endpoint {
+pub fn endpoint(mi: &ManagedIdentityConfig, ctx: &SourceContext) -> Endpoint {
     let set = |var: &str| ctx.env.get(var).is_some();
     match ctx.env.get("IDENTITY_ENDPOINT") {
         Some(_) if set("IDENTITY_HEADER") && set("IDENTITY_SERVER_THUMBPRINT") => {
@@ -114,12 +182,8 @@ pub fn endpoint(config: &CredentialConfig, ctx: &SourceContext) -> Endpoint {
             variables: "MSI_ENDPOINT is set",
         },
         _ => Endpoint::Imds(
-            common::optional(
-                config.managed_identity.imds_endpoint.as_ref(),
-                IMDS_OVERRIDE_VAR,
-                ctx,
-            )
-            .map_or_else(|| IMDS_ENDPOINT.to_owned(), |(url, _)| url),
+            common::optional(mi.imds_endpoint.as_ref(), IMDS_OVERRIDE_VAR, ctx)
+                .map_or_else(|| IMDS_ENDPOINT.to_owned(), |(url, _)| url),
         ),
     }
 }
@@ -293,8 +357,11 @@ impl std::fmt::Debug for ManagedIdentitySource {
 
 impl ManagedIdentitySource {
     /// Resolves which identity and endpoint to use; nothing is contacted yet.
-    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
-        let mi = &config.managed_identity;
+    pub fn new(
+        mi: &ManagedIdentityConfig,
+        config: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Self, CredentialError> {
         let configured: Vec<(&'static str, &String)> = [
             ("client_id", mi.client_id.as_ref()),
             ("object_id", mi.object_id.as_ref()),
@@ -336,7 +403,7 @@ impl ManagedIdentitySource {
             _ => UserAssignedId::ClientId(id.value.clone()),
         });
         common::check_scope(KIND, &config.scope)?;
-        let endpoint = endpoint(config, ctx);
+        let endpoint = endpoint(mi, ctx);
         if matches!(endpoint, Endpoint::Unsupported { .. }) {
             return Err(unsupported(&endpoint, ""));
         }

@@ -2,16 +2,99 @@
 //! for every new connection (Kubernetes Secret rotation), or inline in configuration (with a warning).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     CredentialConfig, CredentialError, Environment, ErrorKind, SecretString, SourceContext,
-    SourceInfo, Token, TokenSource,
+    SourceInfo, SourceKind, Token, TokenSource,
 };
 
 /// The kind's name in configuration.
 pub const KIND: &str = "static-password";
+
+/// Keys of the `static-password` source. At most one of `password_file` and `password` may be set; with
+/// neither, the password comes from the variable `password_env`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StaticPasswordConfig {
+    /// The variable holding the password. Default `PGPASSWORD`.
+    pub password_env: String,
+    /// A file holding the password, re-read for every new connection (Kubernetes Secret rotation).
+    pub password_file: Option<PathBuf>,
+    /// The password itself. Allowed, but logged as a warning: prefer a variable or a file.
+    pub password: Option<SecretString>,
+}
+
+impl Default for StaticPasswordConfig {
+    fn default() -> Self {
+        Self {
+            password_env: "PGPASSWORD".into(),
+            password_file: None,
+            password: None,
+        }
+    }
+}
+
+/// The `static-password` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StaticPasswordKind;
+
+impl SourceKind for StaticPasswordKind {
+    const NAME: &'static str = KIND;
+    // First: a password the operator configured is meant to be used.
+    const CHAIN_POSITION: Option<u16> = Some(10);
+    type Config = StaticPasswordConfig;
+
+    fn config(&self, credential: &CredentialConfig) -> Result<Self::Config, CredentialError> {
+        Ok(credential.static_password.clone())
+    }
+
+    fn build(
+        &self,
+        config: &Self::Config,
+        _credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Arc<dyn TokenSource>, CredentialError> {
+        Ok(Arc::new(StaticPasswordSource::new(config, ctx)?))
+    }
+
+    fn presence(
+        &self,
+        sp: &Self::Config,
+        _credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<String, String> {
+        if sp.password_file.is_some() || sp.password.is_some() {
+            Ok("a static password is configured".into())
+        } else if ctx.env.get(&sp.password_env).is_some() {
+            Ok(format!(
+                "the static password's variable {} is set",
+                sp.password_env
+            ))
+        } else {
+            Err(format!(
+                "{} is not set and credential.static_password has no password_file",
+                sp.password_env
+            ))
+        }
+    }
+
+    fn inputs(
+        &self,
+        sp: &Self::Config,
+        _credential: &CredentialConfig,
+        _ctx: &SourceContext,
+    ) -> Result<String, CredentialError> {
+        Ok(match (&sp.password_file, &sp.password) {
+            (Some(file), _) => format!("password file {}", file.display()),
+            (None, Some(_)) => "inline password in configuration".to_owned(),
+            (None, None) => format!("variable {}", sp.password_env),
+        })
+    }
+}
 
 #[derive(Debug)]
 enum Origin {
@@ -29,8 +112,7 @@ pub struct StaticPasswordSource {
 
 impl StaticPasswordSource {
     /// Chooses the password's origin: `password_file`, else inline `password`, else `password_env`.
-    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
-        let sp = &config.static_password;
+    pub fn new(sp: &StaticPasswordConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
         let origin = match (&sp.password_file, &sp.password) {
             (Some(_), Some(_)) => {
                 return Err(CredentialError::configuration(

@@ -11,15 +11,115 @@ use azure_identity::{
     ClientAssertionCredentialOptions, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 
+use serde::{Deserialize, Serialize};
+
 use super::common;
 pub use super::common::PUBLIC_AUTHORITY_HOST;
 use crate::entra::{EntraContext, entra_error, federated_credential_hint};
 use crate::{
-    CredentialConfig, CredentialError, ErrorKind, SourceContext, SourceInfo, Token, TokenSource,
+    CredentialConfig, CredentialError, ErrorKind, SourceContext, SourceInfo, SourceKind, Token,
+    TokenSource,
 };
 
 /// The kind's name in configuration.
 pub const KIND: &str = "workload-identity";
+
+/// Keys of the `workload-identity` source.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadIdentityConfig {
+    /// The managed identity's client id. Falls back to `AZURE_CLIENT_ID`.
+    pub client_id: Option<String>,
+    /// The Entra tenant id. Falls back to `AZURE_TENANT_ID`.
+    pub tenant_id: Option<String>,
+    /// The projected service-account token. Falls back to `AZURE_FEDERATED_TOKEN_FILE`.
+    pub token_file: Option<PathBuf>,
+    /// Entra ID's base URL. Falls back to `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com/`.
+    pub authority_host: Option<String>,
+}
+
+/// The `workload-identity` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkloadIdentityKind;
+
+impl SourceKind for WorkloadIdentityKind {
+    const NAME: &'static str = KIND;
+    const CHAIN_POSITION: Option<u16> = Some(40);
+    type Config = WorkloadIdentityConfig;
+
+    fn config(&self, credential: &CredentialConfig) -> Result<Self::Config, CredentialError> {
+        Ok(credential.workload_identity.clone())
+    }
+
+    fn build(
+        &self,
+        config: &Self::Config,
+        credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Arc<dyn TokenSource>, CredentialError> {
+        Ok(Arc::new(WorkloadIdentitySource::new(
+            config, credential, ctx,
+        )?))
+    }
+
+    fn presence(
+        &self,
+        config: &Self::Config,
+        _credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<String, String> {
+        if config.token_file.is_some() {
+            Ok("credential.workload_identity.token_file is configured".into())
+        } else if ctx.env.get("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+            Ok("AZURE_FEDERATED_TOKEN_FILE is set (AKS workload identity webhook)".into())
+        } else {
+            Err(
+                "AZURE_FEDERATED_TOKEN_FILE is not set (not an AKS pod with workload identity)"
+                    .into(),
+            )
+        }
+    }
+
+    /// Where each input came from, and the federated credential the projected token must match.
+    fn inputs(
+        &self,
+        config: &Self::Config,
+        _credential: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<String, CredentialError> {
+        Ok(describe(&inspect(config, ctx)?))
+    }
+}
+
+/// What `pgwi doctor` shows of the inputs: each with where it came from, and what the projected token
+/// says (the federated credential it must match; whether the kubelet let it expire).
+fn describe(inputs: &WorkloadInputs) -> String {
+    let mut detail = format!(
+        "client id {} (from {}), tenant {} (from {}), token file {} (from {}), authority {}",
+        inputs.client_id.0,
+        inputs.client_id.1,
+        inputs.tenant_id.0,
+        inputs.tenant_id.1,
+        inputs.token_file.0.display(),
+        inputs.token_file.1,
+        inputs.authority_host
+    );
+    if let Some(claims) = &inputs.token_claims {
+        let expired = claims
+            .expires_at()
+            .is_some_and(|e| e <= time::OffsetDateTime::now_utc());
+        detail.push_str(&format!(
+            "; {}{}",
+            federated_credential_hint(&inputs.token_file.0),
+            if expired {
+                "; the projected token has EXPIRED (the kubelet refreshes it: is the pod's clock right?)"
+            } else {
+                ""
+            },
+        ));
+    }
+    detail
+}
 
 const WEBHOOK_FIX: &str = "in AKS the workload-identity webhook injects it: label the pod \
     azure.workload.identity/use: \"true\", annotate its ServiceAccount with \
@@ -65,10 +165,9 @@ pub struct WorkloadInputs {
 
 /// Resolves and checks the source's inputs without contacting Entra ID: what `pgwi doctor` shows.
 pub fn inspect(
-    config: &CredentialConfig,
+    wi: &WorkloadIdentityConfig,
     ctx: &SourceContext,
 ) -> Result<WorkloadInputs, CredentialError> {
-    let wi = &config.workload_identity;
     let setting = |configured: Option<&String>, var: &'static str, key: &str, what: &str| {
         let key = format!("credential.workload_identity.{key}");
         let fix = format!("{WEBHOOK_FIX}; outside AKS set {key}");
@@ -117,8 +216,12 @@ pub fn inspect(
 
 impl WorkloadIdentitySource {
     /// Resolves the settings (configuration first, then the environment) and checks the token file.
-    pub fn new(config: &CredentialConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
-        let inputs = inspect(config, ctx)?;
+    pub fn new(
+        wi: &WorkloadIdentityConfig,
+        config: &CredentialConfig,
+        ctx: &SourceContext,
+    ) -> Result<Self, CredentialError> {
+        let inputs = inspect(wi, ctx)?;
         let (client_id, tenant_id, token_file, authority_host) = (
             inputs.client_id.0,
             inputs.tenant_id.0,

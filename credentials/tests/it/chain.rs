@@ -317,9 +317,33 @@ async fn a_hanging_az_inside_auto_fails_by_name_and_is_killed() {
     );
 }
 
-/// A source an application registered that takes its time and then says it cannot work here.
+/// A kind an application registered whose source takes its time and then says it cannot work here.
 #[derive(Debug)]
 struct SlowUnavailable;
+
+impl pgwi_credentials::SourceKind for SlowUnavailable {
+    const NAME: &'static str = "slow";
+    type Config = serde::de::IgnoredAny;
+
+    fn build(
+        &self,
+        _config: &Self::Config,
+        _credential: &CredentialConfig,
+        _ctx: &SourceContext,
+    ) -> Result<std::sync::Arc<dyn pgwi_credentials::TokenSource>, pgwi_credentials::CredentialError>
+    {
+        Ok(std::sync::Arc::new(SlowUnavailable))
+    }
+
+    fn presence(
+        &self,
+        _config: &Self::Config,
+        _credential: &CredentialConfig,
+        _ctx: &SourceContext,
+    ) -> Result<String, String> {
+        Ok("always worth a try".into())
+    }
+}
 
 #[async_trait::async_trait]
 impl pgwi_credentials::TokenSource for SlowUnavailable {
@@ -351,7 +375,7 @@ async fn the_chain_deadline_names_the_source_it_cut_short_and_kills_its_az() {
     };
     config.az_cli.timeout_secs = Some(2);
     let mut registry = SourceRegistry::default();
-    registry.register("slow", |_, _| Ok(std::sync::Arc::new(SlowUnavailable)));
+    registry.register(SlowUnavailable);
     let ctx = test_context([("PATH", az.path_env())]);
     let chain = registry.build_chain(&config, &ctx).expect("chain");
 

@@ -265,7 +265,7 @@ fn service_fabric_is_named_as_such_and_unavailable() {
     let error = SourceRegistry::default()
         .build(&config(), &ctx)
         .expect_err("unsupported");
-    let presence = pgwi_credentials::presence("managed-identity", &config(), &ctx);
+    let presence = SourceRegistry::default().presence("managed-identity", &config(), &ctx);
 
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
     assert!(error.problem().contains("Service Fabric"), "{error}");

@@ -1,12 +1,6 @@
-//! The registry: `auto`'s choice, unknown kinds and keys, and sources an application registers itself.
+//! The registry: `auto`'s choice, unknown kinds and keys (an application's own kinds: `kinds.rs`).
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use pgwi_credentials::{
-    CredentialConfig, CredentialError, SourceContext, SourceInfo, SourceRegistry, Token,
-    TokenSource,
-};
+use pgwi_credentials::{CredentialConfig, SourceContext, SourceRegistry};
 
 use crate::support::Pod;
 
@@ -100,64 +94,4 @@ fn an_unknown_credential_key_is_refused() {
         error.problem().contains("credential.workload_identiy"),
         "{error}"
     );
-}
-
-#[derive(Debug)]
-struct VaultSource {
-    path: String,
-}
-
-#[async_trait]
-impl TokenSource for VaultSource {
-    async fn token(&self) -> Result<Token, CredentialError> {
-        Ok(Token::new(
-            format!("vault-password-for-{}", self.path),
-            None,
-        ))
-    }
-
-    fn info(&self) -> SourceInfo {
-        SourceInfo::new("vault").with("path", &self.path)
-    }
-}
-
-#[tokio::test]
-async fn an_application_registers_its_own_source() {
-    // Scenario: an application adds a `vault` kind with its own `credential.vault` table, without forking.
-    let mut registry = SourceRegistry::default();
-    registry.register("vault", |config, _ctx| {
-        let path = config
-            .custom_section("vault")
-            .and_then(|v| v.get("path"))
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| {
-                CredentialError::configuration(
-                    "vault",
-                    "credential.vault.path is not set",
-                    "set it",
-                )
-            })?;
-        Ok(Arc::new(VaultSource {
-            path: path.to_owned(),
-        }))
-    });
-    let mut config = CredentialConfig {
-        kind: "vault".into(),
-        ..CredentialConfig::default()
-    };
-    config
-        .custom
-        .insert("vault".into(), serde_json::json!({"path": "db/app"}));
-
-    let source = registry
-        .build(
-            &config,
-            &crate::support::test_context(Vec::<(String, String)>::new()),
-        )
-        .expect("source");
-    let token = source.token().await.expect("token");
-
-    assert_eq!(token.secret().expose(), "vault-password-for-db/app");
-    assert!(registry.kinds().contains(&"vault".to_owned()));
-    assert_eq!(source.to_string(), "vault (path=db/app)");
 }
