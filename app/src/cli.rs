@@ -9,11 +9,14 @@ use pgwi_credentials::CredentialError;
 
 use crate::{bootstrap, doctor, job, migration, proxy, token};
 
-/// Passwordless PostgreSQL for Rust programs on Azure.
+/// Passwordless PostgreSQL on Azure: Microsoft Entra ID tokens instead of stored passwords.
 ///
-/// Connects with Microsoft Entra ID tokens (AKS workload identity, the az CLI) or a static password,
-/// configured by pgwi.toml profiles, the original demo's DBHOST/DBNAME/DBUSER/SSL_MODE, PGWI_* variables and
-/// these flags. Exit status: 0 success, 2 configuration error, 1 runtime failure.
+/// Gets a token from AKS workload identity, a managed identity, a service principal (client secret or
+/// certificate), a GitHub Actions job, the az or azd CLI, or uses a static password locally (--credential;
+/// `auto` tries them in order and says which it chose). Configured by pgwi.toml profiles, the original
+/// demo's DBHOST/DBNAME/DBUSER/SSL_MODE, PGWI_* variables and these flags. `pgwi doctor` checks a setup and
+/// names the fix; `pgwi proxy` serves any client (psql, Python, Go). Exit status: 0 success, 2
+/// configuration error, 1 runtime failure.
 #[derive(Debug, Parser)]
 #[command(name = "pgwi", version, propagate_version = true)]
 pub struct Cli {
@@ -24,6 +27,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Connection (every command)")]
 struct GlobalArgs {
     /// Configuration file [default: $PGWI_CONFIG, else ./pgwi.toml if present]
     #[arg(long, global = true, value_name = "FILE")]
@@ -80,7 +84,9 @@ enum Command {
     /// server is reached with TLS per database.sslmode (verify-full by default) and its authentication
     /// answered with a token valid at that moment (cleartext, as Azure asks an Entra principal; or
     /// SCRAM-SHA-256 with a static password). Configuration: the [proxy] section (listen, healthz,
-    /// allow_remote, drain_timeout_secs, local_password_file, local_password_env); flags override it.
+    /// allow_remote, local_password_file, local_password_env, tls_cert_file, tls_key_file,
+    /// channel_binding, max_clients, startup_timeout_secs, socket_mode, drain_timeout_secs); flags override
+    /// it.
     Proxy(proxy::ProxyArgs),
     /// Administrator tasks, run with an administrator's token
     Admin {

@@ -140,6 +140,7 @@ fn parse_mode(text: &str) -> Option<u32> {
 
 /// `pgwi proxy`'s flags; each falls back to the `proxy` section of the configuration.
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Proxy")]
 pub struct ProxyArgs {
     /// Where clients connect, repeatable: HOST:PORT (TCP), or an absolute Unix socket directory, where
     /// .s.PGSQL.5432 is created (DIR:PORT names the port: /run/pgwi:6432 serves `psql -h /run/pgwi -p 6432`)
@@ -237,155 +238,208 @@ struct Settings {
 }
 
 impl Settings {
+    /// Each setting from its flag, else its key in the `proxy` section, else its default; one error naming
+    /// the key, where the value came from and the fix for the first that is wrong.
     fn resolve(
         args: ProxyArgs,
         section: ProxyConfig,
         loaded: &LoadedConfig,
     ) -> Result<Self, ConfigError> {
-        let reject =
-            |key: &str, origin: String, problem: String, fix: &str| ConfigError::Rejected {
-                key: key.into(),
-                origin,
-                problem,
-                fix: fix.into(),
-            };
-        let (listen, listen_origin) = if !args.listen.is_empty() {
-            (args.listen, "--listen".to_owned())
-        } else if let Some(listen) = section.listen.clone().filter(|l| !l.is_empty()) {
-            (listen, loaded.origin("proxy.listen"))
-        } else {
-            (vec![DEFAULT_LISTEN.to_owned()], "the default".to_owned())
+        let origin = |flag: &str, set: bool, key: &str| {
+            if set {
+                flag.to_owned()
+            } else {
+                loaded.origin(key)
+            }
         };
         let allow_remote = args.allow_remote || section.allow_remote;
-        let mut parsed = Vec::new();
-        for text in &listen {
-            let address = parse_listen(text).map_err(|problem| {
-                reject(
-                    "proxy.listen",
-                    listen_origin.clone(),
-                    problem,
-                    "write HOST:PORT or an absolute socket directory, optionally DIR:PORT",
-                )
-            })?;
-            if address.is_remote() && !allow_remote {
-                return Err(reject(
-                    "proxy.listen",
-                    listen_origin,
-                    format!(
-                        "includes {text}, which is not a loopback address: anyone who reaches it would \
-                         get a connection logged in with this identity's token"
-                    ),
-                    "listen on 127.0.0.1, [::1] or a Unix socket directory (a sidecar's clients share \
-                     the pod's loopback); to serve other hosts pass --allow-remote (proxy.allow_remote) \
-                     and set proxy.local_password_file or proxy.local_password_env, the password those \
-                     clients must give",
-                ));
-            }
-            if let Listen::Unix { dir, .. } = &address {
-                check_socket_directory(dir).map_err(|problem| {
-                    reject(
-                        "proxy.listen",
-                        listen_origin.clone(),
-                        problem,
-                        "remove that permission (chmod o-w DIR) or listen in a directory only this user \
-                         (and its group) can write to",
-                    )
-                })?;
-            }
-            parsed.push(address);
-        }
-        let local_secret = if parsed.iter().any(Listen::is_remote) {
-            let password = local_password(&section, loaded)?;
-            Some(Arc::new(LocalSecret::new(password.as_str()).map_err(
-                |e| {
-                    reject(
-                        "proxy.local_password_file",
-                        "the local password".into(),
-                        e.to_string(),
-                        "try again",
-                    )
-                },
-            )?))
-        } else {
-            None
+        let listen = listeners(args.listen, &section, loaded, allow_remote)?;
+        let local_secret = match listen.iter().any(Listen::is_remote) {
+            true => Some(remote_secret(&section, loaded)?),
+            false => None,
         };
-        let healthz_origin = match &args.healthz {
-            Some(_) => "--healthz".to_owned(),
-            None => loaded.origin("proxy.healthz"),
-        };
-        let healthz = match args.healthz.or(section.healthz.clone()) {
-            Some(text) => Some(parse_socket_addr(&text).ok_or_else(|| {
-                reject(
-                    "proxy.healthz",
-                    healthz_origin,
-                    format!("{text:?} is not HOST:PORT with an IP address"),
-                    "write e.g. 0.0.0.0:8080 (probes reach the pod's address) or 127.0.0.1:8080",
-                )
-            })?),
-            None => None,
-        };
-        let (max_clients, max_clients_origin) = match args.max_clients {
-            Some(n) => (n, "--max-clients".to_owned()),
-            None => (section.max_clients, loaded.origin("proxy.max_clients")),
-        };
-        if max_clients == 0 {
-            return Err(reject(
-                "proxy.max_clients",
-                max_clients_origin,
-                "is 0: no client could connect".into(),
-                "set it to at least 1 (default 1000)",
-            ));
-        }
-        let (mode_text, mode_origin) = match (args.socket_mode, section.socket_mode.clone()) {
-            (Some(text), _) => (Some(text), "--socket-mode".to_owned()),
-            (None, text) => (text, loaded.origin("proxy.socket_mode")),
-        };
-        let socket_mode = match mode_text {
-            None => DEFAULT_SOCKET_MODE,
-            Some(text) => parse_mode(&text).ok_or_else(|| {
-                reject(
-                    "proxy.socket_mode",
-                    mode_origin,
-                    format!("{text:?} is not an octal file mode of at most 0777"),
-                    "write e.g. 0700 (this OS user only) or 0770 (its group too), as a string in the file",
-                )
-            })?,
-        };
+        let healthz_origin = origin("--healthz", args.healthz.is_some(), "proxy.healthz");
+        let healthz = health_address(args.healthz.or(section.healthz.clone()), healthz_origin)?;
+        let max_clients_origin = origin(
+            "--max-clients",
+            args.max_clients.is_some(),
+            "proxy.max_clients",
+        );
+        let max_clients = max_clients(
+            args.max_clients.unwrap_or(section.max_clients),
+            max_clients_origin,
+        )?;
+        let mode_origin = origin(
+            "--socket-mode",
+            args.socket_mode.is_some(),
+            "proxy.socket_mode",
+        );
+        let socket_mode = socket_mode(
+            args.socket_mode.or(section.socket_mode.clone()),
+            mode_origin,
+        )?;
         let startup_timeout = startup_timeout(args.startup_timeout_secs, &section, loaded)?;
-        let binding_origin = match args.channel_binding {
-            Some(_) => "--channel-binding".to_owned(),
-            None => loaded.origin("proxy.channel_binding"),
-        };
+        let binding_origin = origin(
+            "--channel-binding",
+            args.channel_binding.is_some(),
+            "proxy.channel_binding",
+        );
         let binding = args.channel_binding.unwrap_or(section.channel_binding);
         let tls = client_tls(args.tls_cert, args.tls_key, &section, loaded)?;
-        let tls = match (tls, binding) {
-            (None, ChannelBinding::Require) => {
-                return Err(reject(
-                    "proxy.channel_binding",
-                    binding_origin,
-                    "is require, but the client hop has no TLS to bind to".into(),
-                    "set --tls-cert and --tls-key (proxy.tls_cert_file, proxy.tls_key_file), or use prefer",
-                ));
-            }
-            (Some(tls), binding) => Some(
-                tls.require_channel_binding(binding == ChannelBinding::Require)
-                    .map_err(|e| reject("proxy.channel_binding", binding_origin, e.to_string(), "use prefer, or a certificate signed with ECDSA or RSA and SHA-256/384/512"))?,
-            ),
-            (None, ChannelBinding::Prefer) => None,
-        };
+        let tls = with_channel_binding(tls, binding, binding_origin)?;
+        let drain_timeout = args
+            .drain_timeout_secs
+            .unwrap_or(section.drain_timeout_secs);
         Ok(Self {
-            listen: parsed,
+            listen,
             healthz,
             max_clients,
             socket_mode,
             startup_timeout,
             tls,
-            drain_timeout: Duration::from_secs(
-                args.drain_timeout_secs
-                    .unwrap_or(section.drain_timeout_secs),
-            ),
+            drain_timeout: Duration::from_secs(drain_timeout),
             local_secret,
         })
+    }
+}
+
+/// The listen addresses: `--listen`, else `proxy.listen`, else the default; a non-loopback one only with
+/// `allow_remote`, a socket directory only where no other user can replace the socket.
+fn listeners(
+    flags: Vec<String>,
+    section: &ProxyConfig,
+    loaded: &LoadedConfig,
+    allow_remote: bool,
+) -> Result<Vec<Listen>, ConfigError> {
+    let (listen, origin) = if !flags.is_empty() {
+        (flags, "--listen".to_owned())
+    } else if let Some(listen) = section.listen.clone().filter(|l| !l.is_empty()) {
+        (listen, loaded.origin("proxy.listen"))
+    } else {
+        (vec![DEFAULT_LISTEN.to_owned()], "the default".to_owned())
+    };
+    let rejected = |problem: String, fix: &str| {
+        ConfigError::rejected("proxy.listen", origin.clone(), problem, fix)
+    };
+    let mut parsed = Vec::new();
+    for text in &listen {
+        let address = parse_listen(text).map_err(|problem| {
+            rejected(
+                problem,
+                "write HOST:PORT or an absolute socket directory, optionally DIR:PORT",
+            )
+        })?;
+        if address.is_remote() && !allow_remote {
+            return Err(rejected(
+                format!(
+                    "includes {text}, which is not a loopback address: anyone who reaches it would get a \
+                     connection logged in with this identity's token"
+                ),
+                "listen on 127.0.0.1, [::1] or a Unix socket directory (a sidecar's clients share the \
+                 pod's loopback); to serve other hosts pass --allow-remote (proxy.allow_remote) and set \
+                 proxy.local_password_file or proxy.local_password_env, the password those clients must \
+                 give",
+            ));
+        }
+        if let Listen::Unix { dir, .. } = &address {
+            check_socket_directory(dir).map_err(|problem| {
+                rejected(
+                    problem,
+                    "remove that permission (chmod o-w DIR) or listen in a directory only this user (and \
+                     its group) can write to",
+                )
+            })?;
+        }
+        parsed.push(address);
+    }
+    Ok(parsed)
+}
+
+/// The SCRAM verifier of the local password remote clients must prove.
+fn remote_secret(
+    section: &ProxyConfig,
+    loaded: &LoadedConfig,
+) -> Result<Arc<LocalSecret>, ConfigError> {
+    let password = local_password(section, loaded)?;
+    LocalSecret::new(password.as_str())
+        .map(Arc::new)
+        .map_err(|e| {
+            ConfigError::rejected(
+                "proxy.local_password_file",
+                "the local password",
+                e.to_string(),
+                "try again",
+            )
+        })
+}
+
+/// The health endpoint's address, if any.
+fn health_address(text: Option<String>, origin: String) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    parse_socket_addr(&text).map(Some).ok_or_else(|| {
+        ConfigError::rejected(
+            "proxy.healthz",
+            origin,
+            format!("{text:?} is not HOST:PORT with an IP address"),
+            "write e.g. 0.0.0.0:8080 (probes reach the pod's address) or 127.0.0.1:8080",
+        )
+    })
+}
+
+/// The cap on sessions: at least 1.
+fn max_clients(max_clients: usize, origin: String) -> Result<usize, ConfigError> {
+    if max_clients == 0 {
+        return Err(ConfigError::rejected(
+            "proxy.max_clients",
+            origin,
+            "is 0: no client could connect",
+            "set it to at least 1 (default 1000)",
+        ));
+    }
+    Ok(max_clients)
+}
+
+/// The socket files' mode, octal (default [`DEFAULT_SOCKET_MODE`]).
+fn socket_mode(text: Option<String>, origin: String) -> Result<u32, ConfigError> {
+    let Some(text) = text else {
+        return Ok(DEFAULT_SOCKET_MODE);
+    };
+    parse_mode(&text).ok_or_else(|| {
+        ConfigError::rejected(
+            "proxy.socket_mode",
+            origin,
+            format!("{text:?} is not an octal file mode of at most 0777"),
+            "write e.g. 0700 (this OS user only) or 0770 (its group too), as a string in the file",
+        )
+    })
+}
+
+/// The client hop's TLS with `binding` applied: `require` needs TLS and a certificate with a binding hash.
+fn with_channel_binding(
+    tls: Option<ClientTls>,
+    binding: ChannelBinding,
+    origin: String,
+) -> Result<Option<ClientTls>, ConfigError> {
+    let rejected = |problem: String, fix: &str| {
+        ConfigError::rejected("proxy.channel_binding", origin.clone(), problem, fix)
+    };
+    match (tls, binding) {
+        (None, ChannelBinding::Require) => Err(rejected(
+            "is require, but the client hop has no TLS to bind to".into(),
+            "set --tls-cert and --tls-key (proxy.tls_cert_file, proxy.tls_key_file), or use prefer",
+        )),
+        (None, ChannelBinding::Prefer) => Ok(None),
+        (Some(tls), binding) => tls
+            .require_channel_binding(binding == ChannelBinding::Require)
+            .map(Some)
+            .map_err(|e| {
+                rejected(
+                    e.to_string(),
+                    "use prefer, or a certificate signed with ECDSA or RSA and SHA-256/384/512",
+                )
+            }),
     }
 }
 
@@ -403,15 +457,19 @@ fn startup_timeout(
         ),
     };
     if secs == 0 {
-        return Err(ConfigError::Rejected {
-            key: "proxy.startup_timeout_secs".into(),
+        return Err(ConfigError::rejected(
+            "proxy.startup_timeout_secs",
             origin,
-            problem: "is 0: no client could finish its start-up".into(),
-            fix: "set it to a few seconds (default 5)".into(),
-        });
+            "is 0: no client could finish its start-up",
+            "set it to a few seconds (default 5)",
+        ));
     }
     Ok(Duration::from_secs(secs))
 }
+
+/// The fix when only one of the client hop's certificate and key is set.
+const BOTH_TLS_FILES: &str =
+    "set both: --tls-cert and --tls-key (proxy.tls_cert_file, proxy.tls_key_file)";
 
 /// TLS for the client hop from `--tls-cert`/`--tls-key` over `proxy.tls_cert_file`/`proxy.tls_key_file`:
 /// both or neither.
@@ -436,33 +494,31 @@ fn client_tls(
         (None, None) => return Ok(None),
         (Some(cert), Some(key)) => (cert, key),
         (Some(_), None) => {
-            return Err(ConfigError::Rejected {
-                key: "proxy.tls_key_file".into(),
-                origin: key_origin,
-                problem: format!("is not set, but a certificate is (from {cert_origin})"),
-                fix: "set both: --tls-cert and --tls-key (proxy.tls_cert_file, proxy.tls_key_file)"
-                    .into(),
-            });
+            return Err(ConfigError::rejected(
+                "proxy.tls_key_file",
+                key_origin,
+                format!("is not set, but a certificate is (from {cert_origin})"),
+                BOTH_TLS_FILES,
+            ));
         }
         (None, Some(_)) => {
-            return Err(ConfigError::Rejected {
-                key: "proxy.tls_cert_file".into(),
-                origin: cert_origin,
-                problem: format!("is not set, but a key is (from {key_origin})"),
-                fix: "set both: --tls-cert and --tls-key (proxy.tls_cert_file, proxy.tls_key_file)"
-                    .into(),
-            });
+            return Err(ConfigError::rejected(
+                "proxy.tls_cert_file",
+                cert_origin,
+                format!("is not set, but a key is (from {key_origin})"),
+                BOTH_TLS_FILES,
+            ));
         }
     };
     ClientTls::from_pem_files(&cert, &key)
         .map(Some)
-        .map_err(|e| ConfigError::Rejected {
-            key: "proxy.tls_cert_file".into(),
-            origin: format!("{cert_origin}, with the key from {key_origin}"),
-            problem: e.to_string(),
-            fix:
-                "give a PEM certificate chain (leaf first) and the PEM private key that matches it"
-                    .into(),
+        .map_err(|e| {
+            ConfigError::rejected(
+                "proxy.tls_cert_file",
+                format!("{cert_origin}, with the key from {key_origin}"),
+                e.to_string(),
+                "give a PEM certificate chain (leaf first) and the PEM private key that matches it",
+            )
         })
 }
 
@@ -476,11 +532,8 @@ fn local_password(
     section: &ProxyConfig,
     loaded: &LoadedConfig,
 ) -> Result<zeroize::Zeroizing<String>, ConfigError> {
-    let reject = |key: &str, problem: String, fix: &str| ConfigError::Rejected {
-        key: key.into(),
-        origin: loaded.origin(key),
-        problem,
-        fix: fix.into(),
+    let reject = |key: &str, problem: String, fix: &str| {
+        ConfigError::rejected(key, loaded.origin(key), problem, fix)
     };
     let password = match (&section.local_password_file, &section.local_password_env) {
         (Some(path), _) => std::fs::read_to_string(path)
@@ -501,16 +554,14 @@ fn local_password(
             )
         })?,
         (None, None) => {
-            return Err(ConfigError::Rejected {
-                key: "proxy.local_password_file".into(),
-                origin: "nowhere".into(),
-                problem: "is not set, and neither is proxy.local_password_env, but --allow-remote \
-                          serves non-loopback addresses, whose clients must authenticate"
-                    .into(),
-                fix: "set proxy.local_password_file (PGWI_PROXY__LOCAL_PASSWORD_FILE) or \
-                      proxy.local_password_env (PGWI_PROXY__LOCAL_PASSWORD_ENV)"
-                    .into(),
-            });
+            return Err(ConfigError::rejected(
+                "proxy.local_password_file",
+                "nowhere",
+                "is not set, and neither is proxy.local_password_env, but --allow-remote \
+                          serves non-loopback addresses, whose clients must authenticate",
+                "set proxy.local_password_file (PGWI_PROXY__LOCAL_PASSWORD_FILE) or \
+                      proxy.local_password_env (PGWI_PROXY__LOCAL_PASSWORD_ENV)",
+            ));
         }
     };
     let password = zeroize::Zeroizing::new(password);

@@ -223,6 +223,23 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// A value that is present but not acceptable: its key, where it came from, what is wrong, the fix.
+    pub fn rejected(
+        key: impl Into<String>,
+        origin: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        ConfigError::Rejected {
+            key: key.into(),
+            origin: origin.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
 fn context(file: &Option<PathBuf>, profile: &str) -> String {
     match file {
         Some(file) => format!(" (config file {}, profile {profile})", file.display()),
