@@ -124,7 +124,7 @@ impl ClientTls {
 
 /// RFC 5929's `tls-server-end-point`: the certificate's hash with the hash of its signature algorithm,
 /// SHA-256 when that is MD5 or SHA-1 (or not recognised), as PostgreSQL computes it.
-fn end_point_hash(certificate: &[u8]) -> Vec<u8> {
+pub(super) fn end_point_hash(certificate: &[u8]) -> Vec<u8> {
     // DER of ecdsa-with-SHA384/512 and sha384/512WithRSAEncryption.
     const SHA384: [&[u8]; 2] = [
         &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
@@ -144,7 +144,7 @@ fn end_point_hash(certificate: &[u8]) -> Vec<u8> {
 
 /// The OID of a certificate's `signatureAlgorithm` (Certificate ::= SEQUENCE { tbsCertificate,
 /// signatureAlgorithm AlgorithmIdentifier, signature }).
-fn signature_algorithm(certificate: &[u8]) -> Option<&[u8]> {
+pub(super) fn signature_algorithm(certificate: &[u8]) -> Option<&[u8]> {
     let (certificate, _) = der_element(certificate, 0x30)?;
     let (_, after_tbs) = der_element(certificate, 0x30)?;
     let (algorithm, _) = der_element(after_tbs, 0x30)?;

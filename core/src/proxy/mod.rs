@@ -23,6 +23,8 @@
 
 mod cancel;
 mod client;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod scram;
 mod tls;
 mod upstream;
