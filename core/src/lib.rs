@@ -22,6 +22,9 @@
 
 pub mod config;
 mod connect;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod protocol;
 pub mod proxy;
 pub mod tls_rules;

@@ -137,7 +137,7 @@ pub(crate) async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// `key\0value\0…\0` into pairs; a key given twice is refused (see [`StartupError::Layout`]).
-fn parse_params(body: &[u8]) -> Result<Params, StartupError> {
+pub(crate) fn parse_params(body: &[u8]) -> Result<Params, StartupError> {
     let layout = |what: String| StartupError::Layout(what);
     let body = body
         .strip_suffix(&[0])

@@ -161,7 +161,7 @@ impl ClientTls {
 /// RFC 5929's `tls-server-end-point`: the certificate's hash with the hash of its signature algorithm,
 /// SHA-256 when that is MD5 or SHA-1, as PostgreSQL computes it; `None` for an algorithm without one
 /// (Ed25519, RSA-PSS) or one ring lacks (SHA-224), and for bytes that are not a certificate.
-fn end_point_hash(certificate: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn end_point_hash(certificate: &[u8]) -> Option<Vec<u8>> {
     // DER of the OIDs' prefixes: {md5,sha1,sha256,sha384,sha512}WithRSAEncryption (1.2.840.113549.1.1.n),
     // ecdsa-with-SHA256/384/512 (1.2.840.10045.4.3.n), ecdsa-with-SHA1 (1.2.840.10045.4.1).
     const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
@@ -183,7 +183,7 @@ fn end_point_hash(certificate: &[u8]) -> Option<Vec<u8>> {
 
 /// The OID of a certificate's `signatureAlgorithm` (Certificate ::= SEQUENCE { tbsCertificate,
 /// signatureAlgorithm AlgorithmIdentifier, signature }).
-fn signature_algorithm(certificate: &[u8]) -> Option<&[u8]> {
+pub(super) fn signature_algorithm(certificate: &[u8]) -> Option<&[u8]> {
     let (certificate, _) = der_element(certificate, 0x30)?;
     let (_, after_tbs) = der_element(certificate, 0x30)?;
     let (algorithm, _) = der_element(after_tbs, 0x30)?;

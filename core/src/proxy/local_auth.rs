@@ -2,6 +2,7 @@
 //! is contacted, SCRAM-SHA-256-PLUS (bound to the proxy's certificate) when the client's hop is TLS.
 
 use std::io;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 
@@ -10,7 +11,7 @@ use super::{LocalSecret, scram};
 use crate::protocol;
 
 /// How long a client that failed the local password waits for its answer.
-const FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const FAILURE_DELAY: Duration = Duration::from_secs(1);
 
 /// SCRAM-SHA-256 against the proxy's local password, before the server is contacted; over TLS,
 /// SCRAM-SHA-256-PLUS is offered first, bound to the proxy's certificate (`binding`: its hash, and whether
@@ -24,6 +25,7 @@ pub(super) async fn local_authentication<S>(
     user: &str,
     user_allowed: bool,
     binding: Option<(&[u8], bool)>,
+    failure_delay: Duration,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -82,7 +84,9 @@ where
         Err(error) => {
             // As PostgreSQL's auth_delay: each failed guess costs the guesser a second, while this client
             // holds one of its address's few start-up slots, so guessing is slow however it is spread.
-            tokio::time::sleep(FAILURE_DELAY).await;
+            if !failure_delay.is_zero() {
+                tokio::time::sleep(failure_delay).await;
+            }
             // The client is told only what PostgreSQL tells it; why is for the log.
             let message = format!("password authentication failed for user \"{user}\"");
             let _ = client.write_all(&protocol::fatal("28P01", &message)).await;

@@ -27,6 +27,8 @@ mod accounting;
 mod cancel;
 mod client;
 mod diagnosis;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod local_auth;
 mod login;
 mod scram;

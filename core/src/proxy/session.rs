@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 
 use super::accounting::{Counted, SessionLog};
 use super::client::ClientConn;
-use super::local_auth::local_authentication;
+use super::local_auth::{FAILURE_DELAY, local_authentication};
 use super::{Client, Proxy, ScramError, upstream};
 use crate::connect::ConnectError;
 use crate::protocol::{self, FirstMessage, StartupError};
@@ -159,7 +159,15 @@ impl Proxy {
                 .as_ref()
                 .filter(|_| client.is_tls())
                 .and_then(|tls| Some((tls.end_point()?, tls.binding_required())));
-            local_authentication(client, secret, &user, user_allowed, end_point).await?;
+            local_authentication(
+                client,
+                secret,
+                &user,
+                user_allowed,
+                end_point,
+                FAILURE_DELAY,
+            )
+            .await?;
         }
         Ok(StartUp::Session {
             version,

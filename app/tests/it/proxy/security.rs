@@ -496,3 +496,390 @@ async fn a_client_sending_its_start_up_a_byte_at_a_time_is_cut_at_the_deadline(
     );
     running.stop().await;
 }
+
+/// A small deterministic generator (SplitMix64), so a failing flood can be replayed from its seed.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// The kinds of hostile connection a flood opens, in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Hostile {
+    /// 1 to 512 random bytes, then the write half closed.
+    RandomBytes,
+    /// A length above the start-up limit (10 001 to 2^31 - 1), a protocol version and a few bytes.
+    HugeLength,
+    /// A length below 8: 7 down to -2^31 + 8.
+    NegativeLength,
+    /// A start-up cut short, then the write half closed.
+    TruncatedStartup,
+    /// A start-up cut short, and the connection left open.
+    TruncatedHeldOpen,
+    /// Two to five SSLRequests in a row.
+    RepeatedSslRequest,
+    /// A protocol 2.0 start-up (PostgreSQL 7.3's).
+    Protocol2,
+    /// A start-up naming one of its keys twice.
+    RepeatedKey,
+    /// A cancel request with a random pid and key.
+    RandomCancel,
+    /// Nothing at all, the connection left open.
+    Silent,
+}
+
+const HOSTILE: [Hostile; 10] = [
+    Hostile::RandomBytes,
+    Hostile::HugeLength,
+    Hostile::NegativeLength,
+    Hostile::TruncatedStartup,
+    Hostile::TruncatedHeldOpen,
+    Hostile::RepeatedSslRequest,
+    Hostile::Protocol2,
+    Hostile::RepeatedKey,
+    Hostile::RandomCancel,
+    Hostile::Silent,
+];
+
+impl Hostile {
+    /// The bytes sent, and whether the write half is closed after them.
+    fn bytes(self, random: &mut Random, user: &str, db: &str) -> (Vec<u8>, bool) {
+        let startup = raw_startup(&[
+            ("user", user),
+            ("database", db),
+            ("application_name", "hostile"),
+        ]);
+        let ssl_request = [8_i32.to_be_bytes(), 80_877_103_i32.to_be_bytes()].concat();
+        match self {
+            Hostile::RandomBytes => {
+                let n = 1 + random.below(512) as usize;
+                (random.bytes(n), true)
+            }
+            Hostile::HugeLength => {
+                let len = 10_001 + random.below((i32::MAX - 10_001) as u64) as i32;
+                let mut bytes = [len.to_be_bytes(), 196_608_i32.to_be_bytes()].concat();
+                bytes.extend(random.bytes(16));
+                (bytes, true)
+            }
+            Hostile::NegativeLength => {
+                let len = 7 - random.below(1 << 31) as i32;
+                (
+                    [len.to_be_bytes(), 196_608_i32.to_be_bytes()].concat(),
+                    true,
+                )
+            }
+            Hostile::TruncatedStartup | Hostile::TruncatedHeldOpen => {
+                let cut = 1 + random.below(startup.len() as u64 - 1) as usize;
+                (startup[..cut].to_vec(), self == Hostile::TruncatedStartup)
+            }
+            Hostile::RepeatedSslRequest => (ssl_request.repeat(2 + random.below(4) as usize), true),
+            Hostile::Protocol2 => {
+                // Int32 296, version 2.0, then database[64], user[32], options[64], unused[64], tty[64].
+                let mut bytes = [296_i32.to_be_bytes(), 0x0002_0000_i32.to_be_bytes()].concat();
+                for (value, width) in [(db, 64), (user, 32), ("", 64), ("", 64), ("", 64)] {
+                    let mut field = value.as_bytes().to_vec();
+                    field.resize(width, 0);
+                    bytes.extend(field);
+                }
+                (bytes, true)
+            }
+            Hostile::RepeatedKey => {
+                let key =
+                    ["user", "database", "options", "application_name"][random.below(4) as usize];
+                let params = [("user", user), ("database", db), (key, "postgres")];
+                // `options` or `application_name` named once is no repeat: name it a second time.
+                let mut params = params.to_vec();
+                if !["user", "database"].contains(&key) {
+                    params.push((key, "again"));
+                }
+                (raw_startup(&params), true)
+            }
+            Hostile::RandomCancel => {
+                let mut bytes = [16_i32.to_be_bytes(), 80_877_102_i32.to_be_bytes()].concat();
+                bytes.extend(random.bytes(8));
+                (bytes, true)
+            }
+            Hostile::Silent => (Vec::new(), false),
+        }
+    }
+}
+
+/// Opens one hostile connection: sends its bytes, then reads until the proxy closes it (or `limit`
+/// passes). What the proxy answered, and when it closed the connection (`None`: still open at `limit`).
+async fn hostile(
+    host: &str,
+    port: u16,
+    bytes: &[u8],
+    shutdown: bool,
+    limit: Duration,
+) -> (Vec<u8>, Option<Duration>) {
+    let started = tokio::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .expect("connect to the proxy");
+    // The proxy may close before taking everything (a length it refuses): a failed write is its answer.
+    if stream.write_all(bytes).await.is_ok() && shutdown {
+        let _ = stream.shutdown().await;
+    }
+    let mut reply = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match tokio::time::timeout_at(started + limit, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => reply.extend(&buf[..n]),
+            // End of stream or a reset: closed.
+            Ok(_) => return (reply, Some(started.elapsed())),
+            Err(_) => return (reply, None),
+        }
+    }
+}
+
+/// Whether a hostile connection's reply is what PostgreSQL answers such bytes with: `N` to each TLS request
+/// answered, then nothing or one `ErrorResponse` with `sqlstate` (any SQLSTATE if `None`), and nothing else
+/// (no authentication request: nothing got past the start-up).
+fn reply_problem(kind: Hostile, reply: &[u8]) -> Option<String> {
+    let expected = match kind {
+        Hostile::RepeatedSslRequest | Hostile::Protocol2 => Some("0A000"),
+        Hostile::RepeatedKey => Some("08P01"),
+        Hostile::RandomBytes => None,
+        _ if reply.is_empty() => return None,
+        _ => {
+            return Some(format!(
+                "{kind:?} was answered {:?}",
+                String::from_utf8_lossy(reply)
+            ));
+        }
+    };
+    let answered_n = reply.iter().take_while(|&&b| b == b'N').count();
+    if kind == Hostile::RepeatedSslRequest && answered_n != 1 {
+        return Some(format!("{kind:?}: {answered_n} SSLRequests answered"));
+    }
+    let messages = parse_replies(&reply[answered_n..]);
+    let consumed: usize = messages.iter().map(|m| 5 + m.body.len()).sum();
+    let problem = match (&messages[..], expected) {
+        _ if consumed != reply.len() - answered_n => Some("bytes that are not messages"),
+        ([], None) => None,
+        ([error], _) if error.tag != b'E' => Some("a message that is not an error"),
+        ([error], Some(code)) if error.field(b'C').as_deref() != Some(code) => {
+            Some("another SQLSTATE")
+        }
+        ([_], _) => None,
+        _ => Some("not exactly one error"),
+    };
+    problem.map(|why| format!("{kind:?}: {why}: {:?}", String::from_utf8_lossy(reply)))
+}
+
+/// `VmRSS` and `VmHWM` (peak) of process `pid`, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[rstest]
+#[tokio::test]
+async fn thousands_of_hostile_connections_leave_the_proxy_serving_in_bounded_memory(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Proves: 4000 hostile connections on the loopback listener, 50 at a time (random bytes, huge and
+    // negative lengths, truncated start-ups closed or held open, repeated SSLRequests, protocol 2
+    // start-ups, start-ups repeating a key, cancel requests with random keys, silent connections) are each
+    // closed by the proxy — the silent and held-open ones at the 1 s start-up timeout — and answered only
+    // as PostgreSQL answers them (a TLS refusal `N`, at most one error: 0A000, 08P01), never past the
+    // start-up; no random cancel key is forwarded (each is logged dropped, none ended as a forwarded
+    // cancel) and an open session's key is not hit; psql is served over TCP and the Unix socket while the
+    // flood runs and after it, the open session still answers, and the proxy's peak resident memory grew
+    // by less than 64 MiB.
+    const CONNECTIONS: usize = 4000;
+    const AT_ONCE: usize = 50;
+    const STARTUP_TIMEOUT: Duration = Duration::from_secs(1);
+    const MEMORY_BOUND_KIB: u64 = 64 * 1024;
+    let db = fresh_db;
+    let wi = WorkloadIdentity::start(&db).await;
+    let dir = tempfile::tempdir().expect("socket dir");
+    let socket = format!("{}:6544", dir.path().display());
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        &socket,
+        "--startup-timeout-secs",
+        "1",
+    ];
+    let mut running = Running::start(proxy(&db, &wi, &args), 2, false).await;
+    let (host, port) = running.tcp();
+    let dir_text = dir.path().display().to_string();
+    let user = wi.identity.clone();
+    let served = |host: String, port: u16| {
+        let (user, db) = (user.clone(), db.name().to_owned());
+        async move {
+            let out = psql(&host, port, &user, &db, "SELECT current_user", &[]).await;
+            assert_eq!(assert_ok("psql", &out), user);
+        }
+    };
+    served(host.clone(), port).await;
+    served(dir_text.clone(), 6544).await;
+    let mut open_session = connect(&host, port, &wi.identity, db.name())
+        .await
+        .expect("a session through the proxy");
+    let pid = running.process.id();
+    let (rss_before, peak_before) = memory_kib(pid);
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    println!("hostile flood seed {seed}");
+    let flood = {
+        let (host, user, db) = (host.clone(), wi.identity.clone(), db.name().to_owned());
+        tokio::spawn(async move {
+            let mut random = Random(seed);
+            let at_once = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
+            let mut tasks = tokio::task::JoinSet::new();
+            let started = tokio::time::Instant::now();
+            for i in 0..CONNECTIONS {
+                let kind = HOSTILE[i % HOSTILE.len()];
+                let (bytes, shutdown) = kind.bytes(&mut random, &user, &db);
+                let permit = at_once.clone().acquire_owned().await.expect("semaphore");
+                let host = host.clone();
+                tasks.spawn(async move {
+                    let limit = STARTUP_TIMEOUT + Duration::from_secs(20);
+                    let (reply, closed) = hostile(&host, port, &bytes, shutdown, limit).await;
+                    drop(permit);
+                    (kind, reply, closed)
+                });
+            }
+            let mut outcomes = Vec::with_capacity(CONNECTIONS);
+            while let Some(outcome) = tasks.join_next().await {
+                outcomes.push(outcome.expect("a hostile client panicked"));
+            }
+            (outcomes, started.elapsed())
+        })
+    };
+
+    // Served while the flood runs, on both listeners (its silent connections alone take 16 s at 50 at once:
+    // psql starts well inside it).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!flood.is_finished(), "the flood ended within 2 s");
+    served(dir_text.clone(), 6544).await;
+    served(host.clone(), port).await;
+    println!(
+        "psql served during the flood; the flood {} when psql was done",
+        if flood.is_finished() {
+            "had ended"
+        } else {
+            "was still going"
+        }
+    );
+    let (outcomes, took) = tokio::time::timeout(Duration::from_secs(600), flood)
+        .await
+        .expect("the flood took more than 10 minutes")
+        .expect("the flood");
+    let (rss_after, peak_after) = memory_kib(pid);
+
+    let mut problems = Vec::new();
+    let mut slowest = std::collections::BTreeMap::<Hostile, Duration>::new();
+    for (kind, reply, closed) in &outcomes {
+        let Some(closed) = closed else {
+            let reply = String::from_utf8_lossy(reply);
+            problems.push(format!(
+                "{kind:?}: still open after 21 s (answered {reply:?})"
+            ));
+            continue;
+        };
+        let slowest = slowest.entry(*kind).or_default();
+        *slowest = (*slowest).max(*closed);
+        if matches!(kind, Hostile::Silent | Hostile::TruncatedHeldOpen)
+            && *closed < STARTUP_TIMEOUT - Duration::from_millis(100)
+        {
+            problems.push(format!(
+                "{kind:?}: closed after {closed:?}, before the start-up timeout"
+            ));
+        }
+        problems.extend(reply_problem(*kind, reply));
+    }
+    println!(
+        "{} hostile connections ({AT_ONCE} at a time) in {took:?}; slowest close per kind: {slowest:?}",
+        outcomes.len()
+    );
+    println!(
+        "proxy memory: VmRSS {rss_before} KiB -> {rss_after} KiB, VmHWM {peak_before} KiB -> {peak_after} KiB"
+    );
+    assert_eq!(outcomes.len(), CONNECTIONS);
+    assert!(
+        problems.is_empty(),
+        "{} of {CONNECTIONS} hostile connections were not handled as PostgreSQL would (seed {seed}):\n{}",
+        problems.len(),
+        problems[..problems.len().min(20)].join("\n")
+    );
+    assert!(
+        peak_after.saturating_sub(rss_before) < MEMORY_BOUND_KIB,
+        "the proxy's peak memory grew from {rss_before} KiB to {peak_after} KiB during the flood"
+    );
+
+    // Served after the flood, and the session that was open throughout still answers.
+    served(host.clone(), port).await;
+    served(dir_text.clone(), 6544).await;
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut open_session)
+        .await
+        .expect("the open session answers after the flood");
+    assert_eq!(one, 1);
+    drop(open_session);
+
+    // Every random cancel was dropped (logged at debug), none forwarded. Each connection's line is written
+    // as it ends, which can be just after the client saw the close.
+    let cancels = outcomes
+        .iter()
+        .filter(|(kind, ..)| *kind == Hostile::RandomCancel)
+        .count();
+    let of_kind = |lines: Vec<serde_json::Value>, kind: &str| {
+        lines
+            .into_iter()
+            .filter(|line| line["fields"]["kind"] == kind)
+            .collect::<Vec<_>>()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let dropped = loop {
+        let dropped = of_kind(running.process.log_lines("connection dropped"), "cancel");
+        if dropped.len() >= cancels || std::time::Instant::now() > until {
+            break dropped;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dropped.len(), cancels, "random cancels logged dropped");
+    for line in &dropped {
+        let error = line["fields"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("for no open session"), "{line}");
+    }
+    for message in ["connection ended", "connection refused"] {
+        let forwarded = of_kind(running.process.log_lines(message), "cancel");
+        assert!(
+            forwarded.is_empty(),
+            "a random cancel key was acted on ({message}): {forwarded:?}"
+        );
+    }
+    assert!(!running.process.has_exited(), "the proxy exited");
+    running.stop().await;
+}
