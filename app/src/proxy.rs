@@ -148,8 +148,8 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
     /// Serve `GET /healthz` on HOST:PORT: 200 while listening with a valid token, 503 while draining or
-    /// without one (readiness); and `GET /livez`: 200 while the process serves (liveness: a token outage
-    /// must not restart it) [config: proxy.healthz]
+    /// without one (readiness); `GET /livez`: 200 while the process serves (liveness: a token outage must
+    /// not restart it); and `GET /metrics` in Prometheus' text format [config: proxy.healthz]
     #[arg(long, value_name = "ADDR")]
     pub healthz: Option<String>,
     /// Allow non-loopback listen addresses; their clients must prove the local password (SCRAM-SHA-256)
@@ -599,6 +599,11 @@ async fn termination() -> anyhow::Result<&'static str> {
 pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let loaded = pgwi_core::config::load(sources)?;
     let settings = Settings::resolve(args, loaded.section("proxy")?, &loaded)?;
+    // Installed before the first token is asked for, so that request is counted too.
+    let metrics = match settings.healthz {
+        Some(_) => Some(crate::metrics::install_prometheus()?),
+        None => None,
+    };
     let credential = SourceRegistry::default()
         .build_cached(&loaded.config.credential, &SourceContext::default())?;
     let options = ProxyOptions {
@@ -618,8 +623,9 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
     if let Some(tls) = settings.tls {
         server = server.tls(tls);
     }
-    if let Some(address) = settings.healthz {
-        server = server.health(address);
+    if let (Some(address), Some(render)) = (settings.healthz, metrics) {
+        // GET /metrics is served beside /healthz and /livez.
+        server = server.health(address).metrics(render);
     }
     let server = server.bind().await?;
     // SIGTERM or SIGINT drains; a second one (Ctrl-C again in a terminal) does not wait for the deadline.

@@ -25,6 +25,7 @@ mod connect;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metrics;
 mod protocol;
 pub mod proxy;
 pub mod tls_rules;

@@ -276,7 +276,11 @@ impl CachedTokenSource {
     }
 
     async fn fetch(&self, retry: &mut RetryState) -> Result<Token, CredentialError> {
+        let asked = std::time::Instant::now();
         let result = self.ask_source().await;
+        // The kind that answered (with `auto`, the one of its chain in use): a label of few values.
+        let source = self.inner.info().kind;
+        crate::metrics::record_request(&source, result.is_ok(), asked.elapsed().as_secs_f64());
         let now = OffsetDateTime::now_utc();
         match result {
             Ok(token) => {
@@ -306,6 +310,7 @@ impl CachedTokenSource {
                     s.last_error = None;
                     s.expires_at = token.expires_at();
                 });
+                crate::metrics::record_expiry(token.expires_at());
                 tracing::debug!(source = %self.inner, expires_at = ?token.expires_at(), "token fetched");
                 Ok(token)
             }

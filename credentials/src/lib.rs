@@ -49,6 +49,7 @@ pub mod entra;
 mod environment;
 mod error;
 mod kind;
+pub mod metrics;
 mod registry;
 mod secret;
 mod source;

@@ -24,6 +24,9 @@ pub(super) struct SessionLog {
     pub(super) relaying: bool,
     /// Whether the client finished its start-up (failures before that are counted, not each warned).
     pub(super) started_up: bool,
+    /// Why the proxy refused the connection, for [`crate::metrics::PROXY_REFUSALS`] (`None` before a step
+    /// that can refuse it: a failure then is a bad start-up).
+    pub(super) refusal: Option<&'static str>,
     /// Logged at debug: a connection that sent nothing, or a cancel request for no session (floods of
     /// either must not flood the log).
     pub(super) quiet: bool,
@@ -43,6 +46,7 @@ impl SessionLog {
             relaying: false,
             quiet: false,
             started_up: false,
+            refusal: None,
             error: None,
         }
     }
@@ -76,6 +80,30 @@ fn count_failed_start_up(error: &SessionError) {
     }
 }
 
+impl SessionLog {
+    /// The session is logged in and relays from now on: counted as served and active.
+    pub(super) fn start_relaying(&mut self) {
+        self.relaying = true;
+        metrics::counter!(crate::metrics::PROXY_SESSIONS, "outcome" => "served").increment(1);
+        metrics::gauge!(crate::metrics::PROXY_SESSIONS_ACTIVE).increment(1);
+    }
+
+    /// The numbers of a connection that ends: an active session no more, or a refusal and why. Connections
+    /// that sent nothing (port scans, TCP probes) and cancel requests (counted apart) are no sessions.
+    fn record_end(&self, bytes_from_client: u64) {
+        if self.relaying {
+            metrics::gauge!(crate::metrics::PROXY_SESSIONS_ACTIVE).decrement(1);
+            return;
+        }
+        if self.error.is_none() || self.kind != "session" || bytes_from_client == 0 {
+            return;
+        }
+        let reason = self.refusal.unwrap_or("bad_startup");
+        metrics::counter!(crate::metrics::PROXY_SESSIONS, "outcome" => "refused").increment(1);
+        metrics::counter!(crate::metrics::PROXY_REFUSALS, "reason" => reason).increment(1);
+    }
+}
+
 impl Drop for SessionLog {
     fn drop(&mut self) {
         let duration_ms = self.started.elapsed().as_millis() as u64;
@@ -83,6 +111,7 @@ impl Drop for SessionLog {
         let bytes_from_server = self.bytes_from_server.load(Ordering::Relaxed);
         let database = self.database.as_deref().unwrap_or_default();
         let upstream_pid = self.upstream_pid.unwrap_or_default();
+        self.record_end(bytes_from_client);
         let quiet = self.quiet || bytes_from_client == 0;
         match &self.error {
             Some(error) if quiet => tracing::debug!(
@@ -118,6 +147,22 @@ pub(super) struct Counted<S> {
     pub(super) inner: S,
     pub(super) read: Arc<AtomicU64>,
     pub(super) written: Arc<AtomicU64>,
+    /// [`crate::metrics::PROXY_BYTES`] `from_client` and `from_server`, looked up once per session.
+    pub(super) metrics: (metrics::Counter, metrics::Counter),
+}
+
+impl<S> Counted<S> {
+    /// Counts `inner`'s bytes into `read` and `written` (and the proxy's byte counters).
+    pub(super) fn new(inner: S, read: Arc<AtomicU64>, written: Arc<AtomicU64>) -> Self {
+        let direction =
+            |d: &'static str| metrics::counter!(crate::metrics::PROXY_BYTES, "direction" => d);
+        Self {
+            inner,
+            read,
+            written,
+            metrics: (direction("from_client"), direction("from_server")),
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -129,8 +174,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.read
-            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        let read = (buf.filled().len() - before) as u64;
+        this.read.fetch_add(read, Ordering::Relaxed);
+        this.metrics.0.increment(read);
         poll
     }
 }
@@ -145,6 +191,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &poll {
             this.written.fetch_add(*n as u64, Ordering::Relaxed);
+            this.metrics.1.increment(*n as u64);
         }
         poll
     }

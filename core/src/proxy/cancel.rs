@@ -126,12 +126,16 @@ impl Proxy {
         log: &mut SessionLog,
     ) -> Result<(), SessionError> {
         let Some(forwarding) = self.inner.cancel_keys.forward(key) else {
+            metrics::counter!(crate::metrics::PROXY_CANCEL_REQUESTS, "outcome" => "dropped")
+                .increment(1);
             // Logged at debug: a flood of random keys must not flood the log either.
             log.quiet = true;
             return Err(SessionError::Client(
                 "a cancel request for no open session (or one already on its way): dropped".into(),
             ));
         };
+        metrics::counter!(crate::metrics::PROXY_CANCEL_REQUESTS, "outcome" => "forwarded")
+            .increment(1);
         let upstream_key = forwarding.upstream_key();
         log.upstream_pid = upstream_key
             .get(..4)

@@ -78,15 +78,30 @@ pub enum ProxyServerError {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct ProxyServer {
     proxy: Proxy,
     listen: Vec<Listen>,
     remote_password: Option<Arc<LocalSecret>>,
     tls: Option<ClientTls>,
     health: Option<SocketAddr>,
+    metrics: Option<MetricsRender>,
     drain_timeout: Duration,
     socket_mode: u32,
+}
+
+/// Renders the application's metrics for `GET /metrics` (e.g. a Prometheus recorder's handle's `render`).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+impl std::fmt::Debug for ProxyServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyServer")
+            .field("proxy", &self.proxy)
+            .field("listen", &self.listen)
+            .field("tls", &self.tls.is_some())
+            .field("health", &self.health)
+            .field("metrics", &self.metrics.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProxyServer {
@@ -98,6 +113,7 @@ impl ProxyServer {
             remote_password: None,
             tls: None,
             health: None,
+            metrics: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             socket_mode: DEFAULT_SOCKET_MODE,
         }
@@ -124,6 +140,13 @@ impl ProxyServer {
     /// Serves `GET /healthz` (readiness), `GET /livez` (liveness) on `address`.
     pub fn health(mut self, address: SocketAddr) -> Self {
         self.health = Some(address);
+        self
+    }
+
+    /// Also serves `GET /metrics` on the health address, with what `render` returns (Prometheus' text
+    /// format: pgwi-core records through the `metrics` facade, the application installs the recorder).
+    pub fn metrics(mut self, render: MetricsRender) -> Self {
+        self.metrics = Some(render);
         self
     }
 
@@ -158,6 +181,7 @@ impl ProxyServer {
             close: watch::channel(false).0,
             stop: watch::channel(false).0,
             health_details: self.health.is_some_and(|addr| addr.ip().is_loopback()),
+            metrics: self.metrics.clone(),
         });
         let mut addresses = Vec::new();
         let mut loops = Vec::new();
@@ -277,6 +301,8 @@ pub(super) struct State {
     stop: watch::Sender<bool>,
     /// Whether the health endpoint may say why it is not ready (a loopback address: only this host asks).
     pub(super) health_details: bool,
+    /// What `GET /metrics` serves, if anything.
+    pub(super) metrics: Option<MetricsRender>,
 }
 
 /// Counts an open connection; notifies when the last one ends.

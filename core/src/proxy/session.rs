@@ -33,11 +33,11 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut log = SessionLog::new(client.address.clone());
-        let mut conn = ClientConn::Plain(Counted {
-            inner: stream,
-            read: log.bytes_from_client.clone(),
-            written: log.bytes_from_server.clone(),
-        });
+        let mut conn = ClientConn::Plain(Counted::new(
+            stream,
+            log.bytes_from_client.clone(),
+            log.bytes_from_server.clone(),
+        ));
         if let Err(error) = self.session(&mut conn, &mut client, &mut log).await {
             log.error = Some(error);
         }
@@ -79,6 +79,7 @@ impl Proxy {
         drop(who.admission.take());
         log.started_up = true;
         let Ok(_slot) = self.inner.sessions.clone().try_acquire_owned() else {
+            log.refusal = Some("too_many_clients");
             let message = format!(
                 "sorry, too many clients already: pgwi proxy serves at most {} at once \
                  (proxy.max_clients)",
@@ -87,16 +88,24 @@ impl Proxy {
             return Err(refuse(client, "53300", message).await);
         };
         // For the user check; the one presented is taken again when the server asks.
+        log.refusal = Some("no_token");
         let token = self.token_for_server(client, &mut None).await?;
+        log.refusal = Some("wrong_user");
         self.check_user(client, &user, raw_user(&params).as_deref(), &token)
             .await?;
+        let connecting = std::time::Instant::now();
+        log.refusal = Some("unreachable");
         let mut upstream = self.open_upstream(client, version, &params).await?;
         drop(params);
+        log.refusal = Some("server_refused");
         let issued = self
             .log_in(client, &mut upstream, &token, &user, log)
             .await?;
         drop(token);
-        log.relaying = true;
+        log.refusal = None;
+        metrics::histogram!(crate::metrics::PROXY_UPSTREAM_CONNECT)
+            .record(connecting.elapsed().as_secs_f64());
+        log.start_relaying();
         tokio::io::copy_bidirectional(client, &mut upstream).await?;
         drop(issued);
         Ok(())
@@ -137,6 +146,7 @@ impl Proxy {
             FirstMessage::Startup { version, params } => (version, params),
         };
         if who.tls_required && !client.is_tls() {
+            log.refusal = Some("tls_required");
             let message = "pgwi proxy serves clients on this listener over TLS only: connect with \
                            sslmode=verify-full and the proxy's CA as sslrootcert (or at least sslmode=require)";
             return Err(refuse(client, "28000", message.into()).await);
@@ -159,6 +169,7 @@ impl Proxy {
                 .as_ref()
                 .filter(|_| client.is_tls())
                 .and_then(|tls| Some((tls.end_point()?, tls.binding_required())));
+            log.refusal = Some("local_password");
             local_authentication(
                 client,
                 secret,
@@ -168,6 +179,7 @@ impl Proxy {
                 FAILURE_DELAY,
             )
             .await?;
+            log.refusal = None;
         }
         Ok(StartUp::Session {
             version,

@@ -1198,4 +1198,5 @@ async fn wait_for_health(address: &str, status: &str, limit: Duration) -> String
 }
 
 mod client_tls;
+mod metrics;
 mod security;

@@ -1,4 +1,5 @@
-//! `GET /healthz` (readiness) and `GET /livez` (liveness) on the health address: a minimal HTTP/1.1
+//! `GET /healthz` (readiness), `GET /livez` (liveness) and `GET /metrics` (when a renderer is given) on the
+//! health address: a minimal HTTP/1.1
 //! responder (one request per connection, 8 KiB and 1 s to send it, 64 served at once).
 
 use std::net::SocketAddr;
@@ -83,18 +84,23 @@ async fn answer_health_request(mut stream: tokio::net::TcpStream, proxy: &Proxy,
     let line = line.lines().next().unwrap_or_default();
     let is =
         |path: &str| line == format!("GET {path}") || line.starts_with(&format!("GET {path} "));
-    let (status, body) = if is("/livez") {
-        ("200 OK", liveness(state))
-    } else if is("/healthz") {
-        readiness(proxy, state)
-    } else {
-        (
+    let text = "text/plain; charset=utf-8";
+    let (status, content_type, body) = match &state.metrics {
+        _ if is("/livez") => ("200 OK", text, liveness(state)),
+        _ if is("/healthz") => {
+            let (status, body) = readiness(proxy, state);
+            (status, text, body)
+        }
+        // Prometheus' text exposition format, version 0.0.4.
+        Some(render) if is("/metrics") => ("200 OK", "text/plain; version=0.0.4", render()),
+        _ => (
             "404 Not Found",
-            "not found: GET /healthz or GET /livez\n".to_owned(),
-        )
+            text,
+            "not found: GET /healthz, GET /livez or GET /metrics\n".to_owned(),
+        ),
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
         body.len()
     );
