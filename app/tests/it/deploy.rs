@@ -920,6 +920,27 @@ fn the_sidecar_example_brings_the_policy_its_application_needs() {
         }
     }
     assert!(served > 0, "the example's application serves no port");
+    // The sidecar's /metrics: the scrape annotations name its health port, which the policy lets in.
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(str_of(&annotations["prometheus.io/scrape"]), "true");
+    assert_eq!(str_of(&annotations["prometheus.io/path"]), "/metrics");
+    let sidecar_ports: Vec<String> = spec["initContainers"]
+        .as_sequence()
+        .expect("the pgwi sidecar")
+        .iter()
+        .flat_map(|c| c["ports"].as_sequence().into_iter().flatten())
+        .filter(|p| p["name"] == Yaml::from("healthz"))
+        .map(|p| p["containerPort"].as_i64().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        sidecar_ports,
+        vec![str_of(&annotations["prometheus.io/port"]).to_owned()],
+        "the scrape port is not the sidecar's health port"
+    );
+    assert!(
+        allowed.contains(&&Yaml::from("healthz")),
+        "no ingress rule lets a scraper reach /metrics"
+    );
     egress_names_its_destinations(policy, &example);
     for doc in &sidecar {
         assert_eq!(
