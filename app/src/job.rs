@@ -82,12 +82,18 @@ pub async fn run(
         _ => record_outcome(db.connection(), run_id, &outcome).await?,
     }
     let rows_written = outcome.into_result()?;
+    // A CronJob is not scraped: its summary line carries the figures /metrics would show.
+    let stats = db.rotation_stats();
     tracing::info!(
         run_id,
         rows_written,
         migrations_applied,
         credential = %credential_kind,
         elapsed_ms = started.elapsed().as_millis() as u64,
+        token_requests = stats.credential.upstream_fetches,
+        token_request_failures = stats.credential.failed_fetches,
+        token_expiry_timestamp_seconds = stats.current_expiry.map(|t| t.unix_timestamp()),
+        password_rotations = stats.rotations,
         "run succeeded"
     );
     Ok(RunSummary {

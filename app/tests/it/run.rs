@@ -58,7 +58,8 @@ async fn run_with_workload_identity_through_the_https_stand_in(
     // Scenario: only what AKS injects (AZURE_* and the projected token) plus DBHOST/DBNAME/DBUSER/SSL_MODE;
     // pgwi picks workload identity, gets ONE token over HTTPS, and writes the rows over ONE physical
     // connection (the server judged exactly one login: migrations, run record, rows and outcome shared
-    // it). No token or service-account token appears in its output.
+    // it). No token or service-account token appears in its output; the summary line counts the one token
+    // request and gives the token's expiry, as /metrics would.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
 
@@ -82,6 +83,18 @@ async fn run_with_workload_identity_through_the_https_stand_in(
         );
     }
     assert_eq!(wi.entra.issued_tokens().len(), 1);
+    // The summary line carries what /metrics would: one successful token request, its expiry.
+    let summary = text(&output.stderr)
+        .lines()
+        .find(|l| l.contains("run succeeded"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+        .expect("a summary line");
+    assert_eq!(summary["fields"]["token_requests"], 1, "{summary}");
+    assert_eq!(summary["fields"]["token_request_failures"], 0, "{summary}");
+    assert!(
+        summary["fields"]["token_expiry_timestamp_seconds"].as_i64() > Some(0),
+        "{summary}"
+    );
     let logins = db
         .server()
         .token_checks_for(&wi.identity)
