@@ -24,7 +24,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
-use super::common::{self, EntraApp, Origin};
+use super::common::{self, EntraApp, EntraKeys, Resolved};
 use crate::{
     CredentialConfig, CredentialError, SourceContext, SourceInfo, SourceKind, Token, TokenSource,
 };
@@ -103,9 +103,10 @@ impl SourceKind for ClientCertificateKind {
         ctx: &SourceContext,
     ) -> Result<String, String> {
         match certificate_path(config, ctx) {
-            Some((path, origin)) => Ok(format!(
-                "a service principal's certificate {} ({origin})",
-                path.display()
+            Some(path) => Ok(format!(
+                "a service principal's certificate {} ({})",
+                path.value.display(),
+                path.origin
             )),
             None => Err(no_certificate()),
         }
@@ -120,7 +121,7 @@ const CLIENT_ID_FIX: &str = "set AZURE_CLIENT_ID or credential.client_certificat
 pub fn certificate_path(
     cc: &ClientCertificateConfig,
     ctx: &SourceContext,
-) -> Option<(PathBuf, Origin)> {
+) -> Option<Resolved<PathBuf>> {
     common::optional(
         cc.certificate_path
             .as_ref()
@@ -129,7 +130,7 @@ pub fn certificate_path(
         "AZURE_CLIENT_CERTIFICATE_PATH",
         ctx,
     )
-    .map(|(path, origin)| (PathBuf::from(path), origin))
+    .map(|path| path.map(PathBuf::from))
 }
 
 /// The certificate and key, ready to sign.
@@ -346,7 +347,7 @@ pub fn no_certificate() -> String {
 /// exactly that URL.
 fn token_endpoint(app: &EntraApp) -> Result<String, CredentialError> {
     azure_core::http::Url::parse(&app.authority_host)
-        .and_then(|host| host.join(&format!("/{}/oauth2/v2.0/token", app.tenant_id.0)))
+        .and_then(|host| host.join(&format!("/{}/oauth2/v2.0/token", app.tenant_id.value)))
         .map(String::from)
         .map_err(|e| {
             CredentialError::configuration(
@@ -370,22 +371,25 @@ impl ClientCertificateSource {
     ) -> Result<Self, CredentialError> {
         let app = EntraApp::resolve(
             KIND,
-            "client_certificate",
-            [
-                cc.tenant_id.as_ref(),
-                cc.client_id.as_ref(),
-                cc.authority_host.as_ref(),
-            ],
-            CLIENT_ID_FIX,
+            EntraKeys {
+                table: "client_certificate",
+                tenant_id: cc.tenant_id.as_ref(),
+                client_id: cc.client_id.as_ref(),
+                authority_host: cc.authority_host.as_ref(),
+                client_id_fix: CLIENT_ID_FIX,
+                missing_fix: None,
+            },
             ctx,
         )?;
-        let (certificate_path, _) = certificate_path(cc, ctx).ok_or_else(|| {
-            CredentialError::configuration(
-                KIND,
-                no_certificate(),
-                "point one of them at a PEM file with the certificate and its private key",
-            )
-        })?;
+        let certificate_path = certificate_path(cc, ctx)
+            .ok_or_else(|| {
+                CredentialError::configuration(
+                    KIND,
+                    no_certificate(),
+                    "point one of them at a PEM file with the certificate and its private key",
+                )
+            })?
+            .value;
         let send_chain = match cc.send_certificate_chain {
             Some(send) => send,
             None => ctx
@@ -399,12 +403,12 @@ impl ClientCertificateSource {
         let thumbprint = signer.thumbprint_sha1.clone();
         let assertion = CertificateAssertion {
             signer: Arc::new(signer),
-            client_id: app.client_id.0.clone(),
+            client_id: app.client_id.value.clone(),
             audience: token_endpoint(&app)?,
         };
         let credential = ClientAssertionCredential::new(
-            app.tenant_id.0.clone(),
-            app.client_id.0.clone(),
+            app.tenant_id.value.clone(),
+            app.client_id.value.clone(),
             assertion,
             Some(ClientAssertionCredentialOptions {
                 client_options: app.client_options(ctx),

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
 use serde::{Deserialize, Serialize};
 
-use super::common::{self, EntraApp};
+use super::common::{self, EntraApp, EntraKeys};
 use crate::{
     CredentialConfig, CredentialError, SecretString, SourceContext, SourceInfo, SourceKind, Token,
     TokenSource,
@@ -162,13 +162,14 @@ impl ClientSecretSource {
     ) -> Result<Self, CredentialError> {
         let app = EntraApp::resolve(
             KIND,
-            "client_secret",
-            [
-                cs.tenant_id.as_ref(),
-                cs.client_id.as_ref(),
-                cs.authority_host.as_ref(),
-            ],
-            CLIENT_ID_FIX,
+            EntraKeys {
+                table: "client_secret",
+                tenant_id: cs.tenant_id.as_ref(),
+                client_id: cs.client_id.as_ref(),
+                authority_host: cs.authority_host.as_ref(),
+                client_id_fix: CLIENT_ID_FIX,
+                missing_fix: None,
+            },
             ctx,
         )?;
         let (secret, secret_origin) = match (&cs.secret_file, &cs.secret) {
@@ -231,8 +232,8 @@ impl ClientSecretSource {
         }
         common::check_scope(KIND, &config.scope)?;
         let credential = ClientSecretCredential::new(
-            &app.tenant_id.0,
-            app.client_id.0.clone(),
+            &app.tenant_id.value,
+            app.client_id.value.clone(),
             secret.expose().to_owned().into(),
             Some(ClientSecretCredentialOptions {
                 client_options: app.client_options(ctx),

@@ -20,7 +20,7 @@ use azure_identity::{
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{self, EntraApp};
+use super::common::{self, EntraApp, EntraKeys};
 use crate::{
     Claims, CredentialConfig, CredentialError, ErrorKind, SecretString, SourceContext, SourceInfo,
     SourceKind, Token, TokenSource,
@@ -214,13 +214,14 @@ impl GithubActionsSource {
             .append_pair("audience", &gh.audience);
         let app = EntraApp::resolve(
             KIND,
-            "github_actions",
-            [
-                gh.tenant_id.as_ref(),
-                gh.client_id.as_ref(),
-                gh.authority_host.as_ref(),
-            ],
-            CLIENT_ID_FIX,
+            EntraKeys {
+                table: "github_actions",
+                tenant_id: gh.tenant_id.as_ref(),
+                client_id: gh.client_id.as_ref(),
+                authority_host: gh.authority_host.as_ref(),
+                client_id_fix: CLIENT_ID_FIX,
+                missing_fix: None,
+            },
             ctx,
         )?;
         common::check_scope(KIND, &config.scope)?;
@@ -247,8 +248,8 @@ impl GithubActionsSource {
         );
         let job_token = JobToken::default();
         let credential = ClientAssertionCredential::new(
-            app.tenant_id.0.clone(),
-            app.client_id.0.clone(),
+            app.tenant_id.value.clone(),
+            app.client_id.value.clone(),
             job_token.clone(),
             Some(ClientAssertionCredentialOptions { client_options }),
         )
@@ -335,7 +336,7 @@ impl GithubActionsSource {
                     claim("iss"),
                     claim("sub"),
                     claim("aud"),
-                    self.app.client_id.0,
+                    self.app.client_id.value,
                     claim("iss"),
                     claim("sub"),
                     self.audience,
@@ -344,7 +345,7 @@ impl GithubActionsSource {
             None => format!(
                 "add a federated credential on identity {} with issuer={GITHUB_ISSUER}, subject=repo:<owner>/\
                  <repo>:ref:refs/heads/<branch> and audience={}",
-                self.app.client_id.0, self.audience
+                self.app.client_id.value, self.audience
             ),
         }
     }

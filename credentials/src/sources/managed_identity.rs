@@ -183,7 +183,7 @@ pub fn endpoint(mi: &ManagedIdentityConfig, ctx: &SourceContext) -> Endpoint {
         },
         _ => Endpoint::Imds(
             common::optional(mi.imds_endpoint.as_ref(), IMDS_OVERRIDE_VAR, ctx)
-                .map_or_else(|| IMDS_ENDPOINT.to_owned(), |(url, _)| url),
+                .map_or_else(|| IMDS_ENDPOINT.to_owned(), |url| url.value),
         ),
     }
 }
