@@ -608,8 +608,8 @@ fn check(
             "set the seconds connecting may take, e.g. 30",
         ));
     }
-    if let Some((key, problem, fix)) = config.credential.timing_problem() {
-        return Err(reject(key, problem, &fix));
+    if let Some(issue) = config.credential.timing_issue() {
+        return Err(reject(issue.key, issue.problem, &issue.fix));
     }
     if let Some(ca) = &db.ssl_root_cert
         && !ca.is_file()

@@ -275,6 +275,8 @@ impl CachedTokenSource {
         base.mul_f64(0.5 + fastrand::f64())
     }
 
+    /// Asks the source once: a token is cached and returned; a failure schedules the next try and falls
+    /// back to the last good token while it is valid.
     async fn fetch(&self, retry: &mut RetryState) -> Result<Token, CredentialError> {
         let asked = std::time::Instant::now();
         let result = self.ask_source().await;
@@ -284,78 +286,89 @@ impl CachedTokenSource {
         let now = OffsetDateTime::now_utc();
         match result {
             Ok(token) => {
-                if retry.consecutive_failures > 0 {
-                    tracing::info!(source = %self.inner, failed_attempts = retry.consecutive_failures, "token source recovered");
-                }
-                *retry = RetryState::default();
-                if let Ok(mut last) = self.last_failure.lock() {
-                    *last = None;
-                }
-                self.warn_if_short_lived(&token, now);
-                if token.expires_at().is_some()
-                    && let Ok(mut current) = self.current.write()
-                {
-                    *current = Some(Cached {
-                        token: token.clone(),
-                        refresh_at: refresh_time(
-                            now,
-                            token.expires_at(),
-                            self.options.refresh_margin,
-                        ),
-                    });
-                }
-                self.update_stats(|s| {
-                    s.upstream_fetches += 1;
-                    s.last_refresh = Some(now);
-                    s.last_error = None;
-                    s.expires_at = token.expires_at();
-                });
-                crate::metrics::record_expiry(token.expires_at());
-                tracing::debug!(source = %self.inner, expires_at = ?token.expires_at(), "token fetched");
+                self.fetched(retry, &token, now);
                 Ok(token)
             }
-            Err(error) => {
-                retry.consecutive_failures += 1;
-                let wait = self.backoff(retry.consecutive_failures);
-                retry.next_attempt = Some(Instant::now() + wait);
-                self.update_stats(|s| {
-                    s.upstream_fetches += 1;
-                    s.failed_fetches += 1;
-                    s.last_error = Some(error.to_string());
-                });
-                // Logged once per change of state; each retry only at debug level.
-                let first = retry.consecutive_failures == 1;
-                let changed = retry
-                    .last_error
-                    .as_ref()
-                    .is_none_or(|e| (e.kind(), e.code()) != (error.kind(), error.code()));
-                retry.last_error = Some(error.clone());
-                if let Ok(mut last) = self.last_failure.lock() {
-                    *last = Some(error.clone());
+            Err(error) => self.failed(retry, error, now),
+        }
+    }
+
+    /// A new token: the retry state is reset, and the token cached (when it expires) and counted.
+    fn fetched(&self, retry: &mut RetryState, token: &Token, now: OffsetDateTime) {
+        if retry.consecutive_failures > 0 {
+            tracing::info!(source = %self.inner, failed_attempts = retry.consecutive_failures, "token source recovered");
+        }
+        *retry = RetryState::default();
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = None;
+        }
+        self.warn_if_short_lived(token, now);
+        if token.expires_at().is_some()
+            && let Ok(mut current) = self.current.write()
+        {
+            *current = Some(Cached {
+                token: token.clone(),
+                refresh_at: refresh_time(now, token.expires_at(), self.options.refresh_margin),
+            });
+        }
+        self.update_stats(|s| {
+            s.upstream_fetches += 1;
+            s.last_refresh = Some(now);
+            s.last_error = None;
+            s.expires_at = token.expires_at();
+        });
+        crate::metrics::record_expiry(token.expires_at());
+        tracing::debug!(source = %self.inner, expires_at = ?token.expires_at(), "token fetched");
+    }
+
+    /// A failed request: the next try is scheduled with backoff, the failure counted, and the last good
+    /// token served while it is valid.
+    fn failed(
+        &self,
+        retry: &mut RetryState,
+        error: CredentialError,
+        now: OffsetDateTime,
+    ) -> Result<Token, CredentialError> {
+        retry.consecutive_failures += 1;
+        let wait = self.backoff(retry.consecutive_failures);
+        retry.next_attempt = Some(Instant::now() + wait);
+        self.update_stats(|s| {
+            s.upstream_fetches += 1;
+            s.failed_fetches += 1;
+            s.last_error = Some(error.to_string());
+        });
+        // Logged once per change of state; each retry only at debug level.
+        let news = retry.consecutive_failures == 1
+            || retry
+                .last_error
+                .as_ref()
+                .is_none_or(|e| (e.kind(), e.code()) != (error.kind(), error.code()));
+        retry.last_error = Some(error.clone());
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = Some(error.clone());
+        }
+        let retry_in_ms = wait.as_millis() as u64;
+        match Self::valid(self.cached(), now) {
+            Some(last_good) => {
+                if news {
+                    tracing::warn!(
+                        source = %self.inner,
+                        %error,
+                        expires_at = ?last_good.expires_at(),
+                        "token refresh failed; serving the last good token while it is valid, retrying with backoff"
+                    );
+                } else {
+                    tracing::debug!(source = %self.inner, %error, retry_in_ms, "token refresh failed again");
                 }
-                match Self::valid(self.cached(), now) {
-                    Some(last_good) => {
-                        if first || changed {
-                            tracing::warn!(
-                                source = %self.inner,
-                                %error,
-                                expires_at = ?last_good.expires_at(),
-                                "token refresh failed; serving the last good token while it is valid, retrying with backoff"
-                            );
-                        } else {
-                            tracing::debug!(source = %self.inner, %error, retry_in_ms = wait.as_millis() as u64, "token refresh failed again");
-                        }
-                        Ok(last_good)
-                    }
-                    None => {
-                        if first || changed {
-                            tracing::error!(source = %self.inner, %error, "token fetch failed");
-                        } else {
-                            tracing::debug!(source = %self.inner, %error, retry_in_ms = wait.as_millis() as u64, "token fetch failed again");
-                        }
-                        Err(error)
-                    }
+                Ok(last_good)
+            }
+            None => {
+                if news {
+                    tracing::error!(source = %self.inner, %error, "token fetch failed");
+                } else {
+                    tracing::debug!(source = %self.inner, %error, retry_in_ms, "token fetch failed again");
                 }
+                Err(error)
             }
         }
     }

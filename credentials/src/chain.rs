@@ -126,7 +126,7 @@ impl ChainSource {
         {
             return Err(none_works(&steps));
         }
-        chain.record(steps);
+        chain.remember_steps(steps);
         Ok(chain)
     }
 
@@ -141,7 +141,8 @@ impl ChainSource {
         self.steps.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn record(&self, steps: Vec<ChainStep>) {
+    /// Keeps `steps` as what [`Self::steps`] reports: the resolution in progress, or the last one.
+    fn remember_steps(&self, steps: Vec<ChainStep>) {
         if let Ok(mut current) = self.steps.lock() {
             *current = steps;
         }
@@ -217,7 +218,7 @@ impl ChainSource {
             Some(Err(error)) => Err(stopped_by(&error, &steps)),
             None => Err(none_works(&steps)),
         };
-        self.record(steps);
+        self.remember_steps(steps);
         outcome
     }
 
@@ -235,7 +236,7 @@ impl ChainSource {
         let why = why.clone();
         let kind = steps[index].kind.clone();
         steps[index].outcome = ChainOutcome::Trying { why: why.clone() };
-        self.record(steps.to_vec());
+        self.remember_steps(steps.to_vec());
         let (outcome, result) = match self.attempt(&kind, deadline).await {
             Ok((source, token)) => (
                 ChainOutcome::Chosen { why: why.clone() },

@@ -178,16 +178,17 @@ impl CredentialConfig {
         )
     }
 
-    /// What is wrong with a CLI's configured `timeout_secs` (named `key`): `(problem, fix)`, or `None`.
+    /// What is wrong with a CLI's configured `timeout_secs` (named `key`), or `None`.
     pub fn cli_timeout_problem(
         &self,
-        key: &str,
+        key: &'static str,
         configured: Option<u64>,
-    ) -> Option<(String, String)> {
+    ) -> Option<TimingProblem> {
         let timeout = configured?;
         if timeout == 0 {
-            return Some((
-                "is 0".into(),
+            return Some(TimingProblem::new(
+                key,
+                "is 0",
                 format!(
                     "set {key} to the seconds the tool may take, below credential.fetch_timeout_secs, or \
                      leave it unset (two thirds of credential.fetch_timeout_secs)"
@@ -195,7 +196,8 @@ impl CredentialConfig {
             ));
         }
         (timeout >= self.fetch_timeout_secs).then(|| {
-            (
+            TimingProblem::new(
+                key,
                 format!(
                     "is {timeout}, but must be below credential.fetch_timeout_secs ({}), the deadline of the \
                      whole token request (auto's chain included): the tool would never be killed at its own \
@@ -211,33 +213,45 @@ impl CredentialConfig {
         })
     }
 
-    /// Checks the timing keys against each other: `(key, problem, fix)` for the first that is wrong.
-    pub fn timing_problem(&self) -> Option<(&'static str, String, String)> {
+    /// Checks the timing keys against each other: the first that is wrong, or `None`.
+    pub fn timing_issue(&self) -> Option<TimingProblem> {
+        self.refresh_margin_problem()
+            .or_else(|| self.fetch_timeout_problem())
+            .or_else(|| self.cli_timeouts_problem())
+            .or_else(|| self.expiry_skew_problem())
+    }
+
+    fn refresh_margin_problem(&self) -> Option<TimingProblem> {
         const DAY: u64 = 24 * 3600;
-        if self.refresh_margin_secs == 0 || self.refresh_margin_secs > DAY {
-            return Some((
+        (self.refresh_margin_secs == 0 || self.refresh_margin_secs > DAY).then(|| {
+            TimingProblem::new(
                 "credential.refresh_margin_secs",
                 format!("is {}", self.refresh_margin_secs),
                 format!(
                     "use 1 to {DAY} seconds; 300 suits Entra tokens, which live 60 to 90 minutes"
                 ),
-            ));
-        }
-        if self.fetch_timeout_secs == 0
-            || self.fetch_timeout_secs.saturating_mul(2) > self.refresh_margin_secs
-        {
-            return Some((
-                "credential.fetch_timeout_secs",
-                format!(
-                    "is {}, but must be between 1 and half of credential.refresh_margin_secs ({})",
-                    self.fetch_timeout_secs, self.refresh_margin_secs
-                ),
-                "lower fetch_timeout_secs (default 30) or raise refresh_margin_secs, so a hung request \
-                 leaves time to retry before the token expires"
-                    .into(),
-            ));
-        }
-        // The CLIs' own deadlines must end before the whole request's, or their kill never comes.
+            )
+        })
+    }
+
+    fn fetch_timeout_problem(&self) -> Option<TimingProblem> {
+        (self.fetch_timeout_secs == 0
+            || self.fetch_timeout_secs.saturating_mul(2) > self.refresh_margin_secs)
+            .then(|| {
+                TimingProblem::new(
+                    "credential.fetch_timeout_secs",
+                    format!(
+                        "is {}, but must be between 1 and half of credential.refresh_margin_secs ({})",
+                        self.fetch_timeout_secs, self.refresh_margin_secs
+                    ),
+                    "lower fetch_timeout_secs (default 30) or raise refresh_margin_secs, so a hung request \
+                     leaves time to retry before the token expires",
+                )
+            })
+    }
+
+    /// The CLIs' own deadlines must end before the whole request's, or their kill never comes.
+    fn cli_timeouts_problem(&self) -> Option<TimingProblem> {
         let cli_timeouts: Vec<(&'static str, Option<u64>)> = vec![
             #[cfg(feature = "az-cli")]
             (az_cli::TOOL.timeout_key, self.az_cli.timeout_secs),
@@ -247,21 +261,42 @@ impl CredentialConfig {
                 self.azure_developer_cli.timeout_secs,
             ),
         ];
-        for (key, configured) in cli_timeouts {
-            if let Some((problem, fix)) = self.cli_timeout_problem(key, configured) {
-                return Some((key, problem, fix));
-            }
-        }
-        if self.expiry_skew_secs >= self.refresh_margin_secs {
-            return Some((
+        cli_timeouts
+            .into_iter()
+            .find_map(|(key, configured)| self.cli_timeout_problem(key, configured))
+    }
+
+    fn expiry_skew_problem(&self) -> Option<TimingProblem> {
+        (self.expiry_skew_secs >= self.refresh_margin_secs).then(|| {
+            TimingProblem::new(
                 "credential.expiry_skew_secs",
                 format!(
                     "is {}, but must be below credential.refresh_margin_secs ({})",
                     self.expiry_skew_secs, self.refresh_margin_secs
                 ),
-                "lower expiry_skew_secs (default 10) or raise refresh_margin_secs".into(),
-            ));
+                "lower expiry_skew_secs (default 10) or raise refresh_margin_secs",
+            )
+        })
+    }
+}
+
+/// A timing key whose value does not fit the others: what [`CredentialConfig::timing_issue`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimingProblem {
+    /// The key to change, e.g. `credential.fetch_timeout_secs`.
+    pub key: &'static str,
+    /// What is wrong with its value, to follow the key ("is 0").
+    pub problem: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl TimingProblem {
+    fn new(key: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            key,
+            problem: problem.into(),
+            fix: fix.into(),
         }
-        None
     }
 }

@@ -102,115 +102,111 @@ pub fn federated_credential_hint(token_file: &Path) -> String {
 /// Entra's refusal of a token request as an error with the fix.
 pub(crate) fn entra_error(error: &azure_core::Error, ctx: &EntraContext<'_>) -> CredentialError {
     let failure = EntraFailure::from_sdk(error);
-    let source = ctx.source;
-    let code = failure.codes.clone();
-    let federated = ["70021", "700211", "700212", "700213"];
-    let (kind, fix) = if federated.iter().any(|code| failure.has_code(code)) {
-        (ErrorKind::Entra, ctx.credential_hint.clone())
-    } else if failure.has_code("7000222") {
-        (
-            ErrorKind::Entra,
-            format!(
-                "the client secret of application {} has expired: create a new one (az ad app credential \
-                 reset --id {} --append, or the portal's Certificates & secrets) and replace the old one; {}",
-                ctx.client_id, ctx.client_id, ctx.credential_hint
-            ),
-        )
-    } else if failure.has_code("7000215") {
-        (
-            ErrorKind::Entra,
-            format!(
-                "the client secret is not one of application {}'s secrets: use the secret's Value (shown once \
-                 when it is created), not its Secret ID; {}",
-                ctx.client_id, ctx.credential_hint
-            ),
-        )
-    } else if failure.has_code("700027") {
-        (
-            ErrorKind::Entra,
-            format!(
-                "the client assertion was not signed by a certificate registered on application {}: upload \
-                 the certificate's public part to the application (az ad app credential reset --id {} \
-                 --cert @cert.pem --append); {}",
-                ctx.client_id, ctx.client_id, ctx.credential_hint
-            ),
-        )
-    } else if failure.has_code("700024") {
-        (
-            ErrorKind::Entra,
-            format!(
-                "the client assertion is not within its valid time range: this host's clock is probably off \
-                 (Entra compares the assertion's nbf and exp with its own time): sync the clock (NTP, \
-                 timedatectl / chronyc tracking) and retry; {}",
-                ctx.credential_hint
-            ),
-        )
-    } else if failure.has_code("700016") {
-        (
-            ErrorKind::Entra,
-            format!(
-                "client id {} is not an application or managed identity in tenant {}: {}, and check the \
-                 tenant",
-                ctx.client_id, ctx.tenant_id, ctx.client_id_fix
-            ),
-        )
-    } else if failure.has_code("90002") {
-        (
-            ErrorKind::Entra,
-            format!(
-                "tenant {} was not found at {}: {} to your directory's tenant id (az account show --query \
-                 tenantId), and check the authority host for your cloud",
-                ctx.tenant_id, ctx.authority_host, ctx.tenant_fix
-            ),
-        )
-    } else if failure.status == Some(429) {
-        (
-            ErrorKind::Throttled,
-            "Entra ID is throttling token requests; pgwi retries with backoff. Share one token source per \
-             process (its cache makes one request per token lifetime) and avoid restarting in a loop"
-                .to_owned(),
-        )
-    } else if let Some(codes) = &failure.codes {
-        (
-            ErrorKind::Entra,
-            format!(
-                "look up AADSTS{codes} in Microsoft's Entra ID error reference; check the client id ({}), \
-                 the tenant ({}) and the credential; {}",
-                ctx.client_id, ctx.tenant_id, ctx.credential_hint
-            ),
-        )
-    } else if failure.status.is_some() {
-        (
-            ErrorKind::Upstream,
-            format!(
-                "the token endpoint at {} answered with an error; check that the authority host is Entra ID \
-                 for your cloud and retry",
-                ctx.authority_host
-            ),
-        )
-    } else {
-        (
-            ErrorKind::Upstream,
-            format!(
-                "could not get a token from {}: check the network path to Entra ID (egress, proxy, DNS) and \
-                 that the authority host is right",
-                ctx.authority_host
-            ),
-        )
+    let (kind, fix) = match known_code_fix(&failure, ctx) {
+        Some(fix) => (ErrorKind::Entra, fix),
+        None => fix_without_known_code(&failure, ctx),
     };
-    let problem = match (&failure.status, &code) {
+    let error = CredentialError::new(kind, ctx.source, refusal_problem(&failure), fix);
+    match failure.codes {
+        Some(code) => error.with_code(code),
+        None => error,
+    }
+}
+
+/// What Entra's refusal says: its status and codes, when there were any, and its description.
+fn refusal_problem(failure: &EntraFailure) -> String {
+    match (&failure.status, &failure.codes) {
         (Some(status), Some(code)) => format!(
             "Entra ID refused the token request (HTTP {status}, AADSTS{code}): {}",
             failure.description
         ),
         (Some(status), None) => format!("Entra ID answered HTTP {status}: {}", failure.description),
         _ => format!("no token from Entra ID: {}", failure.description),
-    };
-    let error = CredentialError::new(kind, source, problem, fix);
-    match code {
-        Some(code) => error.with_code(code),
-        None => error,
     }
+}
+
+/// The fix for an `AADSTS` code with a known cause, if the refusal has one.
+fn known_code_fix(failure: &EntraFailure, ctx: &EntraContext<'_>) -> Option<String> {
+    let (client_id, hint) = (ctx.client_id, &ctx.credential_hint);
+    let federated = ["70021", "700211", "700212", "700213"];
+    let fix = if federated.iter().any(|code| failure.has_code(code)) {
+        hint.clone()
+    } else if failure.has_code("7000222") {
+        format!(
+            "the client secret of application {client_id} has expired: create a new one (az ad app credential \
+             reset --id {client_id} --append, or the portal's Certificates & secrets) and replace the old one; \
+             {hint}"
+        )
+    } else if failure.has_code("7000215") {
+        format!(
+            "the client secret is not one of application {client_id}'s secrets: use the secret's Value (shown \
+             once when it is created), not its Secret ID; {hint}"
+        )
+    } else if failure.has_code("700027") {
+        format!(
+            "the client assertion was not signed by a certificate registered on application {client_id}: \
+             upload the certificate's public part to the application (az ad app credential reset --id \
+             {client_id} --cert @cert.pem --append); {hint}"
+        )
+    } else if failure.has_code("700024") {
+        format!(
+            "the client assertion is not within its valid time range: this host's clock is probably off \
+             (Entra compares the assertion's nbf and exp with its own time): sync the clock (NTP, \
+             timedatectl / chronyc tracking) and retry; {hint}"
+        )
+    } else if failure.has_code("700016") {
+        format!(
+            "client id {client_id} is not an application or managed identity in tenant {}: {}, and check the \
+             tenant",
+            ctx.tenant_id, ctx.client_id_fix
+        )
+    } else if failure.has_code("90002") {
+        format!(
+            "tenant {} was not found at {}: {} to your directory's tenant id (az account show --query \
+             tenantId), and check the authority host for your cloud",
+            ctx.tenant_id, ctx.authority_host, ctx.tenant_fix
+        )
+    } else {
+        return None;
+    };
+    Some(fix)
+}
+
+/// The error's kind and fix when no known code explains it: throttling, an unknown code, an HTTP error
+/// without one, or no answer at all.
+fn fix_without_known_code(failure: &EntraFailure, ctx: &EntraContext<'_>) -> (ErrorKind, String) {
+    if failure.status == Some(429) {
+        return (
+            ErrorKind::Throttled,
+            "Entra ID is throttling token requests; pgwi retries with backoff. Share one token source per \
+             process (its cache makes one request per token lifetime) and avoid restarting in a loop"
+                .to_owned(),
+        );
+    }
+    if let Some(codes) = &failure.codes {
+        return (
+            ErrorKind::Entra,
+            format!(
+                "look up AADSTS{codes} in Microsoft's Entra ID error reference; check the client id ({}), \
+                 the tenant ({}) and the credential; {}",
+                ctx.client_id, ctx.tenant_id, ctx.credential_hint
+            ),
+        );
+    }
+    let fix = if failure.status.is_some() {
+        format!(
+            "the token endpoint at {} answered with an error; check that the authority host is Entra ID \
+             for your cloud and retry",
+            ctx.authority_host
+        )
+    } else {
+        format!(
+            "could not get a token from {}: check the network path to Entra ID (egress, proxy, DNS) and \
+             that the authority host is right",
+            ctx.authority_host
+        )
+    };
+    (ErrorKind::Upstream, fix)
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ pub mod validity;
 
 pub use cache::{CacheOptions, CacheStats, CachedTokenSource, refresh_time};
 pub use chain::{ChainOutcome, ChainSource, ChainStep, present_steps};
-pub use config::{CredentialConfig, POSTGRES_SCOPE};
+pub use config::{CredentialConfig, POSTGRES_SCOPE, TimingProblem};
 pub use environment::Environment;
 pub use error::{CredentialError, ErrorKind, redact_tokens};
 pub use kind::SourceKind;

@@ -33,8 +33,8 @@ use axum::{Form, Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::jwt;
 use crate::{TestCertificates, TestSupportError, random_alphanumeric};
+use crate::{jwt, lock};
 
 /// The scope pgwi asks for by default.
 pub const POSTGRES_SCOPE: &str = "https://ossrdbms-aad.database.windows.net/.default";
@@ -272,7 +272,8 @@ struct Recorded {
     certificate_headers: Vec<serde_json::Value>,
 }
 
-struct Shared {
+/// The simulated tenant: its address, what it accepts, what it saw and the hook for issued tokens.
+struct Tenant {
     /// `https://127.0.0.1:<port>`, for the audience of client assertions.
     authority: String,
     options: Mutex<EntraOptions>,
@@ -282,7 +283,7 @@ struct Shared {
 
 /// The running stand-in. Stops when dropped.
 pub struct EntraStandIn {
-    shared: Arc<Shared>,
+    tenant: Arc<Tenant>,
     port: u16,
     certs: TestCertificates,
     ca_file: tempfile::NamedTempFile,
@@ -323,7 +324,7 @@ impl EntraStandIn {
             .map_err(TestSupportError::io("creating the CA file"))?;
         std::io::Write::write_all(&mut ca_file, certs.ca_pem.as_bytes())
             .map_err(TestSupportError::io("writing the CA file"))?;
-        let shared = Arc::new(Shared {
+        let tenant = Arc::new(Tenant {
             authority: format!("https://127.0.0.1:{port}"),
             options: Mutex::new(options),
             recorded: Mutex::new(Recorded::default()),
@@ -332,7 +333,7 @@ impl EntraStandIn {
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
             .route("/github/idtoken", axum::routing::get(github_endpoint))
-            .with_state(shared.clone());
+            .with_state(tenant.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let server = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -352,7 +353,7 @@ impl EntraStandIn {
             }
         });
         Ok(Self {
-            shared,
+            tenant,
             port,
             certs,
             ca_file,
@@ -377,65 +378,65 @@ impl EntraStandIn {
 
     /// The options in force.
     pub fn options(&self) -> EntraOptions {
-        lock(&self.shared.options).clone()
+        lock(&self.tenant.options).clone()
     }
 
     /// Accepts `assertion` too from now on (a renewed projected token: Entra accepts any unexpired one
     /// signed by the cluster's issuer).
     pub fn accept_assertion(&self, assertion: impl Into<String>) {
-        lock(&self.shared.options)
+        lock(&self.tenant.options)
             .also_accepted
             .push(assertion.into());
     }
 
     /// Changes the lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
-        lock(&self.shared.options).token_lifetime = lifetime;
+        lock(&self.tenant.options).token_lifetime = lifetime;
     }
 
     /// Runs `hook` for every issued token before it is returned.
     pub fn set_on_issue(&self, hook: IssueHook) {
-        *lock(&self.shared.on_issue) = Some(hook);
+        *lock(&self.tenant.on_issue) = Some(hook);
     }
 
     /// Token requests received so far (including refused ones).
     pub fn request_count(&self) -> usize {
-        lock(&self.shared.recorded).requests
+        lock(&self.tenant.recorded).requests
     }
 
     /// Every token issued so far, oldest first.
     pub fn issued_tokens(&self) -> Vec<String> {
-        lock(&self.shared.recorded).issued.clone()
+        lock(&self.tenant.recorded).issued.clone()
     }
 
     /// Why requests were refused (for assertions and debugging).
     pub fn rejections(&self) -> Vec<String> {
-        lock(&self.shared.recorded).rejections.clone()
+        lock(&self.tenant.recorded).rejections.clone()
     }
 
     /// Answers the next request with `fault` (queued after earlier ones).
     pub fn push_fault(&self, fault: Fault) {
-        lock(&self.shared.recorded).next_faults.push_back(fault);
+        lock(&self.tenant.recorded).next_faults.push_back(fault);
     }
 
     /// Answers every request with `fault` until set to `None`.
     pub fn set_fault(&self, fault: Option<Fault>) {
-        lock(&self.shared.recorded).persistent_fault = fault;
+        lock(&self.tenant.recorded).persistent_fault = fault;
     }
 
     /// Refuses every GitHub job-token request with this HTTP status from now on (`None`: answer again).
     pub fn refuse_github(&self, status: Option<u16>) {
-        lock(&self.shared.recorded).github_refusal = status;
+        lock(&self.tenant.recorded).github_refusal = status;
     }
 
     /// The JOSE headers of the certificate-signed assertions received so far (`x5t#S256`, `x5c`, ...).
     pub fn certificate_assertion_headers(&self) -> Vec<serde_json::Value> {
-        lock(&self.shared.recorded).certificate_headers.clone()
+        lock(&self.tenant.recorded).certificate_headers.clone()
     }
 
     /// GitHub job tokens issued so far.
     pub fn github_tokens(&self) -> Vec<String> {
-        lock(&self.shared.recorded).github_issued.clone()
+        lock(&self.tenant.recorded).github_issued.clone()
     }
 
     /// What a GitHub Actions job with `permissions: id-token: write` sees, pointing at this stand-in, plus
@@ -504,12 +505,6 @@ impl EntraStandIn {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn server_tls_config(certs: &TestCertificates) -> Result<rustls::ServerConfig, TestSupportError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -538,201 +533,254 @@ fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) ->
     (status, Json(body)).into_response()
 }
 
+/// `POST /{tenant}/oauth2/v2.0/token`: an injected fault, else the request checked as Entra checks it, then
+/// a token issued.
 async fn token_endpoint(
-    State(shared): State<Arc<Shared>>,
+    State(tenant_state): State<Arc<Tenant>>,
     UrlPath(tenant): UrlPath<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    if let Some(response) = injected_fault(&tenant_state).await {
+        return response;
+    }
+    let options = lock(&tenant_state.options).clone();
+    let request = TokenRequest {
+        tenant: &tenant,
+        form: &form,
+    };
+    if let Err(refusal) = check_token_request(&tenant_state, &options, &request) {
+        return refusal.answer(&tenant_state);
+    }
+    match issue_token(&tenant_state, &options).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.answer(&tenant_state),
+    }
+}
+
+/// Counts the request and answers with the next fault the test queued (or the persistent one), if any; a
+/// [`Fault::Delay`] waits, then lets the request through.
+async fn injected_fault(tenant_state: &Tenant) -> Option<Response> {
     let fault = {
-        let mut recorded = lock(&shared.recorded);
+        let mut recorded = lock(&tenant_state.recorded);
         recorded.requests += 1;
         recorded
             .next_faults
             .pop_front()
             .or_else(|| recorded.persistent_fault.clone())
     };
-    match fault {
-        Some(Fault::Throttled) => {
-            return entra_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "temporarily_unavailable",
-                50196,
-                "The server is busy; too many requests.",
-            );
+    let (status, error, code, description) = match fault? {
+        Fault::Throttled => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            50196,
+            "The server is busy; too many requests.".to_owned(),
+        ),
+        Fault::ServerError => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            50000,
+            "There was an error issuing a token.".to_owned(),
+        ),
+        Fault::Aadsts(code, description) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            code,
+            description,
+        ),
+        Fault::Malformed => {
+            return Some((StatusCode::OK, "<html>proxy error</html>").into_response());
         }
-        Some(Fault::ServerError) => {
-            return entra_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                50000,
-                "There was an error issuing a token.",
-            );
+        Fault::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            return None;
         }
-        Some(Fault::Aadsts(code, description)) => {
-            return entra_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                code,
-                &description,
-            );
-        }
-        Some(Fault::Malformed) => {
-            return (StatusCode::OK, "<html>proxy error</html>").into_response();
-        }
-        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
-        None => {}
-    }
-    let options = lock(&shared.options).clone();
-    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
-    let refuse = |reason: String, response: Response| {
-        lock(&shared.recorded).rejections.push(reason);
-        response
     };
-    if tenant != options.tenant_id {
-        return refuse(
-            format!("tenant {tenant}"),
-            entra_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                90002,
-                &format!("Tenant '{tenant}' not found."),
-            ),
-        );
+    Some(entra_error(status, error, code, &description))
+}
+
+/// The parts of a token request the checks read.
+struct TokenRequest<'a> {
+    /// The tenant in the URL's path.
+    tenant: &'a str,
+    form: &'a HashMap<String, String>,
+}
+
+impl TokenRequest<'_> {
+    /// A form field, empty when absent.
+    fn field(&self, name: &str) -> &str {
+        self.form.get(name).map(String::as_str).unwrap_or_default()
     }
-    if field("client_id") != options.client_id {
-        return refuse(
-            format!("client_id {}", field("client_id")),
-            entra_error(
-                StatusCode::BAD_REQUEST,
-                "unauthorized_client",
-                700016,
-                &format!(
-                    "Application with identifier '{}' was not found in the directory.",
-                    field("client_id")
-                ),
-            ),
-        );
-    }
-    if field("grant_type") != "client_credentials" {
-        return refuse(
-            format!("grant_type {}", field("grant_type")),
-            entra_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                70003,
-                "The grant type is not supported.",
-            ),
-        );
-    }
-    if let Some(secret) = form.get("client_secret") {
-        match options.client_secrets.iter().find(|s| &s.value == secret) {
-            Some(found) if found.expired => {
-                return refuse(
-                    "client_secret expired".into(),
-                    entra_error(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_client",
-                        7000222,
-                        &format!(
-                            "The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app.",
-                            options.client_id
-                        ),
-                    ),
-                );
-            }
-            Some(_) => {}
-            None => {
-                return refuse(
-                    "client_secret".into(),
-                    entra_error(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_client",
-                        7000215,
-                        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
-                    ),
-                );
-            }
+}
+
+/// Why the stand-in refuses a token request: what [`EntraStandIn::rejections`] records, and Entra's answer.
+struct Refusal {
+    reason: String,
+    status: StatusCode,
+    error: &'static str,
+    code: u32,
+    description: String,
+}
+
+impl Refusal {
+    fn new(
+        reason: impl Into<String>,
+        status: StatusCode,
+        error: &'static str,
+        code: u32,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            reason: reason.into(),
+            status,
+            error,
+            code,
+            description: description.into(),
         }
-    } else {
-        if field("client_assertion_type") != ASSERTION_TYPE {
-            return refuse(
-                "client_assertion_type".into(),
-                entra_error(
+    }
+
+    /// A refused client assertion: HTTP 400 `invalid_client`.
+    fn assertion(reason: impl Into<String>, code: u32, description: impl Into<String>) -> Self {
+        Self::new(
+            reason,
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            code,
+            description,
+        )
+    }
+
+    /// Records the refusal and answers with Entra's error body.
+    fn answer(self, tenant_state: &Tenant) -> Response {
+        lock(&tenant_state.recorded).rejections.push(self.reason);
+        entra_error(self.status, self.error, self.code, &self.description)
+    }
+}
+
+/// The checks Entra makes, in its order: tenant, client id, grant type, the credential, scope.
+fn check_token_request(
+    tenant_state: &Tenant,
+    options: &EntraOptions,
+    request: &TokenRequest<'_>,
+) -> Result<(), Refusal> {
+    check_client(options, request)?;
+    match request.form.get("client_secret") {
+        Some(secret) => check_secret(options, secret)?,
+        None => {
+            if request.field("client_assertion_type") != ASSERTION_TYPE {
+                return Err(Refusal::new(
+                    "client_assertion_type",
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
                     50027,
                     "Invalid client assertion type.",
-                ),
-            );
-        }
-        if let Err((reason, code, description)) =
-            check_assertion(&shared, &options, &tenant, field("client_assertion"))
-        {
-            return refuse(
-                reason,
-                entra_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_client",
-                    code,
-                    &description,
-                ),
-            );
+                ));
+            }
+            check_assertion(
+                tenant_state,
+                options,
+                request.tenant,
+                request.field("client_assertion"),
+            )?;
         }
     }
-    if field("scope") != options.scope {
-        return refuse(
-            format!("scope {}", field("scope")),
-            entra_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                70011,
-                "The provided value for scope is not valid.",
+    if request.field("scope") != options.scope {
+        return Err(Refusal::new(
+            format!("scope {}", request.field("scope")),
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70011,
+            "The provided value for scope is not valid.",
+        ));
+    }
+    Ok(())
+}
+
+/// The tenant, the client id and the grant type.
+fn check_client(options: &EntraOptions, request: &TokenRequest<'_>) -> Result<(), Refusal> {
+    let tenant = request.tenant;
+    if tenant != options.tenant_id {
+        return Err(Refusal::new(
+            format!("tenant {tenant}"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            format!("Tenant '{tenant}' not found."),
+        ));
+    }
+    let client_id = request.field("client_id");
+    if client_id != options.client_id {
+        return Err(Refusal::new(
+            format!("client_id {client_id}"),
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            format!("Application with identifier '{client_id}' was not found in the directory."),
+        ));
+    }
+    let grant_type = request.field("grant_type");
+    if grant_type != "client_credentials" {
+        return Err(Refusal::new(
+            format!("grant_type {grant_type}"),
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "The grant type is not supported.",
+        ));
+    }
+    Ok(())
+}
+
+/// A client secret must be one of the registered ones, and not expired.
+fn check_secret(options: &EntraOptions, secret: &str) -> Result<(), Refusal> {
+    match options.client_secrets.iter().find(|s| s.value == secret) {
+        Some(found) if found.expired => Err(Refusal::new(
+            "client_secret expired",
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000222,
+            format!(
+                "The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app.",
+                options.client_id
             ),
-        );
+        )),
+        Some(_) => Ok(()),
+        None => Err(Refusal::new(
+            "client_secret",
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+        )),
     }
+}
+
+/// Issues a token for the identity (compact and signed with the server's key when the options have one),
+/// hands it to the issue hook, records it and answers with it.
+async fn issue_token(tenant_state: &Tenant, options: &EntraOptions) -> Result<Response, Refusal> {
     let lifetime = options.token_lifetime.as_secs().max(1) as i64;
     let now = jwt::unix_now();
     let identity_name = if options.identity_per_token {
         format!(
             "{}-{}",
             options.identity_name,
-            lock(&shared.recorded).issued.len() + 1
+            lock(&tenant_state.recorded).issued.len() + 1
         )
     } else {
         options.identity_name.clone()
     };
     let token = match &options.signing_key {
-        Some(key) => match compact_token(&identity_name, now, lifetime, key) {
-            Ok(token) => token,
-            Err(why) => {
-                return refuse(
-                    why.clone(),
-                    entra_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "server_error",
-                        50000,
-                        &why,
-                    ),
-                );
-            }
-        },
-        None => jwt::encode(&json!({
-            "aud": jwt::POSTGRES_AUDIENCE,
-            "iss": format!("https://sts.windows.net/{}/", options.tenant_id),
-            "iat": now, "nbf": now, "exp": now + lifetime,
-            "appid": options.client_id,
-            "oid": options.object_id,
-            "sub": options.object_id,
-            "tid": options.tenant_id,
-            "idtyp": "app",
-            "xms_mirid": format!(
-                "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/pgwi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
-                identity_name
-            ),
-            "uti": random_alphanumeric(22),
-        })),
+        Some(key) => compact_token(&identity_name, now, lifetime, key).map_err(|why| {
+            Refusal::new(
+                why.clone(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                50000,
+                why,
+            )
+        })?,
+        None => full_token(options, &identity_name, now, lifetime),
     };
-    let hook = lock(&shared.on_issue).clone();
+    let hook = lock(&tenant_state.on_issue).clone();
     if let Some(hook) = hook {
         hook(IssuedToken {
             token: token.clone(),
@@ -741,23 +789,71 @@ async fn token_endpoint(
         })
         .await;
     }
-    lock(&shared.recorded).issued.push(token.clone());
-    Json(json!({
+    lock(&tenant_state.recorded).issued.push(token.clone());
+    Ok(Json(json!({
         "token_type": "Bearer",
         "expires_in": lifetime,
         "ext_expires_in": lifetime,
         "access_token": token,
     }))
-    .into_response()
+    .into_response())
 }
 
-/// Why an assertion is refused: (reason for [`EntraStandIn::rejections`], AADSTS code, description).
-type Refusal = (String, u32, String);
+/// A token with Entra's full set of claims and a random signature.
+fn full_token(options: &EntraOptions, identity_name: &str, now: i64, lifetime: i64) -> String {
+    jwt::encode(&json!({
+        "aud": jwt::POSTGRES_AUDIENCE,
+        "iss": format!("https://sts.windows.net/{}/", options.tenant_id),
+        "iat": now, "nbf": now, "exp": now + lifetime,
+        "appid": options.client_id,
+        "oid": options.object_id,
+        "sub": options.object_id,
+        "tid": options.tenant_id,
+        "idtyp": "app",
+        "xms_mirid": format!(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/pgwi/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            identity_name
+        ),
+        "uti": random_alphanumeric(22),
+    }))
+}
+
+/// A client assertion split into its parts, header and claims decoded (the signature is not checked).
+struct Assertion<'a> {
+    parts: Vec<&'a str>,
+    header: serde_json::Value,
+    claims: serde_json::Value,
+}
+
+impl<'a> Assertion<'a> {
+    fn decode(assertion: &'a str) -> Option<Self> {
+        let parts: Vec<&str> = assertion.split('.').collect();
+        let decode = |part: &str| -> Option<serde_json::Value> {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .ok()?;
+            serde_json::from_slice(&bytes).ok()
+        };
+        let header = decode(parts.first()?)?;
+        let claims = decode(parts.get(1)?)?;
+        Some(Self {
+            parts,
+            header,
+            claims,
+        })
+    }
+
+    /// A string claim, empty when absent.
+    fn claim(&self, name: &str) -> String {
+        self.claims[name].as_str().unwrap_or_default().to_owned()
+    }
+}
 
 /// Accepts the projected token, a job token this stand-in issued whose claims match the GitHub federated
 /// credential, or an RS256 assertion signed by a registered certificate with the right claims.
 fn check_assertion(
-    shared: &Shared,
+    tenant_state: &Tenant,
     options: &EntraOptions,
     tenant: &str,
     assertion: &str,
@@ -768,57 +864,62 @@ fn check_assertion(
         return Ok(());
     }
     let no_federation = || {
-        (
-            "client_assertion".to_owned(),
+        Refusal::assertion(
+            "client_assertion",
             70021,
-            "No matching federated identity record found for presented assertion.".to_owned(),
+            "No matching federated identity record found for presented assertion.",
         )
     };
-    let parts: Vec<&str> = assertion.split('.').collect();
-    let decode = |part: &str| -> Option<serde_json::Value> {
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .ok()?;
-        serde_json::from_slice(&bytes).ok()
-    };
-    let (Some(header), Some(claims)) = (
-        parts.first().and_then(|p| decode(p)),
-        parts.get(1).and_then(|p| decode(p)),
-    ) else {
-        return Err(no_federation());
-    };
-    let claim = |name: &str| claims[name].as_str().unwrap_or_default().to_owned();
-    if lock(&shared.recorded)
+    let decoded = Assertion::decode(assertion).ok_or_else(no_federation)?;
+    let github_issued = lock(&tenant_state.recorded)
         .github_issued
         .iter()
-        .any(|t| t == assertion)
-    {
-        if claim("sub") != options.github_subject || claim("aud") != jwt::TOKEN_EXCHANGE_AUDIENCE {
-            return Err((
-                format!("github subject {} audience {}", claim("sub"), claim("aud")),
-                700213,
-                format!(
-                    "No matching federated identity record found for presented assertion subject '{}'. Check your federated identity credential Subject, Audience and Issuer against the presented assertion.",
-                    claim("sub")
-                ),
-            ));
-        }
-        return Ok(());
+        .any(|t| t == assertion);
+    if github_issued {
+        return check_github_assertion(options, &decoded);
     }
-    let Some(x5t) = header["x5t#S256"].as_str() else {
+    if decoded.header["x5t#S256"].as_str().is_none() {
         return Err(no_federation());
-    };
-    lock(&shared.recorded)
+    }
+    lock(&tenant_state.recorded)
         .certificate_headers
-        .push(header.clone());
+        .push(decoded.header.clone());
+    check_certificate_signature(options, &decoded)?;
+    check_certificate_claims(tenant_state, options, tenant, &decoded)
+}
+
+/// A job token this stand-in issued must match the GitHub federated credential's subject and audience.
+fn check_github_assertion(
+    options: &EntraOptions,
+    assertion: &Assertion<'_>,
+) -> Result<(), Refusal> {
+    let (subject, audience) = (assertion.claim("sub"), assertion.claim("aud"));
+    if subject != options.github_subject || audience != jwt::TOKEN_EXCHANGE_AUDIENCE {
+        return Err(Refusal::assertion(
+            format!("github subject {subject} audience {audience}"),
+            700213,
+            format!(
+                "No matching federated identity record found for presented assertion subject '{subject}'. Check your federated identity credential Subject, Audience and Issuer against the presented assertion."
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A certificate assertion must name a registered certificate by both thumbprints and verify with its key.
+fn check_certificate_signature(
+    options: &EntraOptions,
+    assertion: &Assertion<'_>,
+) -> Result<(), Refusal> {
     let bad_signature = |why: &str| {
-        (
+        Refusal::assertion(
             format!("certificate assertion: {why}"),
             700027,
-            "Client assertion failed signature validation.".to_owned(),
+            "Client assertion failed signature validation.",
         )
     };
+    let header = &assertion.header;
+    let x5t = header["x5t#S256"].as_str().unwrap_or_default();
     let Some(certificate) = options.certificates.iter().find(|c| c.x5t_s256 == x5t) else {
         return Err(bad_signature("unknown thumbprint"));
     };
@@ -826,6 +927,7 @@ fn check_assertion(
     if header["x5t"].as_str() != Some(certificate.x5t.as_str()) {
         return Err(bad_signature("x5t is missing or names another certificate"));
     }
+    let parts = &assertion.parts;
     if header["alg"] != "RS256" || parts.len() != 3 {
         return Err(bad_signature("not RS256"));
     }
@@ -840,20 +942,31 @@ fn check_assertion(
         &certificate.public_key,
     )
     .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
-    .map_err(|_| bad_signature("signature does not verify"))?;
-    let audience = format!("{}/{tenant}/oauth2/v2.0/token", shared.authority);
+    .map_err(|_| bad_signature("signature does not verify"))
+}
+
+/// A certificate assertion's claims: the tenant's token endpoint as audience, the client id as issuer and
+/// subject, a `jti`, and a time range that covers now.
+fn check_certificate_claims(
+    tenant_state: &Tenant,
+    options: &EntraOptions,
+    tenant: &str,
+    assertion: &Assertion<'_>,
+) -> Result<(), Refusal> {
+    let audience = format!("{}/{tenant}/oauth2/v2.0/token", tenant_state.authority);
     let now = jwt::unix_now();
-    let claims_ok = claim("aud") == audience
-        && claim("iss") == options.client_id
-        && claim("sub") == options.client_id
-        && !claim("jti").is_empty()
+    let claims = &assertion.claims;
+    let claims_ok = assertion.claim("aud") == audience
+        && assertion.claim("iss") == options.client_id
+        && assertion.claim("sub") == options.client_id
+        && !assertion.claim("jti").is_empty()
         && claims["exp"].as_i64().is_some_and(|exp| exp > now)
         && claims["nbf"].as_i64().is_some_and(|nbf| nbf <= now + 60);
     if !claims_ok {
-        return Err((
+        return Err(Refusal::assertion(
             format!("certificate assertion claims {claims}"),
             700024,
-            "Client assertion is not within its valid time range or has wrong claims.".to_owned(),
+            "Client assertion is not within its valid time range or has wrong claims.",
         ));
     }
     Ok(())
@@ -861,12 +974,12 @@ fn check_assertion(
 
 /// GitHub's OIDC token endpoint: the request token as bearer, the audience as a query parameter.
 async fn github_endpoint(
-    State(shared): State<Arc<Shared>>,
+    State(tenant): State<Arc<Tenant>>,
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let options = lock(&shared.options).clone();
-    if let Some(status) = lock(&shared.recorded).github_refusal {
+    let options = lock(&tenant.options).clone();
+    if let Some(status) = lock(&tenant.recorded).github_refusal {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
         return (
             status,
@@ -893,7 +1006,7 @@ async fn github_endpoint(
         "iat": now, "nbf": now, "exp": now + 300,
         "jti": random_alphanumeric(16),
     }));
-    lock(&shared.recorded).github_issued.push(token.clone());
+    lock(&tenant.recorded).github_issued.push(token.clone());
     Json(json!({"count": 1, "value": token})).into_response()
 }
 

@@ -89,6 +89,14 @@ pub fn init_test_logging() {
     });
 }
 
+/// Locks `mutex`, going on with its data when a panicking test thread poisoned it: the stand-ins' records
+/// stay readable for the test that reports the failure.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Writes one line straight to the process's stderr, past the test harness's output capture, so that CI logs
 /// show which backend served the tests even when every test passes.
 pub(crate) fn announce(line: &str) {

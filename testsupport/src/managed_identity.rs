@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::entra::{compact_token, query_value};
-use crate::{TestSupportError, jwt, random_alphanumeric};
+use crate::{TestSupportError, jwt, lock, random_alphanumeric};
 
 /// What the endpoints accept and issue.
 #[derive(Clone)]
@@ -100,14 +100,15 @@ struct Recorded {
     probes: usize,
 }
 
-struct Shared {
+/// The host's identity: what it answers with, and what it saw.
+struct Host {
     options: ManagedIdentityOptions,
     recorded: Mutex<Recorded>,
 }
 
 /// The running stand-in. Stops when dropped.
 pub struct ManagedIdentityStandIn {
-    shared: Arc<Shared>,
+    host: Arc<Host>,
     port: u16,
     server: tokio::task::JoinHandle<()>,
 }
@@ -126,12 +127,6 @@ impl Drop for ManagedIdentityStandIn {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl ManagedIdentityStandIn {
     /// Starts serving on a free port of 127.0.0.1, in the current tokio runtime.
     pub async fn start(options: ManagedIdentityOptions) -> Result<Self, TestSupportError> {
@@ -146,22 +141,18 @@ impl ManagedIdentityStandIn {
                 "reading the managed identity stand-in's port",
             ))?
             .port();
-        let shared = Arc::new(Shared {
+        let host = Arc::new(Host {
             options,
             recorded: Mutex::new(Recorded::default()),
         });
         let app = Router::new()
             .route("/msi/token", get(app_service))
             .route("/metadata/identity/oauth2/token", get(imds))
-            .with_state(shared.clone());
+            .with_state(host.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self {
-            shared,
-            port,
-            server,
-        })
+        Ok(Self { host, port, server })
     }
 
     /// `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` as App Service sets them, pointing at this stand-in.
@@ -173,7 +164,7 @@ impl ManagedIdentityStandIn {
             ),
             (
                 "IDENTITY_HEADER".into(),
-                self.shared.options.header_secret.clone(),
+                self.host.options.header_secret.clone(),
             ),
         ]
     }
@@ -185,31 +176,40 @@ impl ManagedIdentityStandIn {
 
     /// The options in force.
     pub fn options(&self) -> &ManagedIdentityOptions {
-        &self.shared.options
+        &self.host.options
     }
 
     /// Each request so far: which endpoint and its query (never a secret).
     pub fn requests(&self) -> Vec<String> {
-        lock(&self.shared.recorded).requests.clone()
+        lock(&self.host.recorded).requests.clone()
     }
 
     /// IMDS requests without `Metadata: true` (refused with HTTP 400, as Azure does): probes.
     pub fn probes(&self) -> usize {
-        lock(&self.shared.recorded).probes
+        lock(&self.host.recorded).probes
     }
 
     /// Every token issued so far, oldest first.
     pub fn issued_tokens(&self) -> Vec<String> {
-        lock(&self.shared.recorded).issued.clone()
+        lock(&self.host.recorded).issued.clone()
     }
 }
 
+/// A token the stand-in issued, with its timing as both endpoints report it.
+struct Issued {
+    token: String,
+    /// Unix seconds.
+    expires_on: i64,
+    /// Seconds.
+    lifetime: i64,
+}
+
 /// A token for the identity, or the refusal Azure gives when the request names another identity.
-fn issue(shared: &Shared, uri: &Uri, endpoint: &str) -> Result<(String, i64, i64), Box<Response>> {
-    lock(&shared.recorded)
+fn issue(host: &Host, uri: &Uri, endpoint: &str) -> Result<Issued, Box<Response>> {
+    lock(&host.recorded)
         .requests
         .push(format!("{endpoint} {}", uri.query().unwrap_or_default()));
-    let options = &shared.options;
+    let options = &host.options;
     let client_id = query_value(uri, "client_id");
     if client_id.is_none() && !options.system_assigned {
         return Err(Box::new(
@@ -246,52 +246,54 @@ fn issue(shared: &Shared, uri: &Uri, endpoint: &str) -> Result<(String, i64, i64
     let now = jwt::unix_now();
     let token = compact_token(&options.identity_name, now, lifetime, &options.signing_key)
         .map_err(|why| Box::new((StatusCode::INTERNAL_SERVER_ERROR, why).into_response()))?;
-    lock(&shared.recorded).issued.push(token.clone());
-    Ok((token, now + lifetime, lifetime))
+    lock(&host.recorded).issued.push(token.clone());
+    Ok(Issued {
+        token,
+        expires_on: now + lifetime,
+        lifetime,
+    })
 }
 
-async fn app_service(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
+async fn app_service(State(host): State<Arc<Host>>, uri: Uri, headers: HeaderMap) -> Response {
     let header = headers
         .get("x-identity-header")
         .and_then(|v| v.to_str().ok());
-    if header != Some(shared.options.header_secret.as_str()) {
-        lock(&shared.recorded)
+    if header != Some(host.options.header_secret.as_str()) {
+        lock(&host.recorded)
             .requests
             .push("app-service refused".into());
         let status =
-            StatusCode::from_u16(shared.options.header_refusal).unwrap_or(StatusCode::UNAUTHORIZED);
+            StatusCode::from_u16(host.options.header_refusal).unwrap_or(StatusCode::UNAUTHORIZED);
         return (
             status,
             Json(json!({"statusCode": status.as_u16(), "message": "Unauthorized: the X-IDENTITY-HEADER header is missing or wrong."})),
         )
             .into_response();
     }
-    match issue(&shared, &uri, "app-service") {
-        Ok((token, expires_on, _)) => Json(json!({
-            "access_token": token,
-            "expires_on": expires_on.to_string(),
+    match issue(&host, &uri, "app-service") {
+        Ok(issued) => Json(json!({
+            "access_token": issued.token,
+            "expires_on": issued.expires_on.to_string(),
             "resource": jwt::POSTGRES_AUDIENCE,
             "token_type": "Bearer",
-            "client_id": shared.options.client_id,
+            "client_id": host.options.client_id,
         }))
         .into_response(),
         Err(refusal) => *refusal,
     }
 }
 
-async fn imds(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -> Response {
+async fn imds(State(host): State<Arc<Host>>, uri: Uri, headers: HeaderMap) -> Response {
     if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
-        lock(&shared.recorded).probes += 1;
+        lock(&host.recorded).probes += 1;
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "invalid_request", "error_description": "Required metadata header not specified"})),
         )
             .into_response();
     }
-    if let Some(status) = shared.options.imds_status {
-        lock(&shared.recorded)
-            .requests
-            .push(format!("imds {status}"));
+    if let Some(status) = host.options.imds_status {
+        lock(&host.recorded).requests.push(format!("imds {status}"));
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::GONE);
         return (
             status,
@@ -299,10 +301,14 @@ async fn imds(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) -
         )
             .into_response();
     }
-    match issue(&shared, &uri, "imds") {
-        Ok((token, expires_on, lifetime)) => Json(json!({
+    match issue(&host, &uri, "imds") {
+        Ok(Issued {
+            token,
+            expires_on,
+            lifetime,
+        }) => Json(json!({
             "access_token": token,
-            "client_id": shared.options.client_id,
+            "client_id": host.options.client_id,
             "expires_in": lifetime.to_string(),
             "expires_on": expires_on.to_string(),
             "ext_expires_in": lifetime.to_string(),

@@ -929,7 +929,7 @@ fn the_sidecar_example_brings_the_policy_its_application_needs() {
         .expect("the pgwi sidecar")
         .iter()
         .flat_map(|c| c["ports"].as_sequence().into_iter().flatten())
-        .filter(|p| p["name"] == Yaml::from("healthz"))
+        .filter(|p| p["name"] == "healthz")
         .map(|p| p["containerPort"].as_i64().unwrap_or_default().to_string())
         .collect();
     assert_eq!(

@@ -191,11 +191,11 @@ pub(crate) fn check_timeout(
     config: &crate::CredentialConfig,
     timeout_secs: Option<u64>,
 ) -> Result<Duration, CredentialError> {
-    if let Some((problem, fix)) = config.cli_timeout_problem(tool.timeout_key, timeout_secs) {
+    if let Some(wrong) = config.cli_timeout_problem(tool.timeout_key, timeout_secs) {
         return Err(CredentialError::configuration(
             tool.kind,
-            format!("{} {problem}", tool.timeout_key),
-            fix,
+            format!("{} {}", wrong.key, wrong.problem),
+            wrong.fix,
         ));
     }
     Ok(config.cli_timeout(timeout_secs))

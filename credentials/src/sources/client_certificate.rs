@@ -24,7 +24,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
-use super::common::{self, EntraApp, Origin};
+use super::common::{self, EntraApp, EntraKeys, Resolved};
 use crate::{
     CredentialConfig, CredentialError, SourceContext, SourceInfo, SourceKind, Token, TokenSource,
 };
@@ -103,9 +103,10 @@ impl SourceKind for ClientCertificateKind {
         ctx: &SourceContext,
     ) -> Result<String, String> {
         match certificate_path(config, ctx) {
-            Some((path, origin)) => Ok(format!(
-                "a service principal's certificate {} ({origin})",
-                path.display()
+            Some(path) => Ok(format!(
+                "a service principal's certificate {} ({})",
+                path.value.display(),
+                path.origin
             )),
             None => Err(no_certificate()),
         }
@@ -120,7 +121,7 @@ const CLIENT_ID_FIX: &str = "set AZURE_CLIENT_ID or credential.client_certificat
 pub fn certificate_path(
     cc: &ClientCertificateConfig,
     ctx: &SourceContext,
-) -> Option<(PathBuf, Origin)> {
+) -> Option<Resolved<PathBuf>> {
     common::optional(
         cc.certificate_path
             .as_ref()
@@ -129,7 +130,16 @@ pub fn certificate_path(
         "AZURE_CLIENT_CERTIFICATE_PATH",
         ctx,
     )
-    .map(|(path, origin)| (PathBuf::from(path), origin))
+    .map(|path| path.map(PathBuf::from))
+}
+
+/// Whether to send the certificate chain (`x5c`): configured, else `AZURE_CLIENT_SEND_CERTIFICATE_CHAIN`.
+fn send_chain(cc: &ClientCertificateConfig, ctx: &SourceContext) -> bool {
+    cc.send_certificate_chain.unwrap_or_else(|| {
+        ctx.env
+            .get("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")
+            .is_some_and(|v| matches!(v.trim(), "1" | "true" | "True" | "TRUE"))
+    })
 }
 
 /// The certificate and key, ready to sign.
@@ -222,77 +232,10 @@ fn conversion_fix(path: &Path) -> String {
 
 /// Reads the certificate chain and the RSA key from a PEM file; `chain` puts the certificates in `x5c`.
 fn load_signer(path: &Path, chain: bool, password_given: bool) -> Result<Signer, CredentialError> {
-    let unreadable = |problem: String, fix: String| {
-        CredentialError::new(crate::ErrorKind::MissingInput, KIND, problem, fix)
-    };
-    let bytes = std::fs::read(path).map_err(|e| {
-        unreadable(
-            format!("cannot read the certificate file {}: {e}", path.display()),
-            "check credential.client_certificate.certificate_path (or AZURE_CLIENT_CERTIFICATE_PATH) and \
-             that this user may read the file"
-                .into(),
-        )
-    })?;
-    let text = String::from_utf8_lossy(&bytes);
-    if !text.contains("-----BEGIN") {
-        return Err(CredentialError::configuration(
-            KIND,
-            format!(
-                "the certificate file {} is not PEM (a PFX/PKCS#12 or DER file?)",
-                path.display()
-            ),
-            conversion_fix(path),
-        ));
-    }
-    if text.contains("ENCRYPTED") {
-        return Err(CredentialError::configuration(
-            KIND,
-            format!(
-                "the private key in {} is encrypted{}",
-                path.display(),
-                if password_given {
-                    " (pgwi does not decrypt keys, even with the configured password)"
-                } else {
-                    ""
-                }
-            ),
-            conversion_fix(path),
-        ));
-    }
-    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            CredentialError::configuration(
-                KIND,
-                format!("the certificates in {} cannot be read: {e}", path.display()),
-                "the file must hold PEM CERTIFICATE blocks (leaf first) and the private key",
-            )
-        })?;
-    let Some(leaf) = certificates.first() else {
-        return Err(CredentialError::configuration(
-            KIND,
-            format!("{} holds no certificate", path.display()),
-            "put the certificate (-----BEGIN CERTIFICATE-----) in the file, before its chain, with the key",
-        ));
-    };
-    let no_key = |why: String| {
-        CredentialError::configuration(
-            KIND,
-            format!("{} holds no usable private key: {why}", path.display()),
-            "put the certificate's RSA private key (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE \
-             KEY-----, unencrypted) in the same file",
-        )
-    };
-    let key = match PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| no_key(e.to_string()))? {
-        PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
-        PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
-        _ => {
-            return Err(no_key(
-                "it is not an RSA key; Entra ID needs RS256 assertions".into(),
-            ));
-        }
-    }
-    .map_err(|e| no_key(format!("not an RSA key ring accepts ({e})")))?;
+    let bytes = read_pem_file(path, password_given)?;
+    let certificates = read_certificates(path, &bytes)?;
+    let key = read_rsa_key(path, &bytes)?;
+    let leaf = &certificates[0];
     let sha256 = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
     let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, leaf.as_ref());
     let mut header = serde_json::json!({
@@ -312,6 +255,89 @@ fn load_signer(path: &Path, chain: bool, password_given: bool) -> Result<Signer,
         header: b64url(header.to_string().as_bytes()),
         thumbprint_sha1: sha1.as_ref().iter().map(|b| format!("{b:02X}")).collect(),
     })
+}
+
+/// The file's bytes, refused with the conversion command when they are not PEM or the key is encrypted.
+fn read_pem_file(path: &Path, password_given: bool) -> Result<Vec<u8>, CredentialError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        CredentialError::new(
+            crate::ErrorKind::MissingInput,
+            KIND,
+            format!("cannot read the certificate file {}: {e}", path.display()),
+            "check credential.client_certificate.certificate_path (or AZURE_CLIENT_CERTIFICATE_PATH) and \
+             that this user may read the file",
+        )
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let problem = if !text.contains("-----BEGIN") {
+        format!(
+            "the certificate file {} is not PEM (a PFX/PKCS#12 or DER file?)",
+            path.display()
+        )
+    } else if text.contains("ENCRYPTED") {
+        format!(
+            "the private key in {} is encrypted{}",
+            path.display(),
+            if password_given {
+                " (pgwi does not decrypt keys, even with the configured password)"
+            } else {
+                ""
+            }
+        )
+    } else {
+        return Ok(bytes);
+    };
+    Err(CredentialError::configuration(
+        KIND,
+        problem,
+        conversion_fix(path),
+    ))
+}
+
+/// The PEM certificates, leaf first; at least one.
+fn read_certificates(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, CredentialError> {
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            CredentialError::configuration(
+                KIND,
+                format!("the certificates in {} cannot be read: {e}", path.display()),
+                "the file must hold PEM CERTIFICATE blocks (leaf first) and the private key",
+            )
+        })?;
+    if certificates.is_empty() {
+        return Err(CredentialError::configuration(
+            KIND,
+            format!("{} holds no certificate", path.display()),
+            "put the certificate (-----BEGIN CERTIFICATE-----) in the file, before its chain, with the key",
+        ));
+    }
+    Ok(certificates)
+}
+
+/// The unencrypted RSA private key (PKCS#8 or PKCS#1): Entra ID needs RS256 assertions.
+fn read_rsa_key(path: &Path, bytes: &[u8]) -> Result<RsaKeyPair, CredentialError> {
+    let no_key = |why: String| {
+        CredentialError::configuration(
+            KIND,
+            format!("{} holds no usable private key: {why}", path.display()),
+            "put the certificate's RSA private key (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE \
+             KEY-----, unencrypted) in the same file",
+        )
+    };
+    match PrivateKeyDer::from_pem_slice(bytes).map_err(|e| no_key(e.to_string()))? {
+        PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
+        PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
+        _ => {
+            return Err(no_key(
+                "it is not an RSA key; Entra ID needs RS256 assertions".into(),
+            ));
+        }
+    }
+    .map_err(|e| no_key(format!("not an RSA key ring accepts ({e})")))
 }
 
 /// Tokens for a service principal that proves itself with a certificate.
@@ -346,7 +372,7 @@ pub fn no_certificate() -> String {
 /// exactly that URL.
 fn token_endpoint(app: &EntraApp) -> Result<String, CredentialError> {
     azure_core::http::Url::parse(&app.authority_host)
-        .and_then(|host| host.join(&format!("/{}/oauth2/v2.0/token", app.tenant_id.0)))
+        .and_then(|host| host.join(&format!("/{}/oauth2/v2.0/token", app.tenant_id.value)))
         .map(String::from)
         .map_err(|e| {
             CredentialError::configuration(
@@ -370,41 +396,38 @@ impl ClientCertificateSource {
     ) -> Result<Self, CredentialError> {
         let app = EntraApp::resolve(
             KIND,
-            "client_certificate",
-            [
-                cc.tenant_id.as_ref(),
-                cc.client_id.as_ref(),
-                cc.authority_host.as_ref(),
-            ],
-            CLIENT_ID_FIX,
+            EntraKeys {
+                table: "client_certificate",
+                tenant_id: cc.tenant_id.as_ref(),
+                client_id: cc.client_id.as_ref(),
+                authority_host: cc.authority_host.as_ref(),
+                client_id_fix: CLIENT_ID_FIX,
+                missing_fix: None,
+            },
             ctx,
         )?;
-        let (certificate_path, _) = certificate_path(cc, ctx).ok_or_else(|| {
-            CredentialError::configuration(
-                KIND,
-                no_certificate(),
-                "point one of them at a PEM file with the certificate and its private key",
-            )
-        })?;
-        let send_chain = match cc.send_certificate_chain {
-            Some(send) => send,
-            None => ctx
-                .env
-                .get("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")
-                .is_some_and(|v| matches!(v.trim(), "1" | "true" | "True" | "TRUE")),
-        };
+        let certificate_path = certificate_path(cc, ctx)
+            .ok_or_else(|| {
+                CredentialError::configuration(
+                    KIND,
+                    no_certificate(),
+                    "point one of them at a PEM file with the certificate and its private key",
+                )
+            })?
+            .value;
+        let send_chain = send_chain(cc, ctx);
         let password_given = cc.password_file.is_some() || ctx.env.get(&cc.password_env).is_some();
         let signer = load_signer(&certificate_path, send_chain, password_given)?;
         common::check_scope(KIND, &config.scope)?;
         let thumbprint = signer.thumbprint_sha1.clone();
         let assertion = CertificateAssertion {
             signer: Arc::new(signer),
-            client_id: app.client_id.0.clone(),
+            client_id: app.client_id.value.clone(),
             audience: token_endpoint(&app)?,
         };
         let credential = ClientAssertionCredential::new(
-            app.tenant_id.0.clone(),
-            app.client_id.0.clone(),
+            app.tenant_id.value.clone(),
+            app.client_id.value.clone(),
             assertion,
             Some(ClientAssertionCredentialOptions {
                 client_options: app.client_options(ctx),

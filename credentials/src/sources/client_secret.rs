@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
 use serde::{Deserialize, Serialize};
 
-use super::common::{self, EntraApp};
+use super::common::{self, EntraApp, EntraKeys};
 use crate::{
     CredentialConfig, CredentialError, SecretString, SourceContext, SourceInfo, SourceKind, Token,
     TokenSource,
@@ -162,78 +162,22 @@ impl ClientSecretSource {
     ) -> Result<Self, CredentialError> {
         let app = EntraApp::resolve(
             KIND,
-            "client_secret",
-            [
-                cs.tenant_id.as_ref(),
-                cs.client_id.as_ref(),
-                cs.authority_host.as_ref(),
-            ],
-            CLIENT_ID_FIX,
+            EntraKeys {
+                table: "client_secret",
+                tenant_id: cs.tenant_id.as_ref(),
+                client_id: cs.client_id.as_ref(),
+                authority_host: cs.authority_host.as_ref(),
+                client_id_fix: CLIENT_ID_FIX,
+                missing_fix: None,
+            },
             ctx,
         )?;
-        let (secret, secret_origin) = match (&cs.secret_file, &cs.secret) {
-            (Some(_), Some(_)) => {
-                return Err(CredentialError::configuration(
-                    KIND,
-                    "both credential.client_secret.secret_file and credential.client_secret.secret are set",
-                    "keep one: a file (preferred, e.g. a mounted secret) or a variable named by secret_env",
-                ));
-            }
-            (Some(file), None) => (
-                common::read_secret_file(KIND, file, "credential.client_secret.secret_file")?,
-                SecretOrigin::File(file.clone()),
-            ),
-            (None, Some(secret)) => {
-                if !WARNED_INLINE.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "credential.client_secret.secret is set inline in configuration; put the secret in a \
-                         file (credential.client_secret.secret_file) or a variable (credential.client_secret.\
-                         secret_env, default AZURE_CLIENT_SECRET) instead"
-                    );
-                }
-                (secret.clone(), SecretOrigin::Inline)
-            }
-            (None, None) => {
-                let var = cs.secret_env.trim();
-                if var.is_empty() {
-                    return Err(CredentialError::configuration(
-                        KIND,
-                        "credential.client_secret.secret_env is empty",
-                        "name the variable that holds the secret (default AZURE_CLIENT_SECRET), or set \
-                         secret_file",
-                    ));
-                }
-                let secret = ctx.env.get(var).ok_or_else(|| {
-                    CredentialError::configuration(
-                        KIND,
-                        format!(
-                            "the variable {var} (credential.client_secret.secret_env) is not set and \
-                             credential.client_secret.secret_file is not configured"
-                        ),
-                        format!(
-                            "export {var}=<the client secret's value>, or point \
-                             credential.client_secret.secret_file at a file holding it"
-                        ),
-                    )
-                })?;
-                (
-                    SecretString::new(secret),
-                    SecretOrigin::Variable(var.to_owned()),
-                )
-            }
-        };
-        if secret.is_blank() {
-            return Err(CredentialError::configuration(
-                KIND,
-                format!("the client secret from {secret_origin} is empty"),
-                "put the client secret's value there",
-            ));
-        }
+        let secret = read_secret(cs, ctx)?;
         common::check_scope(KIND, &config.scope)?;
         let credential = ClientSecretCredential::new(
-            &app.tenant_id.0,
-            app.client_id.0.clone(),
-            secret.expose().to_owned().into(),
+            &app.tenant_id.value,
+            app.client_id.value.clone(),
+            secret.value.expose().to_owned().into(),
             Some(ClientSecretCredentialOptions {
                 client_options: app.client_options(ctx),
             }),
@@ -243,9 +187,95 @@ impl ClientSecretSource {
             credential,
             scope: config.scope.clone(),
             app,
-            secret_origin,
+            secret_origin: secret.origin,
         })
     }
+}
+
+/// The client secret and where it came from.
+struct ClientSecret {
+    value: SecretString,
+    origin: SecretOrigin,
+}
+
+/// Reads the secret from the one place configured: a file, configuration itself (with a warning), or the
+/// variable `secret_env`; refuses both a file and an inline secret, and an empty secret.
+fn read_secret(
+    cs: &ClientSecretConfig,
+    ctx: &SourceContext,
+) -> Result<ClientSecret, CredentialError> {
+    let secret = match (&cs.secret_file, &cs.secret) {
+        (Some(_), Some(_)) => {
+            return Err(CredentialError::configuration(
+                KIND,
+                "both credential.client_secret.secret_file and credential.client_secret.secret are set",
+                "keep one: a file (preferred, e.g. a mounted secret) or a variable named by secret_env",
+            ));
+        }
+        (Some(file), None) => ClientSecret {
+            value: common::read_secret_file(KIND, file, "credential.client_secret.secret_file")?,
+            origin: SecretOrigin::File(file.clone()),
+        },
+        (None, Some(secret)) => {
+            warn_inline_once();
+            ClientSecret {
+                value: secret.clone(),
+                origin: SecretOrigin::Inline,
+            }
+        }
+        (None, None) => secret_from_variable(&cs.secret_env, ctx)?,
+    };
+    if secret.value.is_blank() {
+        return Err(CredentialError::configuration(
+            KIND,
+            format!("the client secret from {} is empty", secret.origin),
+            "put the client secret's value there",
+        ));
+    }
+    Ok(secret)
+}
+
+/// A secret in configuration is allowed, but said once per process: it belongs in a file or a variable.
+fn warn_inline_once() {
+    if !WARNED_INLINE.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "credential.client_secret.secret is set inline in configuration; put the secret in a \
+             file (credential.client_secret.secret_file) or a variable (credential.client_secret.\
+             secret_env, default AZURE_CLIENT_SECRET) instead"
+        );
+    }
+}
+
+/// The secret from the variable named by `credential.client_secret.secret_env`.
+fn secret_from_variable(
+    secret_env: &str,
+    ctx: &SourceContext,
+) -> Result<ClientSecret, CredentialError> {
+    let var = secret_env.trim();
+    if var.is_empty() {
+        return Err(CredentialError::configuration(
+            KIND,
+            "credential.client_secret.secret_env is empty",
+            "name the variable that holds the secret (default AZURE_CLIENT_SECRET), or set secret_file",
+        ));
+    }
+    let value = ctx.env.get(var).ok_or_else(|| {
+        CredentialError::configuration(
+            KIND,
+            format!(
+                "the variable {var} (credential.client_secret.secret_env) is not set and \
+                 credential.client_secret.secret_file is not configured"
+            ),
+            format!(
+                "export {var}=<the client secret's value>, or point \
+                 credential.client_secret.secret_file at a file holding it"
+            ),
+        )
+    })?;
+    Ok(ClientSecret {
+        value: SecretString::new(value),
+        origin: SecretOrigin::Variable(var.to_owned()),
+    })
 }
 
 #[async_trait]

@@ -17,8 +17,24 @@ pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com/";
 /// Where a setting's value came from: `configuration`, or the variable's name.
 pub type Origin = &'static str;
 
-/// A setting and where it came from.
-pub type Resolved = (String, Origin);
+/// A setting's value and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved<T = String> {
+    /// The value.
+    pub value: T,
+    /// `configuration`, or the variable it was read from.
+    pub origin: Origin,
+}
+
+impl<T> Resolved<T> {
+    /// The same origin with the value turned into another type (a path read as text, say).
+    pub fn map<U>(self, into: impl FnOnce(T) -> U) -> Resolved<U> {
+        Resolved {
+            value: into(self.value),
+            origin: self.origin,
+        }
+    }
+}
 
 /// The configured value, else the variable `var`; `None` when neither is set.
 pub(crate) fn optional(
@@ -26,10 +42,17 @@ pub(crate) fn optional(
     var: Origin,
     ctx: &SourceContext,
 ) -> Option<Resolved> {
-    configured
+    let configured = configured
         .filter(|v| !v.trim().is_empty())
-        .map(|v| (v.clone(), "configuration"))
-        .or_else(|| ctx.env.get(var).map(|v| (v, var)))
+        .map(|v| Resolved {
+            value: v.clone(),
+            origin: "configuration",
+        });
+    configured.or_else(|| {
+        ctx.env
+            .get(var)
+            .map(|value| Resolved { value, origin: var })
+    })
 }
 
 /// The configured value, else the variable `var`, else a configuration error naming both and `fix`.
@@ -60,7 +83,7 @@ pub(crate) fn authority_host(
     ctx: &SourceContext,
 ) -> Result<String, CredentialError> {
     let host = optional(configured, "AZURE_AUTHORITY_HOST", ctx)
-        .map_or_else(|| PUBLIC_AUTHORITY_HOST.to_owned(), |(host, _)| host);
+        .map_or_else(|| PUBLIC_AUTHORITY_HOST.to_owned(), |host| host.value);
     if !host.starts_with("https://") {
         return Err(CredentialError::configuration(
             kind,
@@ -144,6 +167,20 @@ pub(crate) async fn sdk_token(
     ))
 }
 
+/// Where an Entra source's keys are, and how to tell the user to set them.
+pub(crate) struct EntraKeys<'a> {
+    /// The table under `credential` that holds the keys (`client_secret`).
+    pub table: &'static str,
+    pub tenant_id: Option<&'a String>,
+    pub client_id: Option<&'a String>,
+    pub authority_host: Option<&'a String>,
+    /// How to set the client id: the fix when Entra does not know it (and, by default, when it is missing).
+    pub client_id_fix: &'static str,
+    /// The fix when the tenant or client id is missing, given the key that would hold it; `None`: say how
+    /// to set each one.
+    pub missing_fix: Option<fn(&str) -> String>,
+}
+
 /// The Entra application (or managed identity) a service-principal-like source authenticates as: tenant,
 /// client id and authority host from `credential.<table>`, else `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
 /// `AZURE_AUTHORITY_HOST`.
@@ -154,7 +191,7 @@ pub(crate) struct EntraApp {
     pub client_id: Resolved,
     pub authority_host: String,
     /// The `credential.<table>` its keys are in.
-    table: String,
+    table: &'static str,
     /// How to set the tenant id.
     tenant_fix: String,
     /// How to set the client id.
@@ -162,49 +199,50 @@ pub(crate) struct EntraApp {
 }
 
 impl EntraApp {
-    /// Resolves the application from the table `credential.<table>` (its `tenant_id`, `client_id` and
-    /// `authority_host` keys) and the variables; `client_id_fix` says how to set the client id.
+    /// Resolves the application from its keys and the variables, tenant id first.
     pub(crate) fn resolve(
         kind: &'static str,
-        table: &str,
-        keys: [Option<&String>; 3],
-        client_id_fix: &'static str,
+        keys: EntraKeys<'_>,
         ctx: &SourceContext,
     ) -> Result<Self, CredentialError> {
-        let [tenant, client, authority] = keys;
+        let table = keys.table;
         let tenant_fix = format!("set AZURE_TENANT_ID or credential.{table}.tenant_id");
+        let key = |name: &str| format!("credential.{table}.{name}");
+        let missing_fix = |name: &str, otherwise: String| match keys.missing_fix {
+            Some(fix) => fix(&key(name)),
+            None => otherwise,
+        };
         let tenant_id = required(
             kind,
-            tenant,
-            &format!("credential.{table}.tenant_id"),
+            keys.tenant_id,
+            &key("tenant_id"),
             "AZURE_TENANT_ID",
             "the Entra tenant id",
-            &format!("{tenant_fix} (az account show --query tenantId)"),
+            &missing_fix(
+                "tenant_id",
+                format!("{tenant_fix} (az account show --query tenantId)"),
+            ),
             ctx,
         )?;
         let client_id = required(
             kind,
-            client,
-            &format!("credential.{table}.client_id"),
+            keys.client_id,
+            &key("client_id"),
             "AZURE_CLIENT_ID",
             "the client id",
-            client_id_fix,
+            &missing_fix("client_id", keys.client_id_fix.to_owned()),
             ctx,
         )?;
-        let authority_host = authority_host(
-            kind,
-            authority,
-            &format!("credential.{table}.authority_host"),
-            ctx,
-        )?;
+        let authority_host =
+            authority_host(kind, keys.authority_host, &key("authority_host"), ctx)?;
         Ok(Self {
             kind,
             tenant_id,
             client_id,
             authority_host,
-            table: table.to_owned(),
+            table,
             tenant_fix,
-            client_id_fix,
+            client_id_fix: keys.client_id_fix,
         })
     }
 
@@ -226,13 +264,13 @@ impl EntraApp {
             format!(
                 "check the tenant id {:?} (from {}; letters, digits, '.' and '-' only) and the client id \
                  (from {}); {}",
-                self.tenant_id.0,
+                self.tenant_id.value,
                 from(
-                    self.tenant_id.1,
+                    self.tenant_id.origin,
                     &format!("credential.{}.tenant_id", self.table)
                 ),
                 from(
-                    self.client_id.1,
+                    self.client_id.origin,
                     &format!("credential.{}.client_id", self.table)
                 ),
                 self.tenant_fix
@@ -250,8 +288,8 @@ impl EntraApp {
             error,
             &crate::entra::EntraContext {
                 source: self.kind,
-                client_id: &self.client_id.0,
-                tenant_id: &self.tenant_id.0,
+                client_id: &self.client_id.value,
+                tenant_id: &self.tenant_id.value,
                 authority_host: &self.authority_host,
                 client_id_fix: self.client_id_fix,
                 tenant_fix: &self.tenant_fix,
@@ -263,8 +301,8 @@ impl EntraApp {
     /// The source's description: its kind, the client and tenant ids, then `details`, then the authority.
     pub(crate) fn info(&self, details: &[(&'static str, String)]) -> crate::SourceInfo {
         let mut info = crate::SourceInfo::new(self.kind)
-            .with("client_id", &self.client_id.0)
-            .with("tenant_id", &self.tenant_id.0);
+            .with("client_id", &self.client_id.value)
+            .with("tenant_id", &self.tenant_id.value);
         for (key, value) in details {
             info = info.with(key, value.clone());
         }

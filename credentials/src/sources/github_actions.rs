@@ -20,7 +20,7 @@ use azure_identity::{
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{self, EntraApp};
+use super::common::{self, EntraApp, EntraKeys};
 use crate::{
     Claims, CredentialConfig, CredentialError, ErrorKind, SecretString, SourceContext, SourceInfo,
     SourceKind, Token, TokenSource,
@@ -158,13 +158,80 @@ impl ClientAssertion for JobToken {
     }
 }
 
+/// Where and how the job asks GitHub for its OIDC token: the URL GitHub set, with the audience, and the
+/// bearer token that authorizes the request.
+struct JobTokenRequest {
+    url: Url,
+    token: SecretString,
+}
+
+impl JobTokenRequest {
+    /// From the job's variables; refused when GitHub did not set them (no `id-token: write`).
+    fn from_job(gh: &GithubActionsConfig, ctx: &SourceContext) -> Result<Self, CredentialError> {
+        let (Some(url), Some(token)) =
+            (ctx.env.get(REQUEST_URL_VAR), ctx.env.get(REQUEST_TOKEN_VAR))
+        else {
+            return Err(CredentialError::configuration(
+                KIND,
+                variables_missing(),
+                permission_fix(),
+            ));
+        };
+        let mut url = Url::parse(&url).map_err(|e| {
+            CredentialError::configuration(
+                KIND,
+                format!("{REQUEST_URL_VAR} is not a URL: {e}"),
+                "leave the variable as GitHub sets it",
+            )
+        })?;
+        if gh.audience.trim().is_empty() {
+            return Err(CredentialError::configuration(
+                KIND,
+                "credential.github_actions.audience is empty",
+                "leave it unset (api://AzureADTokenExchange) or set the federated credential's audience",
+            ));
+        }
+        url.query_pairs_mut().append_pair("audience", &gh.audience);
+        Ok(Self {
+            url,
+            token: SecretString::new(token),
+        })
+    }
+}
+
+/// The pipeline that asks GitHub for job tokens. Its default retries (8 tries within 60 s) would outlive
+/// the fetch deadline: a job-token request gets two retries within a third of it, leaving the rest for
+/// Entra.
+fn job_token_pipeline(
+    client_options: &azure_core::http::ClientOptions,
+    fetch_timeout_secs: u64,
+) -> Pipeline {
+    let mut options = client_options.clone();
+    options.retry = RetryOptions::exponential(ExponentialRetryOptions {
+        max_retries: 2,
+        max_total_elapsed: azure_core::time::Duration::seconds(
+            i64::try_from(fetch_timeout_secs / 3)
+                .unwrap_or(i64::MAX)
+                .max(1),
+        ),
+        ..ExponentialRetryOptions::default()
+    });
+    Pipeline::new(
+        option_env!("CARGO_PKG_NAME"),
+        option_env!("CARGO_PKG_VERSION"),
+        options,
+        Vec::new(),
+        Vec::new(),
+        None,
+    )
+}
+
 /// Tokens for the identity a GitHub Actions job is federated with.
 pub struct GithubActionsSource {
     credential: Arc<ClientAssertionCredential<JobToken>>,
     job_token: JobToken,
     http: Pipeline,
-    request_url: Url,
-    request_token: SecretString,
+    request: JobTokenRequest,
     audience: String,
     scope: String,
     app: EntraApp,
@@ -186,69 +253,26 @@ impl GithubActionsSource {
         config: &CredentialConfig,
         ctx: &SourceContext,
     ) -> Result<Self, CredentialError> {
-        let (Some(url), Some(request_token)) =
-            (ctx.env.get(REQUEST_URL_VAR), ctx.env.get(REQUEST_TOKEN_VAR))
-        else {
-            return Err(CredentialError::configuration(
-                KIND,
-                variables_missing(),
-                permission_fix(),
-            ));
-        };
-        let mut request_url = Url::parse(&url).map_err(|e| {
-            CredentialError::configuration(
-                KIND,
-                format!("{REQUEST_URL_VAR} is not a URL: {e}"),
-                "leave the variable as GitHub sets it",
-            )
-        })?;
-        if gh.audience.trim().is_empty() {
-            return Err(CredentialError::configuration(
-                KIND,
-                "credential.github_actions.audience is empty",
-                "leave it unset (api://AzureADTokenExchange) or set the federated credential's audience",
-            ));
-        }
-        request_url
-            .query_pairs_mut()
-            .append_pair("audience", &gh.audience);
+        let request = JobTokenRequest::from_job(gh, ctx)?;
         let app = EntraApp::resolve(
             KIND,
-            "github_actions",
-            [
-                gh.tenant_id.as_ref(),
-                gh.client_id.as_ref(),
-                gh.authority_host.as_ref(),
-            ],
-            CLIENT_ID_FIX,
+            EntraKeys {
+                table: "github_actions",
+                tenant_id: gh.tenant_id.as_ref(),
+                client_id: gh.client_id.as_ref(),
+                authority_host: gh.authority_host.as_ref(),
+                client_id_fix: CLIENT_ID_FIX,
+                missing_fix: None,
+            },
             ctx,
         )?;
         common::check_scope(KIND, &config.scope)?;
         let client_options = app.client_options(ctx);
-        // The pipeline's default retries (8 tries within 60 s) would outlive the fetch deadline: a job-token
-        // request gets two retries within a third of it, leaving the rest for Entra.
-        let mut job_token_options = client_options.clone();
-        job_token_options.retry = RetryOptions::exponential(ExponentialRetryOptions {
-            max_retries: 2,
-            max_total_elapsed: azure_core::time::Duration::seconds(
-                i64::try_from(config.fetch_timeout_secs / 3)
-                    .unwrap_or(i64::MAX)
-                    .max(1),
-            ),
-            ..ExponentialRetryOptions::default()
-        });
-        let http = Pipeline::new(
-            option_env!("CARGO_PKG_NAME"),
-            option_env!("CARGO_PKG_VERSION"),
-            job_token_options,
-            Vec::new(),
-            Vec::new(),
-            None,
-        );
+        let http = job_token_pipeline(&client_options, config.fetch_timeout_secs);
         let job_token = JobToken::default();
         let credential = ClientAssertionCredential::new(
-            app.tenant_id.0.clone(),
-            app.client_id.0.clone(),
+            app.tenant_id.value.clone(),
+            app.client_id.value.clone(),
             job_token.clone(),
             Some(ClientAssertionCredentialOptions { client_options }),
         )
@@ -257,8 +281,7 @@ impl GithubActionsSource {
             credential,
             job_token,
             http,
-            request_url,
-            request_token: SecretString::new(request_token),
+            request,
             audience: gh.audience.clone(),
             scope: config.scope.clone(),
             app,
@@ -270,10 +293,10 @@ impl GithubActionsSource {
         let refused = |problem: String, fix: String| {
             CredentialError::new(ErrorKind::Upstream, KIND, problem, fix)
         };
-        let mut request = Request::new(self.request_url.clone(), Method::Get);
+        let mut request = Request::new(self.request.url.clone(), Method::Get);
         request.insert_header(
             "authorization",
-            format!("Bearer {}", self.request_token.expose()),
+            format!("Bearer {}", self.request.token.expose()),
         );
         request.insert_header("accept", "application/json");
         let response = self
@@ -335,7 +358,7 @@ impl GithubActionsSource {
                     claim("iss"),
                     claim("sub"),
                     claim("aud"),
-                    self.app.client_id.0,
+                    self.app.client_id.value,
                     claim("iss"),
                     claim("sub"),
                     self.audience,
@@ -344,7 +367,7 @@ impl GithubActionsSource {
             None => format!(
                 "add a federated credential on identity {} with issuer={GITHUB_ISSUER}, subject=repo:<owner>/\
                  <repo>:ref:refs/heads/<branch> and audience={}",
-                self.app.client_id.0, self.audience
+                self.app.client_id.value, self.audience
             ),
         }
     }

@@ -183,7 +183,7 @@ pub fn endpoint(mi: &ManagedIdentityConfig, ctx: &SourceContext) -> Endpoint {
         },
         _ => Endpoint::Imds(
             common::optional(mi.imds_endpoint.as_ref(), IMDS_OVERRIDE_VAR, ctx)
-                .map_or_else(|| IMDS_ENDPOINT.to_owned(), |(url, _)| url),
+                .map_or_else(|| IMDS_ENDPOINT.to_owned(), |url| url.value),
         ),
     }
 }
@@ -331,6 +331,99 @@ struct Identity {
     origin: String,
 }
 
+impl Identity {
+    /// The user-assigned identity named by at most one of `client_id`, `object_id` and `resource_id`,
+    /// else by `AZURE_CLIENT_ID`; `None`: the system-assigned identity.
+    fn resolve(
+        mi: &ManagedIdentityConfig,
+        ctx: &SourceContext,
+    ) -> Result<Option<Self>, CredentialError> {
+        let configured: Vec<(&'static str, &String)> = [
+            ("client_id", mi.client_id.as_ref()),
+            ("object_id", mi.object_id.as_ref()),
+            ("resource_id", mi.resource_id.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)).filter(|(_, v)| !v.trim().is_empty()))
+        .collect();
+        if configured.len() > 1 {
+            let keys: Vec<&str> = configured.iter().map(|(key, _)| *key).collect();
+            return Err(CredentialError::configuration(
+                KIND,
+                format!(
+                    "more than one of credential.managed_identity.{} is set",
+                    keys.join(", ")
+                ),
+                "name a user-assigned identity by one of client_id, object_id or resource_id (or none for \
+                 the system-assigned identity)",
+            ));
+        }
+        Ok(match configured.first() {
+            Some((key, value)) => Some(Self {
+                key,
+                value: (*value).clone(),
+                origin: format!("credential.managed_identity.{key}"),
+            }),
+            None => ctx.env.get("AZURE_CLIENT_ID").map(|value| Self {
+                key: "client_id",
+                value,
+                origin: "AZURE_CLIENT_ID".into(),
+            }),
+        })
+    }
+
+    /// The identity as the SDK names it.
+    fn user_assigned_id(&self) -> UserAssignedId {
+        match self.key {
+            "object_id" => UserAssignedId::ObjectId(self.value.clone()),
+            "resource_id" => UserAssignedId::ResourceId(self.value.clone()),
+            _ => UserAssignedId::ClientId(self.value.clone()),
+        }
+    }
+}
+
+/// The policy that sends the SDK's IMDS requests to a configured base URL, when IMDS is the endpoint and
+/// the base is not Azure's own.
+fn imds_redirect(endpoint: &Endpoint) -> Result<Option<RedirectImds>, CredentialError> {
+    let Endpoint::Imds(base) = endpoint else {
+        return Ok(None);
+    };
+    if base.trim_end_matches('/') == IMDS_ENDPOINT {
+        return Ok(None);
+    }
+    let base = Url::parse(base)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some())
+        .ok_or_else(|| {
+            CredentialError::configuration(
+                KIND,
+                format!(
+                    "the IMDS endpoint {base:?} (credential.managed_identity.imds_endpoint or \
+                     {IMDS_OVERRIDE_VAR}) is not an http(s) URL"
+                ),
+                format!("use a base URL such as {IMDS_ENDPOINT}, or unset it on Azure"),
+            )
+        })?;
+    Ok(Some(RedirectImds { base }))
+}
+
+/// The SDK's refusal to build the credential: a platform it does not support after all, or settings it
+/// rejects.
+fn sdk_refused(endpoint: &Endpoint, error: &azure_core::Error) -> CredentialError {
+    let message = error.to_string();
+    if message.contains("isn't supported") && !message.contains("resource ID") {
+        // The process environment differs from the context's (the SDK reads the process's).
+        unsupported(endpoint, &format!(": {message}"))
+    } else {
+        CredentialError::configuration(
+            KIND,
+            format!("the Azure SDK refused the managed identity settings: {message}"),
+            "App Service, Container Apps and Functions accept a user-assigned identity by client_id or \
+             object_id only, not resource_id",
+        )
+    }
+}
+
 /// Tokens for the compute's managed identity.
 pub struct ManagedIdentitySource {
     credential: Arc<ManagedIdentityCredential>,
@@ -362,46 +455,7 @@ impl ManagedIdentitySource {
         config: &CredentialConfig,
         ctx: &SourceContext,
     ) -> Result<Self, CredentialError> {
-        let configured: Vec<(&'static str, &String)> = [
-            ("client_id", mi.client_id.as_ref()),
-            ("object_id", mi.object_id.as_ref()),
-            ("resource_id", mi.resource_id.as_ref()),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| Some((key, value?)).filter(|(_, v)| !v.trim().is_empty()))
-        .collect();
-        if configured.len() > 1 {
-            return Err(CredentialError::configuration(
-                KIND,
-                format!(
-                    "more than one of credential.managed_identity.{} is set",
-                    configured
-                        .iter()
-                        .map(|(key, _)| *key)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                "name a user-assigned identity by one of client_id, object_id or resource_id (or none for \
-                 the system-assigned identity)",
-            ));
-        }
-        let identity = match configured.first() {
-            Some((key, value)) => Some(Identity {
-                key,
-                value: (*value).clone(),
-                origin: format!("credential.managed_identity.{key}"),
-            }),
-            None => ctx.env.get("AZURE_CLIENT_ID").map(|value| Identity {
-                key: "client_id",
-                value,
-                origin: "AZURE_CLIENT_ID".into(),
-            }),
-        };
-        let user_assigned_id = identity.as_ref().map(|id| match id.key {
-            "object_id" => UserAssignedId::ObjectId(id.value.clone()),
-            "resource_id" => UserAssignedId::ResourceId(id.value.clone()),
-            _ => UserAssignedId::ClientId(id.value.clone()),
-        });
+        let identity = Identity::resolve(mi, ctx)?;
         common::check_scope(KIND, &config.scope)?;
         let endpoint = endpoint(mi, ctx);
         if matches!(endpoint, Endpoint::Unsupported { .. }) {
@@ -415,44 +469,14 @@ impl ManagedIdentitySource {
         let last_status = Arc::new(LastStatus::default());
         let mut client_options = ctx.azure_client_options.clone().unwrap_or_default();
         client_options.per_try_policies.push(last_status.clone());
-        if let Endpoint::Imds(base) = &endpoint
-            && base.trim_end_matches('/') != IMDS_ENDPOINT
-        {
-            let base = Url::parse(base)
-                .ok()
-                .filter(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some())
-                .ok_or_else(|| {
-                    CredentialError::configuration(
-                        KIND,
-                        format!(
-                            "the IMDS endpoint {base:?} (credential.managed_identity.imds_endpoint or \
-                             {IMDS_OVERRIDE_VAR}) is not an http(s) URL"
-                        ),
-                        format!("use a base URL such as {IMDS_ENDPOINT}, or unset it on Azure"),
-                    )
-                })?;
-            client_options
-                .per_call_policies
-                .push(Arc::new(RedirectImds { base }));
+        if let Some(redirect) = imds_redirect(&endpoint)? {
+            client_options.per_call_policies.push(Arc::new(redirect));
         }
         let credential = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
-            user_assigned_id,
+            user_assigned_id: identity.as_ref().map(Identity::user_assigned_id),
             client_options,
         }))
-        .map_err(|e| {
-            let message = e.to_string();
-            if message.contains("isn't supported") && !message.contains("resource ID") {
-                // The process environment differs from the context's (the SDK reads the process's).
-                unsupported(&endpoint, &format!(": {message}"))
-            } else {
-                CredentialError::configuration(
-                    KIND,
-                    format!("the Azure SDK refused the managed identity settings: {message}"),
-                    "App Service, Container Apps and Functions accept a user-assigned identity by client_id \
-                     or object_id only, not resource_id",
-                )
-            }
-        })?;
+        .map_err(|e| sdk_refused(&endpoint, &e))?;
         Ok(Self {
             credential,
             scope: config.scope.clone(),
@@ -515,103 +539,128 @@ impl ManagedIdentitySource {
         }
     }
 
+    /// The SDK's failure, read from the endpoint's answer (see the module documentation for which answer
+    /// means what).
     fn explain(&self, error: &azure_core::Error) -> CredentialError {
         let failure = EntraFailure::from_sdk(error);
         let body = response_body(error);
         let said = body.as_deref().map(summarise).unwrap_or_default();
         let lower = body.as_deref().unwrap_or_default().to_ascii_lowercase();
-        let endpoint = &self.endpoint;
-        let header_refused = matches!(endpoint, Endpoint::AppService(_))
+        let status = failure.status.unwrap_or_default();
+        let header_refused = matches!(self.endpoint, Endpoint::AppService(_))
             && match failure.status {
                 Some(401 | 403) => true,
                 Some(400) => lower.contains("header"),
                 _ => false,
             };
-        let (kind, problem, fix) = if lower.contains("invalid_resource")
-            || lower.contains("aadsts500011")
-        {
-            (
-                ErrorKind::Configuration,
-                format!(
-                    "the {endpoint} does not know the resource of credential.scope ({}): HTTP {}{said}",
-                    self.scope,
-                    failure.status.unwrap_or_default()
-                ),
-                format!(
-                    "set credential.scope to your cloud's Azure Database for PostgreSQL scope ({} in the \
-                     public cloud), or leave it unset",
-                    crate::POSTGRES_SCOPE
-                ),
-            )
+        if lower.contains("invalid_resource") || lower.contains("aadsts500011") {
+            self.wrong_scope(status, &said)
         } else if header_refused {
-            (
-                ErrorKind::Configuration,
-                format!(
-                    "the managed identity endpoint refused the request (HTTP {}{said}): IDENTITY_HEADER is \
-                     not the secret this app's endpoint expects",
-                    failure.status.unwrap_or_default()
-                ),
-                "do not set IDENTITY_HEADER yourself or copy it from another app or revision: the platform \
-                 sets it and rotates it on restart; restart the app so the process gets the current value"
-                    .to_owned(),
-            )
+            self.header_refused(status, &said)
         } else if failure.status == Some(400) {
-            match &self.identity {
-                // Only for the system-assigned identity does a 400 mean "none here": a user-assigned one was
-                // named on purpose, and falling through to another source would hide the mistake.
-                None => (
-                    ErrorKind::Unavailable,
-                    format!("the {endpoint} says no system-assigned identity is assigned here (HTTP 400{said})"),
-                    "enable the system-assigned identity of this VM or app (az vm identity assign / az webapp \
-                     identity assign / az containerapp identity assign --system-assigned), or name a \
-                     user-assigned identity in credential.managed_identity.client_id"
-                        .to_owned(),
-                ),
-                Some(id) => (
-                    ErrorKind::Configuration,
-                    format!(
-                        "the {endpoint} has no user-assigned identity with {} {} (from {}) on this VM or app \
-                         (HTTP 400{said})",
-                        id.key, id.value, id.origin
-                    ),
-                    format!(
-                        "fix {} to the identity's {} (az identity show --query {}), or assign that identity \
-                         to this VM or app (az vm identity assign / az webapp identity assign / az \
-                         containerapp identity assign --user-assigned <resource id>)",
-                        id.origin,
-                        id.key,
-                        match id.key {
-                            "object_id" => "principalId",
-                            "resource_id" => "id",
-                            _ => "clientId",
-                        }
-                    ),
-                ),
-            }
+            self.no_such_identity(&said)
         } else if let Some(status) = failure.status {
-            (
+            CredentialError::new(
                 ErrorKind::Upstream,
-                format!("the {endpoint} answered HTTP {status}{said}"),
-                "retry; if it persists, check the platform's status (the endpoint is Azure's, on this host)"
-                    .to_owned(),
+                KIND,
+                format!("the {} answered HTTP {status}{said}", self.endpoint),
+                "retry; if it persists, check the platform's status (the endpoint is Azure's, on this host)",
             )
         } else {
-            let fix = match &self.proxy {
-                Some(proxy) => format!(
-                    "{proxy} is set and the SDK's request goes through it, but a proxy cannot reach the \
-                     metadata service: add 169.254.169.254 to NO_PROXY"
+            self.no_answer(&failure)
+        }
+    }
+
+    /// The endpoint does not know `credential.scope`'s resource.
+    fn wrong_scope(&self, status: u16, said: &str) -> CredentialError {
+        CredentialError::configuration(
+            KIND,
+            format!(
+                "the {} does not know the resource of credential.scope ({}): HTTP {status}{said}",
+                self.endpoint, self.scope
+            ),
+            format!(
+                "set credential.scope to your cloud's Azure Database for PostgreSQL scope ({} in the public \
+                 cloud), or leave it unset",
+                crate::POSTGRES_SCOPE
+            ),
+        )
+    }
+
+    /// App Service's endpoint refused `IDENTITY_HEADER`.
+    fn header_refused(&self, status: u16, said: &str) -> CredentialError {
+        CredentialError::configuration(
+            KIND,
+            format!(
+                "the managed identity endpoint refused the request (HTTP {status}{said}): IDENTITY_HEADER is \
+                 not the secret this app's endpoint expects"
+            ),
+            "do not set IDENTITY_HEADER yourself or copy it from another app or revision: the platform sets \
+             it and rotates it on restart; restart the app so the process gets the current value",
+        )
+    }
+
+    /// HTTP 400: the identity asked for is not assigned here.
+    fn no_such_identity(&self, said: &str) -> CredentialError {
+        let endpoint = &self.endpoint;
+        match &self.identity {
+            // Only for the system-assigned identity does a 400 mean "none here": a user-assigned one was
+            // named on purpose, and falling through to another source would hide the mistake.
+            None => CredentialError::new(
+                ErrorKind::Unavailable,
+                KIND,
+                format!(
+                    "the {endpoint} says no system-assigned identity is assigned here (HTTP 400{said})"
                 ),
-                None => "check that the identity endpoint answers from this host; off Azure choose another \
-                         credential.kind"
-                    .to_owned(),
-            };
-            (
-                ErrorKind::Upstream,
-                format!("no token from the {endpoint}: {}", failure.description),
-                fix,
-            )
+                "enable the system-assigned identity of this VM or app (az vm identity assign / az webapp \
+                 identity assign / az containerapp identity assign --system-assigned), or name a \
+                 user-assigned identity in credential.managed_identity.client_id",
+            ),
+            Some(id) => CredentialError::configuration(
+                KIND,
+                format!(
+                    "the {endpoint} has no user-assigned identity with {} {} (from {}) on this VM or app \
+                     (HTTP 400{said})",
+                    id.key, id.value, id.origin
+                ),
+                format!(
+                    "fix {} to the identity's {} (az identity show --query {}), or assign that identity to \
+                     this VM or app (az vm identity assign / az webapp identity assign / az containerapp \
+                     identity assign --user-assigned <resource id>)",
+                    id.origin,
+                    id.key,
+                    match id.key {
+                        "object_id" => "principalId",
+                        "resource_id" => "id",
+                        _ => "clientId",
+                    }
+                ),
+            ),
+        }
+    }
+
+    /// No HTTP answer at all: the network path, or a proxy that cannot reach the metadata service.
+    fn no_answer(&self, failure: &EntraFailure) -> CredentialError {
+        let fix = match &self.proxy {
+            Some(proxy) => format!(
+                "{proxy} is set and the SDK's request goes through it, but a proxy cannot reach the metadata \
+                 service: add 169.254.169.254 to NO_PROXY"
+            ),
+            None => {
+                "check that the identity endpoint answers from this host; off Azure choose another \
+                     credential.kind"
+                    .to_owned()
+            }
         };
-        CredentialError::new(kind, KIND, problem, fix)
+        CredentialError::new(
+            ErrorKind::Upstream,
+            KIND,
+            format!(
+                "no token from the {}: {}",
+                self.endpoint, failure.description
+            ),
+            fix,
+        )
     }
 
     /// The error when the SDK's request (with its own retries) outlives the deadline.

@@ -13,9 +13,9 @@ use azure_identity::{
 
 use serde::{Deserialize, Serialize};
 
-use super::common;
 pub use super::common::PUBLIC_AUTHORITY_HOST;
-use crate::entra::{EntraContext, entra_error, federated_credential_hint};
+use super::common::{self, EntraApp, EntraKeys, Resolved};
+use crate::entra::federated_credential_hint;
 use crate::{
     CredentialConfig, CredentialError, ErrorKind, SourceContext, SourceInfo, SourceKind, Token,
     TokenSource,
@@ -94,15 +94,16 @@ impl SourceKind for WorkloadIdentityKind {
 /// What `pgwi doctor` shows of the inputs: each with where it came from, and what the projected token
 /// says (the federated credential it must match; whether the kubelet let it expire).
 fn describe(inputs: &WorkloadInputs) -> String {
+    let (client_id, tenant_id) = (inputs.client_id(), inputs.tenant_id());
     let mut detail = format!(
         "client id {} (from {}), tenant {} (from {}), token file {} (from {}), authority {}",
-        inputs.client_id.0,
-        inputs.client_id.1,
-        inputs.tenant_id.0,
-        inputs.tenant_id.1,
-        inputs.token_file.0.display(),
-        inputs.token_file.1,
-        inputs.authority_host
+        client_id.value,
+        client_id.origin,
+        tenant_id.value,
+        tenant_id.origin,
+        inputs.token_file.value.display(),
+        inputs.token_file.origin,
+        inputs.authority_host()
     );
     if let Some(claims) = &inputs.token_claims {
         let expired = claims
@@ -110,7 +111,7 @@ fn describe(inputs: &WorkloadInputs) -> String {
             .is_some_and(|e| e <= time::OffsetDateTime::now_utc());
         detail.push_str(&format!(
             "; {}{}",
-            federated_credential_hint(&inputs.token_file.0),
+            federated_credential_hint(&inputs.token_file.value),
             if expired {
                 "; the projected token has EXPIRED (the kubelet refreshes it: is the pod's clock right?)"
             } else {
@@ -126,23 +127,27 @@ const WEBHOOK_FIX: &str = "in AKS the workload-identity webhook injects it: labe
     azure.workload.identity/client-id: <the identity's client id>, and set the pod's serviceAccountName to \
     that ServiceAccount";
 
+/// The fix for a missing input named `key`: the webhook provides it in AKS, the key outside.
+fn webhook_fix(key: &str) -> String {
+    format!("{WEBHOOK_FIX}; outside AKS set {key}")
+}
+
+const CLIENT_ID_FIX: &str = "set AZURE_CLIENT_ID (the ServiceAccount's azure.workload.identity/client-id \
+    annotation) or credential.workload_identity.client_id to the identity's client id (terraform output)";
+
 /// Tokens for the managed identity that the pod's ServiceAccount is federated with.
 pub struct WorkloadIdentitySource {
     credential: Arc<WorkloadIdentityCredential>,
     scope: String,
-    client_id: String,
-    tenant_id: String,
+    app: EntraApp,
     token_file: PathBuf,
-    authority_host: String,
 }
 
 impl std::fmt::Debug for WorkloadIdentitySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkloadIdentitySource")
-            .field("client_id", &self.client_id)
-            .field("tenant_id", &self.tenant_id)
+            .field("app", &self.app)
             .field("token_file", &self.token_file)
-            .field("authority_host", &self.authority_host)
             .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
@@ -151,16 +156,29 @@ impl std::fmt::Debug for WorkloadIdentitySource {
 /// The settings the source will use, resolved from configuration and the environment (no secret).
 #[derive(Debug, Clone)]
 pub struct WorkloadInputs {
-    /// The identity's client id, and where it came from.
-    pub client_id: (String, &'static str),
-    /// The tenant id, and where it came from.
-    pub tenant_id: (String, &'static str),
+    /// The identity's client id and tenant, and the authority host.
+    app: EntraApp,
     /// The projected token file, and where its path came from.
-    pub token_file: (PathBuf, &'static str),
-    /// Entra ID's base URL.
-    pub authority_host: String,
+    pub token_file: Resolved<PathBuf>,
     /// The projected token's claims (decoded, not verified).
     pub token_claims: Option<crate::Claims>,
+}
+
+impl WorkloadInputs {
+    /// The identity's client id, and where it came from.
+    pub fn client_id(&self) -> &Resolved {
+        &self.app.client_id
+    }
+
+    /// The tenant id, and where it came from.
+    pub fn tenant_id(&self) -> &Resolved {
+        &self.app.tenant_id
+    }
+
+    /// Entra ID's base URL.
+    pub fn authority_host(&self) -> &str {
+        &self.app.authority_host
+    }
 }
 
 /// Resolves and checks the source's inputs without contacting Entra ID: what `pgwi doctor` shows.
@@ -168,50 +186,47 @@ pub fn inspect(
     wi: &WorkloadIdentityConfig,
     ctx: &SourceContext,
 ) -> Result<WorkloadInputs, CredentialError> {
-    let setting = |configured: Option<&String>, var: &'static str, key: &str, what: &str| {
-        let key = format!("credential.workload_identity.{key}");
-        let fix = format!("{WEBHOOK_FIX}; outside AKS set {key}");
-        common::required(KIND, configured, &key, var, what, &fix, ctx)
-    };
-    let client_id = setting(
-        wi.client_id.as_ref(),
-        "AZURE_CLIENT_ID",
-        "client_id",
-        "the identity's client id",
-    )?;
-    let tenant_id = setting(
-        wi.tenant_id.as_ref(),
-        "AZURE_TENANT_ID",
-        "tenant_id",
-        "the Entra tenant id",
-    )?;
-    let (token_file, from) = setting(
-        wi.token_file
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .as_ref(),
-        "AZURE_FEDERATED_TOKEN_FILE",
-        "token_file",
-        "the projected service-account token",
-    )?;
-    let token_file = PathBuf::from(token_file);
-    check_token_file(&token_file)?;
-    let authority_host = common::authority_host(
+    let app = EntraApp::resolve(
         KIND,
-        wi.authority_host.as_ref(),
-        "credential.workload_identity.authority_host",
+        EntraKeys {
+            table: "workload_identity",
+            tenant_id: wi.tenant_id.as_ref(),
+            client_id: wi.client_id.as_ref(),
+            authority_host: wi.authority_host.as_ref(),
+            client_id_fix: CLIENT_ID_FIX,
+            missing_fix: Some(webhook_fix),
+        },
         ctx,
     )?;
-    let token_claims = std::fs::read_to_string(&token_file)
+    let token_file = token_file(wi, ctx)?;
+    check_token_file(&token_file.value)?;
+    let token_claims = std::fs::read_to_string(&token_file.value)
         .ok()
         .and_then(|jwt| crate::Claims::decode_unverified(&jwt));
     Ok(WorkloadInputs {
-        client_id,
-        tenant_id,
-        token_file: (token_file, from),
-        authority_host,
+        app,
+        token_file,
         token_claims,
     })
+}
+
+/// The projected token's path: configured, else `AZURE_FEDERATED_TOKEN_FILE`.
+fn token_file(
+    wi: &WorkloadIdentityConfig,
+    ctx: &SourceContext,
+) -> Result<Resolved<PathBuf>, CredentialError> {
+    let key = "credential.workload_identity.token_file";
+    let configured = wi.token_file.as_ref().map(|p| p.display().to_string());
+    common::required(
+        KIND,
+        configured.as_ref(),
+        key,
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "the projected service-account token",
+        &webhook_fix(key),
+        ctx,
+    )
+    .map(|path| path.map(PathBuf::from))
 }
 
 impl WorkloadIdentitySource {
@@ -221,37 +236,25 @@ impl WorkloadIdentitySource {
         config: &CredentialConfig,
         ctx: &SourceContext,
     ) -> Result<Self, CredentialError> {
-        let inputs = inspect(wi, ctx)?;
-        let (client_id, tenant_id, token_file, authority_host) = (
-            inputs.client_id.0,
-            inputs.tenant_id.0,
-            inputs.token_file.0,
-            inputs.authority_host,
-        );
+        let WorkloadInputs {
+            app, token_file, ..
+        } = inspect(wi, ctx)?;
+        let token_file = token_file.value;
         common::check_scope(KIND, &config.scope)?;
-        let client_options = common::client_options(ctx, &authority_host);
         let credential = WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
             credential_options: ClientAssertionCredentialOptions {
-                client_options,
+                client_options: app.client_options(ctx),
             },
-            client_id: Some(client_id.clone()),
-            tenant_id: Some(tenant_id.clone()),
+            client_id: Some(app.client_id.value.clone()),
+            tenant_id: Some(app.tenant_id.value.clone()),
             token_file_path: Some(token_file.clone()),
         }))
-        .map_err(|e| {
-            CredentialError::configuration(
-                KIND,
-                format!("the Azure SDK rejected the settings: {e}"),
-                "check AZURE_TENANT_ID (letters, digits, '.' and '-' only), AZURE_CLIENT_ID and the token file",
-            )
-        })?;
+        .map_err(|e| app.rejected(&e))?;
         Ok(Self {
             credential,
             scope: config.scope.clone(),
-            client_id,
-            tenant_id,
+            app,
             token_file,
-            authority_host,
         })
     }
 }
@@ -282,28 +285,13 @@ impl TokenSource for WorkloadIdentitySource {
         common::sdk_token(self.credential.as_ref(), KIND, &self.scope)
             .await
             .map_err(|e| {
-                entra_error(
-                    &e,
-                    &EntraContext {
-                        source: KIND,
-                        client_id: &self.client_id,
-                        tenant_id: &self.tenant_id,
-                        authority_host: &self.authority_host,
-                        client_id_fix: "set AZURE_CLIENT_ID (the ServiceAccount's \
-                            azure.workload.identity/client-id annotation) or \
-                            credential.workload_identity.client_id to the identity's client id (terraform output)",
-                        tenant_fix: "set AZURE_TENANT_ID or credential.workload_identity.tenant_id",
-                        credential_hint: federated_credential_hint(&self.token_file),
-                    },
-                )
+                self.app
+                    .refusal(&e, federated_credential_hint(&self.token_file))
             })
     }
 
     fn info(&self) -> SourceInfo {
-        SourceInfo::new(KIND)
-            .with("client_id", &self.client_id)
-            .with("tenant_id", &self.tenant_id)
-            .with("token_file", self.token_file.display().to_string())
-            .with("authority_host", &self.authority_host)
+        self.app
+            .info(&[("token_file", self.token_file.display().to_string())])
     }
 }

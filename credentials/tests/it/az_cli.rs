@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgwi_credentials::{CredentialConfig, ErrorKind, SourceContext, SourceRegistry};
+use pgwi_credentials::{CredentialConfig, ErrorKind, SourceContext, SourceRegistry, TimingProblem};
 use pgwi_testsupport::az::{AzBehaviour, FakeAz};
 use pgwi_testsupport::jwt;
 
@@ -175,7 +175,7 @@ fn a_timeout_not_below_the_fetch_deadline_is_refused_naming_both_keys() {
     let error = SourceRegistry::default()
         .build(&config, &context("/bin"))
         .expect_err("must fail");
-    let (key, problem, fix) = config.timing_problem().expect("a timing problem");
+    let TimingProblem { key, problem, fix } = config.timing_issue().expect("a timing problem");
 
     assert!(error.is_configuration(), "{error}");
     for text in [error.problem(), problem.as_str()] {
@@ -206,5 +206,5 @@ fn an_unset_timeout_is_two_thirds_of_the_fetch_deadline() {
         config.cli_timeout(config.az_cli.timeout_secs),
         Duration::from_secs(30)
     );
-    assert!(config.timing_problem().is_none());
+    assert!(config.timing_issue().is_none());
 }

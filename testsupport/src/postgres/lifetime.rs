@@ -52,71 +52,111 @@ static STOP: Mutex<Option<Sender<StopRequest>>> = Mutex::new(None);
 /// Starts the backend `PGWI_TEST_POSTGRES` asks for and returns the ready server.
 pub(crate) fn start_shared() -> Result<TestPostgres, TestSupportError> {
     let requested = Requested::parse(std::env::var("PGWI_TEST_POSTGRES").ok().as_deref())?;
-    let certs = TestCertificates::generate()?;
-    let token_key = random_key()?;
-    let workdir = tempfile::Builder::new()
-        .prefix("pgwi-test-postgres-")
-        .tempdir()
-        .map_err(TestSupportError::io("creating a temporary directory"))?;
-    {
-        // The native server runs as the `postgres` user when we are root: it must reach its files.
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(workdir.path(), std::fs::Permissions::from_mode(0o755)).map_err(
-            TestSupportError::io("opening the temporary directory to the postgres user"),
-        )?;
-    }
-    let ca_file = workdir.path().join("ca.crt");
-    std::fs::write(&ca_file, &certs.ca_pem).map_err(TestSupportError::io(format!(
-        "writing {}",
-        ca_file.display()
-    )))?;
-
+    let run = RunFiles::create()?;
     let (ready_tx, ready_rx) = channel();
     let (stop_tx, stop_rx) = channel::<StopRequest>();
     std::thread::Builder::new()
         .name("pgwi-test-postgres".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(TestSupportError::io("starting a tokio runtime")(e)));
-                    return;
-                }
-            };
-            let mut remove_at_exit = Vec::new();
-            let started = runtime.block_on(async {
-                let (backend, mut started) =
-                    start_backend(requested, &certs, workdir.path(), &token_key).await?;
-                remove_at_exit = std::mem::take(&mut started.remove_at_exit);
-                TestPostgres::prepare(backend, started, certs.ca_pem.clone(), ca_file, token_key)
-                    .await
-            });
-            match started {
-                Err(e) => {
-                    remove_files(&remove_at_exit);
-                    let _ = ready_tx.send(Err(e));
-                }
-                Ok((server, keepalive)) => {
-                    let _ = ready_tx.send(Ok(server));
-                    if let Ok(done) = stop_rx.recv() {
-                        runtime.block_on(keepalive.stop());
-                        remove_files(&remove_at_exit);
-                        drop(workdir);
-                        let _ = done.send(());
-                    }
-                }
-            }
-        })
+        .spawn(move || serve_until_stopped(requested, run, &ready_tx, &stop_rx))
         .map_err(TestSupportError::io("spawning the test PostgreSQL thread"))?;
-
     let server = ready_rx.recv().map_err(|_| {
         TestSupportError::NoPostgres("the test PostgreSQL thread ended before it reported".into())
     })??;
     stop_at_exit(stop_tx);
+    announce_backend(&server);
+    Ok(server)
+}
+
+/// What the run makes before the backend starts: the certificates, the token-signing key, and the
+/// temporary directory with the CA file.
+struct RunFiles {
+    certs: TestCertificates,
+    token_key: Vec<u8>,
+    workdir: tempfile::TempDir,
+    ca_file: std::path::PathBuf,
+}
+
+impl RunFiles {
+    fn create() -> Result<Self, TestSupportError> {
+        let certs = TestCertificates::generate()?;
+        let token_key = random_key()?;
+        let workdir = tempfile::Builder::new()
+            .prefix("pgwi-test-postgres-")
+            .tempdir()
+            .map_err(TestSupportError::io("creating a temporary directory"))?;
+        {
+            // The native server runs as the `postgres` user when we are root: it must reach its files.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(workdir.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(TestSupportError::io(
+                    "opening the temporary directory to the postgres user",
+                ))?;
+        }
+        let ca_file = workdir.path().join("ca.crt");
+        std::fs::write(&ca_file, &certs.ca_pem).map_err(TestSupportError::io(format!(
+            "writing {}",
+            ca_file.display()
+        )))?;
+        Ok(Self {
+            certs,
+            token_key,
+            workdir,
+            ca_file,
+        })
+    }
+}
+
+/// The server thread: starts the backend on a runtime of its own, reports it ready (or why not), then
+/// keeps it until asked to stop, and removes it and the run's files.
+fn serve_until_stopped(
+    requested: Requested,
+    run: RunFiles,
+    ready: &Sender<Result<TestPostgres, TestSupportError>>,
+    stop: &std::sync::mpsc::Receiver<StopRequest>,
+) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = ready.send(Err(TestSupportError::io("starting a tokio runtime")(e)));
+            return;
+        }
+    };
+    let RunFiles {
+        certs,
+        token_key,
+        workdir,
+        ca_file,
+    } = run;
+    let mut remove_at_exit = Vec::new();
+    let started = runtime.block_on(async {
+        let (backend, mut started) =
+            start_backend(requested, &certs, workdir.path(), &token_key).await?;
+        remove_at_exit = std::mem::take(&mut started.remove_at_exit);
+        TestPostgres::prepare(backend, started, certs.ca_pem.clone(), ca_file, token_key).await
+    });
+    match started {
+        Err(e) => {
+            remove_files(&remove_at_exit);
+            let _ = ready.send(Err(e));
+        }
+        Ok((server, keepalive)) => {
+            let _ = ready.send(Ok(server));
+            if let Ok(done) = stop.recv() {
+                runtime.block_on(keepalive.stop());
+                remove_files(&remove_at_exit);
+                drop(workdir);
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Says, past the test harness's capture, which backend serves this run and whether token roles work.
+fn announce_backend(server: &TestPostgres) {
     let tokens = match server.token_checking.available() {
         Ok(()) => "token roles judged like Azure (pam + checker)".to_owned(),
         Err(e) => format!("no token roles: {e}"),
@@ -128,7 +168,6 @@ pub(crate) fn start_shared() -> Result<TestPostgres, TestSupportError> {
         server.port(),
         server.description()
     ));
-    Ok(server)
 }
 
 /// The run's token-signing key: 32 bytes from the system's secure random source.

@@ -605,7 +605,7 @@ pub(crate) fn write_server_files(
     certs: &TestCertificates,
     dir: &Path,
     pam_service: Option<&str>,
-) -> Result<(PathBuf, PathBuf, PathBuf), TestSupportError> {
+) -> Result<ServerFiles, TestSupportError> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir)
         .map_err(TestSupportError::io(format!("creating {}", dir.display())))?;
@@ -616,11 +616,21 @@ pub(crate) fn write_server_files(
             .map_err(TestSupportError::io(format!("writing {}", path.display())))?;
         Ok::<_, TestSupportError>(path)
     };
-    Ok((
-        write("server.crt", &certs.server_cert_pem, 0o644)?,
-        write("server.key", &certs.server_key_pem, 0o600)?,
-        write("pg_hba.conf", &pg_hba(pam_service), 0o644)?,
-    ))
+    Ok(ServerFiles {
+        cert: write("server.crt", &certs.server_cert_pem, 0o644)?,
+        key: write("server.key", &certs.server_key_pem, 0o600)?,
+        hba: write("pg_hba.conf", &pg_hba(pam_service), 0o644)?,
+    })
+}
+
+/// The files a native server is configured with.
+pub(crate) struct ServerFiles {
+    /// `ssl_cert_file`.
+    pub cert: PathBuf,
+    /// `ssl_key_file`, readable by its owner only.
+    pub key: PathBuf,
+    /// `hba_file`.
+    pub hba: PathBuf,
 }
 
 /// Prints, past the test harness's capture, that `server` served a test: CI's log shows which backend

@@ -13,7 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use super::tokens::{self, TokenChecking};
-use super::{ADMIN_USER, Started, lifetime::Keepalive, local_admin_options, write_server_files};
+use super::{
+    ADMIN_USER, ServerFiles, Started, lifetime::Keepalive, local_admin_options, write_server_files,
+};
 use crate::{TestCertificates, TestSupportError, random_alphanumeric};
 
 /// Where the PAM services of native runs go.
@@ -118,7 +120,18 @@ fn try_set_up_tokens(
     key: &[u8],
     root: bool,
 ) -> Result<NativeTokens, String> {
-    use std::os::unix::fs::PermissionsExt as _;
+    check_token_prerequisites(bin, root)?;
+    let checker = write_checker(&workdir.join("tokens"), key)?;
+    let pam = install_pam_service(&checker.script)?;
+    Ok(NativeTokens {
+        service: Some(pam.name),
+        checking: TokenChecking::File(checker.log),
+        pam_file: Some(pam.file),
+    })
+}
+
+/// Root (to write the PAM service), a PostgreSQL built with PAM, and `pam_exec.so`.
+fn check_token_prerequisites(bin: &Path, root: bool) -> Result<(), String> {
     if !root {
         return Err(format!(
             "the native backend is not running as root, so it cannot install the PAM service token roles need \
@@ -140,45 +153,71 @@ fn try_set_up_tokens(
                 .into(),
         );
     }
-    let io = |what: &str, path: &Path| {
-        let what = format!("{what} {}", path.display());
-        move |e: std::io::Error| format!("{what}: {e}")
-    };
-    let dir = workdir.join("tokens");
-    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(io("protecting", &dir))?;
+    Ok(())
+}
+
+/// The token checker PAM runs, and the log it writes its verdicts to.
+struct Checker {
+    script: PathBuf,
+    log: PathBuf,
+}
+
+/// Writes `contents` to `path` with `mode`; the error says what (`writing`, say) failed and where.
+fn write_with_mode(path: &Path, contents: &str, mode: u32, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, contents).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("protecting {}: {e}", path.display()))
+}
+
+/// The checker script and its log in `dir`, readable by the server's user only: the script holds the
+/// signing key.
+fn write_checker(dir: &Path, key: &[u8]) -> Result<Checker, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("protecting {}: {e}", dir.display()))?;
     let log = dir.join("checks.log");
-    std::fs::write(&log, "").map_err(io("creating", &log))?;
+    std::fs::write(&log, "").map_err(|e| format!("creating {}: {e}", log.display()))?;
     std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("protecting", &log))?;
-    let checker = dir.join("check");
+        .map_err(|e| format!("protecting {}: {e}", log.display()))?;
+    let script_path = dir.join("check");
     let script =
         tokens::checker_script(key, &log.display().to_string()).map_err(|e| e.to_string())?;
-    std::fs::write(&checker, script).map_err(io("writing", &checker))?;
-    std::fs::set_permissions(&checker, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("protecting", &checker))?;
-    tokens::perl_can_run(&checker)?;
-    for path in [&dir, &log, &checker] {
+    write_with_mode(&script_path, &script, 0o600, "writing")?;
+    tokens::perl_can_run(&script_path)?;
+    for path in [dir, &log, &script_path] {
         give_to_postgres(path).map_err(|e| e.to_string())?;
     }
+    Ok(Checker {
+        script: script_path,
+        log,
+    })
+}
+
+/// A PAM service installed in [`PAM_DIR`].
+struct PamService {
+    name: String,
+    file: PathBuf,
+}
+
+/// A PAM service of its own for this process, running `checker`.
+fn install_pam_service(checker: &Path) -> Result<PamService, String> {
     let service = format!(
         "pgwi-test-token-{}-{}",
         std::process::id(),
         random_alphanumeric(6).to_lowercase()
     );
     let pam_file = Path::new(PAM_DIR).join(&service);
-    std::fs::write(
+    write_with_mode(
         &pam_file,
-        tokens::pam_service_file(&checker.display().to_string()),
-    )
-    .map_err(io("writing the PAM service", &pam_file))?;
-    std::fs::set_permissions(&pam_file, std::fs::Permissions::from_mode(0o644))
-        .map_err(io("protecting", &pam_file))?;
-    Ok(NativeTokens {
-        service: Some(service),
-        checking: TokenChecking::File(log),
-        pam_file: Some(pam_file),
+        &tokens::pam_service_file(&checker.display().to_string()),
+        0o644,
+        "writing the PAM service",
+    )?;
+    Ok(PamService {
+        name: service,
+        file: pam_file,
     })
 }
 
@@ -207,14 +246,13 @@ fn start_cluster(
     root: bool,
     tokens: NativeTokens,
 ) -> Result<Started, TestSupportError> {
-    let (cert, key, hba) =
-        write_server_files(certs, &workdir.join("tls"), tokens.service.as_deref())?;
+    let files = write_server_files(certs, &workdir.join("tls"), tokens.service.as_deref())?;
     let password = random_alphanumeric(24);
     crate::secrets::register(&password);
     if root {
-        give_to_postgres(&key)?;
+        give_to_postgres(&files.key)?;
         if !on_path("sudo") {
-            return start_with_runuser(bin, workdir, &password, certs, [&cert, &key, &hba], tokens);
+            return start_with_runuser(bin, workdir, &password, certs, &files, tokens);
         }
     }
     let path = |p: &Path| p.display().to_string();
@@ -228,9 +266,9 @@ fn start_cluster(
         .with_config_param("listen_addresses", "127.0.0.1")
         .with_config_param("max_connections", &super::MAX_CONNECTIONS.to_string())
         .with_config_param("ssl", "on")
-        .with_config_param("ssl_cert_file", &path(&cert))
-        .with_config_param("ssl_key_file", &path(&key))
-        .with_config_param("hba_file", &path(&hba))
+        .with_config_param("ssl_cert_file", &path(&files.cert))
+        .with_config_param("ssl_key_file", &path(&files.key))
+        .with_config_param("hba_file", &path(&files.hba))
         // pgtemp pipes the server's output and never reads it: send the log to files instead.
         .with_config_param("logging_collector", "on");
     let cluster = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.start()))
@@ -287,65 +325,23 @@ fn start_with_runuser(
     workdir: &Path,
     password: &str,
     certs: &TestCertificates,
-    [cert, key, hba]: [&PathBuf; 3],
+    files: &ServerFiles,
     tokens: NativeTokens,
 ) -> Result<Started, TestSupportError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let data = workdir.join("data");
-    let pwfile = workdir.join("admin-password");
-    std::fs::create_dir_all(&data).map_err(TestSupportError::io("creating the data directory"))?;
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
-        .map_err(TestSupportError::io("protecting the data directory"))?;
-    std::fs::write(&pwfile, password).map_err(TestSupportError::io("writing the password file"))?;
-    std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600))
-        .map_err(TestSupportError::io("protecting the password file"))?;
-    give_to_postgres(&data)?;
-    give_to_postgres(&pwfile)?;
-    let path = |p: &Path| p.display().to_string();
-    run_as_postgres(
-        &bin.join("initdb"),
-        &[
-            "-D".into(),
-            path(&data),
-            "-N".into(),
-            "--username".into(),
-            ADMIN_USER.into(),
-            "--pwfile".into(),
-            path(&pwfile),
-            "--auth".into(),
-            "scram-sha-256".into(),
-        ],
-    )?;
-    let _ = std::fs::remove_file(&pwfile);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(TestSupportError::io("finding a free port"))?
-        .port();
-    let options = [
-        format!("-c port={port}"),
-        "-c listen_addresses=127.0.0.1".into(),
-        format!("-c max_connections={}", super::MAX_CONNECTIONS),
-        format!("-c unix_socket_directories={}", path(&data)),
-        "-c ssl=on".into(),
-        format!("-c ssl_cert_file={}", path(cert)),
-        format!("-c ssl_key_file={}", path(key)),
-        format!("-c hba_file={}", path(hba)),
-        "-c fsync=off".into(),
-        "-c synchronous_commit=off".into(),
-    ]
-    .join(" ");
+    let data = init_data_dir(bin, workdir, password)?;
+    let port = free_port()?;
     run_as_postgres(
         &bin.join("pg_ctl"),
         &[
             "-D".into(),
-            path(&data),
+            display(&data),
             "-l".into(),
-            path(&data.join("server.log")),
+            display(&data.join("server.log")),
             "-w".into(),
             "-t".into(),
             "60".into(),
             "-o".into(),
-            options,
+            server_options(port, &data, files),
             "start".into(),
         ],
     )?;
@@ -366,6 +362,68 @@ fn start_with_runuser(
         token_checking: tokens.checking,
         remove_at_exit: tokens.pam_file.into_iter().collect(),
     })
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `initdb` of `workdir/data` as the postgres user, with the admin's password from a file that lives only
+/// while initdb runs.
+fn init_data_dir(bin: &Path, workdir: &Path, password: &str) -> Result<PathBuf, TestSupportError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = workdir.join("data");
+    let pwfile = workdir.join("admin-password");
+    std::fs::create_dir_all(&data).map_err(TestSupportError::io("creating the data directory"))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+        .map_err(TestSupportError::io("protecting the data directory"))?;
+    std::fs::write(&pwfile, password).map_err(TestSupportError::io("writing the password file"))?;
+    std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600))
+        .map_err(TestSupportError::io("protecting the password file"))?;
+    give_to_postgres(&data)?;
+    give_to_postgres(&pwfile)?;
+    run_as_postgres(
+        &bin.join("initdb"),
+        &[
+            "-D".into(),
+            display(&data),
+            "-N".into(),
+            "--username".into(),
+            ADMIN_USER.into(),
+            "--pwfile".into(),
+            display(&pwfile),
+            "--auth".into(),
+            "scram-sha-256".into(),
+        ],
+    )?;
+    let _ = std::fs::remove_file(&pwfile);
+    Ok(data)
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> Result<u16, TestSupportError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(TestSupportError::io("finding a free port"))?
+        .port())
+}
+
+/// The server's settings, as `pg_ctl -o`: loopback only, TLS with the test certificates, and no durability
+/// (a test cluster is thrown away).
+fn server_options(port: u16, data: &Path, files: &ServerFiles) -> String {
+    [
+        format!("-c port={port}"),
+        "-c listen_addresses=127.0.0.1".into(),
+        format!("-c max_connections={}", super::MAX_CONNECTIONS),
+        format!("-c unix_socket_directories={}", display(data)),
+        "-c ssl=on".into(),
+        format!("-c ssl_cert_file={}", display(&files.cert)),
+        format!("-c ssl_key_file={}", display(&files.key)),
+        format!("-c hba_file={}", display(&files.hba)),
+        "-c fsync=off".into(),
+        "-c synchronous_commit=off".into(),
+    ]
+    .join(" ")
 }
 
 /// Stops a cluster started by [`start_with_runuser`].
