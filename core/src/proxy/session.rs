@@ -80,8 +80,7 @@ impl Proxy {
         log.started_up = true;
         let Ok(_slot) = self.inner.sessions.clone().try_acquire_owned() else {
             let message = format!(
-                "sorry, too many clients already: pgwi proxy serves at most {} at once \
-                 (proxy.max_clients)",
+                "sorry, too many clients already: pgwi proxy serves at most {} at once",
                 self.inner.options.max_clients
             );
             return Err(refuse(client, "53300", message).await);
@@ -179,7 +178,7 @@ impl Proxy {
     ) -> Result<(), SessionError> {
         let Some(expected) = self.user_for(token) else {
             let error = ConnectError::UserNotDerivable {
-                source_kind: self.inner.credential.info().kind,
+                source_kind: self.inner.keeper.credential().info().kind,
             };
             return Err(refuse(client, "28000", format!("pgwi proxy: {error}")).await);
         };
