@@ -133,8 +133,18 @@ impl GlobalArgs {
 
 /// The one line `pgwi` prints for a failure: a server error with a known SQLSTATE as the server's words, the
 /// code and what to do; anything else as its chain of causes with the repeats (SeaORM wraps sqlx's error
-/// and prints it again) left out.
+/// and prints it again) left out; then the binary's own hint ([`crate::hints`]).
 pub fn describe_error(error: &anyhow::Error) -> String {
+    let description = describe_cause(error);
+    match crate::hints::for_error(error) {
+        Some(hint) => format!("{description}; {hint}"),
+        None => description,
+    }
+}
+
+/// The error in one line: the server's words and pgwi-core's fix for a SQLSTATE it knows, else each cause
+/// once.
+fn describe_cause(error: &anyhow::Error) -> String {
     for cause in error.chain() {
         if let Some(db) = database_error(cause)
             && let Some(code) = db.code()
@@ -151,6 +161,17 @@ pub fn describe_error(error: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+/// The SQLSTATE a cause carries: pgwi-core's classified server error, or the server's own inside an sqlx or
+/// SeaORM error.
+pub(crate) fn sqlstate_in(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(ConnectError::Server { code, .. }) = cause.downcast_ref::<ConnectError>() {
+        return Some(code.clone());
+    }
+    database_error(cause)
+        .and_then(|db| db.code())
+        .map(|code| code.into_owned())
 }
 
 /// The server's error inside an sqlx or SeaORM error, if there is one.

@@ -534,12 +534,8 @@ async fn check_login(
             report.skip(&["database", "privileges"], "needs a login");
         }
         Err(e) => {
-            report.push(
-                "tls",
-                Status::Failed,
-                e.to_string(),
-                Some("see the message above".into()),
-            );
+            let hint = crate::hints::for_cause(&e).unwrap_or("see the message above");
+            report.push("tls", Status::Failed, e.to_string(), Some(hint.into()));
             report.skip(
                 &["authentication", "database", "privileges"],
                 "needs a connection",

@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod doctor;
 pub mod entities;
+pub mod hints;
 pub mod job;
 pub mod metrics;
 pub mod migration;

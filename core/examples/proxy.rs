@@ -11,8 +11,6 @@
 //! variables); it listens on `PGWI_EXAMPLE_LISTEN` (default `127.0.0.1:6432`, loopback: no local password
 //! needed) and stops on SIGTERM or Ctrl-C, letting open sessions finish for 30 s.
 
-use std::sync::Arc;
-
 use pgwi_core::config::{self, ConfigSources};
 use pgwi_core::proxy::Proxy;
 use pgwi_core::proxy::server::{Listen, ProxyServer};
@@ -26,12 +24,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_writer(std::io::stderr)
         .init();
-    pgwi_credentials::install_crypto_provider();
 
     let loaded = config::load(&ConfigSources::default())?;
     let credential = SourceRegistry::default()
         .build_cached(&loaded.config.credential, &SourceContext::default())?;
-    let proxy = Proxy::start(&loaded.config, Arc::clone(&credential)).await?;
+    let proxy = Proxy::start(&loaded.config, credential).await?;
     let listen = std::env::var("PGWI_EXAMPLE_LISTEN").unwrap_or_else(|_| "127.0.0.1:6432".into());
     let server = ProxyServer::new(proxy)
         .listen(Listen::Tcp(listen.parse()?))

@@ -10,8 +10,10 @@
 //!
 //! Configuration comes from pgwi's loader (`pgwi.toml` and its profile via `PGWI_PROFILE`, then `PGWI_*`
 //! variables); it listens on `PGWI_EXAMPLE_ADDR` (default `127.0.0.1:8080`). `GET /healthz` runs a query
-//! through the pool and answers 200, or 503 with the error's message. The state holds only the SeaORM
+//! through the pool and answers 200, or 503 with the reason, within 2 s. The state holds only the SeaORM
 //! connection: the password rotation lives in the pool under it.
+
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -20,16 +22,18 @@ use axum::routing::get;
 use pgwi_core::config::{self, ConfigSources};
 use sea_orm::{ConnectionTrait as _, DatabaseConnection};
 
-/// What the handlers share: nothing but the connection.
-#[derive(Clone)]
-struct AppState {
-    db: DatabaseConnection,
-}
+/// How long `/healthz` waits for the database. Without a bound, a server that does not answer holds the
+/// probe for the pool's whole acquire timeout (`database.connect_timeout_secs`, 30 s), past any probe's.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
-    match state.db.execute_unprepared("SELECT 1").await {
-        Ok(_) => (StatusCode::OK, "ok\n".into()),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
+async fn healthz(State(db): State<DatabaseConnection>) -> (StatusCode, String) {
+    match tokio::time::timeout(HEALTH_TIMEOUT, db.execute_unprepared("SELECT 1")).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n".into()),
+        Ok(Err(error)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the database did not answer within {HEALTH_TIMEOUT:?}\n"),
+        ),
     }
 }
 
@@ -42,17 +46,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_writer(std::io::stderr)
         .init();
-    pgwi_credentials::install_crypto_provider();
 
-    let loaded = config::load(&ConfigSources::default())?;
-    // Keep only the SeaORM connection; the RotatingPool value may go.
-    let db = pgwi_core::connect(&loaded.config)
-        .await?
-        .connection()
-        .clone();
+    let config = config::load(&ConfigSources::default())?.config;
+    let db = pgwi_core::connect(&config).await?;
     let app = Router::new()
         .route("/healthz", get(healthz))
-        .with_state(AppState { db });
+        .with_state(db.connection().clone());
 
     let addr = std::env::var("PGWI_EXAMPLE_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
@@ -62,5 +61,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    db.close().await;
     Ok(())
 }

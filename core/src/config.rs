@@ -10,20 +10,53 @@ use figment::{Figment, Profile};
 use pgwi_credentials::CredentialConfig;
 use serde::{Deserialize, Serialize};
 
-/// The file read when neither `--config` nor `PGWI_CONFIG` names one (only if it exists).
+/// The file read when neither [`ConfigSources::file`] nor `PGWI_CONFIG` names one (only if it exists).
 pub const DEFAULT_CONFIG_FILE: &str = "pgwi.toml";
-/// The profile used when neither `--profile` nor `PGWI_PROFILE` names one.
+/// The profile used when neither [`ConfigSources::profile`] nor `PGWI_PROFILE` names one.
 pub const DEFAULT_PROFILE: &str = "default";
 
 /// All of pgwi's settings. Top-level tables other than these are refused, except the ones the caller
 /// declares as its own ([`ConfigSources::app_sections`]), which it reads with [`LoadedConfig::section`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// Checked once: by [`load`] (whose errors name the layer each value came from), or, for a configuration
+/// built in code, when [`crate::connect`] or [`crate::proxy::Proxy::start`] use it.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// Where and how to connect.
     pub database: DatabaseConfig,
     /// Where passwords come from.
     pub credential: CredentialConfig,
+    /// What [`load`] checked, so that connecting does not check it again; a value changed since is checked
+    /// again at connect.
+    #[serde(skip)]
+    checked_by_loader: Option<CheckedByLoader>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database", &self.database)
+            .field("credential", &self.credential)
+            .finish()
+    }
+}
+
+/// The values [`load`] checked: the `database` section, and the `credential` section as its `Debug` shows
+/// it (every key the check reads; secrets redacted, so nothing secret is kept here).
+#[derive(Clone, PartialEq)]
+struct CheckedByLoader {
+    database: DatabaseConfig,
+    credential: String,
+}
+
+impl CheckedByLoader {
+    fn of(config: &Config) -> Self {
+        Self {
+            database: config.database.clone(),
+            credential: format!("{:?}", config.credential),
+        }
+    }
 }
 
 /// TLS requirements for the connection, as libpq names them.
@@ -82,7 +115,7 @@ impl fmt::Display for SslMode {
 }
 
 /// The `database` section.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Server host name (`host` or `host:port`; the demo's `DBHOST`).
@@ -346,14 +379,16 @@ const DEMO_VARIABLES: [(&str, &str); 4] = [
 
 /// Resolves configuration from all layers, then checks that it can connect somewhere.
 pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
-    let loaded = load_unchecked(sources)?;
-    validate(&loaded)?;
+    let mut loaded = load_unchecked(sources)?;
+    validate(&loaded, sources.demo_variables)?;
+    loaded.config.checked_by_loader = Some(CheckedByLoader::of(&loaded.config));
     Ok(loaded)
 }
 
 /// Resolves configuration from all layers with type checks only: for commands that do not connect (such as
 /// `pgwi token`), where a missing host is no error.
 pub fn load_unchecked(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
+    let profile_from_env = sources.profile.is_none();
     let profile = sources
         .profile
         .clone()
@@ -361,8 +396,8 @@ pub fn load_unchecked(sources: &ConfigSources) -> Result<LoadedConfig, ConfigErr
         .filter(|p| !p.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
     let file = match (&sources.file, Env::var("PGWI_CONFIG")) {
-        (Some(path), _) => Some(require_file(path, "--config")?),
-        (None, Some(path)) => Some(require_file(Path::new(&path), "PGWI_CONFIG")?),
+        (Some(path), _) => Some(require_file(path, None)?),
+        (None, Some(path)) => Some(require_file(Path::new(&path), Some("PGWI_CONFIG"))?),
         (None, None) => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
     };
 
@@ -404,7 +439,12 @@ pub fn load_unchecked(sources: &ConfigSources) -> Result<LoadedConfig, ConfigErr
             .map(|p| p.as_str().to_string())
             .collect();
         return Err(ConfigError::NotFound(format!(
-            "profile {profile:?} (from --profile or PGWI_PROFILE) is not in {}; profiles there: {}",
+            "profile {profile:?}{} is not in {}; profiles there: {}",
+            if profile_from_env {
+                " (from PGWI_PROFILE)"
+            } else {
+                ""
+            },
             file.as_deref()
                 .map_or_else(String::new, |f| f.display().to_string()),
             known.join(", ")
@@ -492,16 +532,23 @@ fn overrides_tree(overrides: &Overrides) -> serde_json::Value {
     tree.into()
 }
 
-fn require_file(path: &Path, from: &str) -> Result<PathBuf, ConfigError> {
+/// `path` if it is a file; else the error, naming the variable it came from (`None`: the application named
+/// it, [`ConfigSources::file`]).
+fn require_file(path: &Path, variable: Option<&str>) -> Result<PathBuf, ConfigError> {
     if path.is_file() {
-        Ok(path.to_owned())
-    } else {
-        Err(ConfigError::NotFound(format!(
-            "the configuration file {} (from {from}) does not exist; create it (see pgwi.example.toml) or \
-             point {from} at the right path",
-            path.display()
-        )))
+        return Ok(path.to_owned());
     }
+    let (from, fix) = match variable {
+        Some(variable) => (
+            format!(" (from {variable})"),
+            format!("point {variable} at the right path"),
+        ),
+        None => (String::new(), "name the right path".to_owned()),
+    };
+    Err(ConfigError::NotFound(format!(
+        "the configuration file {}{from} does not exist; create it (see pgwi.example.toml) or {fix}",
+        path.display()
+    )))
 }
 
 /// True for host names that never leave this machine.
@@ -514,8 +561,12 @@ pub fn is_local_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn validate(loaded: &LoadedConfig) -> Result<(), ConfigError> {
-    check(&loaded.config, &|key| loaded.origin(key), &loaded.profile)
+fn validate(loaded: &LoadedConfig, demo_variables: bool) -> Result<(), ConfigError> {
+    let unset = Unset::Loader {
+        profile: &loaded.profile,
+        demo_variables,
+    };
+    check(&loaded.config, &|key| loaded.origin(key), &unset)
 }
 
 impl Config {
@@ -542,15 +593,65 @@ impl Config {
         check(
             self,
             &|_| "the configuration given to pgwi".into(),
-            DEFAULT_PROFILE,
+            &Unset::InCode,
         )
+    }
+
+    /// Checks the configuration unless [`load`] did and nothing it checked has changed since: the one
+    /// check every configuration gets before pgwi connects with it.
+    pub(crate) fn check_once(&self) -> Result<(), ConfigError> {
+        match &self.checked_by_loader {
+            Some(checked) if *checked == CheckedByLoader::of(self) => Ok(()),
+            _ => self.validate(),
+        }
+    }
+}
+
+/// Where a key that is not set could have been set: what the fix names.
+enum Unset<'a> {
+    /// The loader's layers: a profile of the file, `PGWI_*` variables, and the demo's variables if it read
+    /// them.
+    Loader {
+        profile: &'a str,
+        demo_variables: bool,
+    },
+    /// A configuration built in code: the field itself.
+    InCode,
+}
+
+impl Unset<'_> {
+    fn error(&self, key: &str) -> ConfigError {
+        let fix = match self {
+            Unset::InCode => format!("set {key}"),
+            Unset::Loader {
+                profile,
+                demo_variables,
+            } => {
+                let demo = DEMO_VARIABLES
+                    .iter()
+                    .find(|(_, k)| *k == key)
+                    .filter(|_| *demo_variables)
+                    .map_or_else(String::new, |(var, _)| format!("{var}, "));
+                let variable = format!("PGWI_{}", key.to_ascii_uppercase().replace('.', "__"));
+                let field = key.rsplit('.').next().unwrap_or(key);
+                format!(
+                    "set {demo}{variable}, or `{field}` in the [{profile}] profile of pgwi.toml"
+                )
+            }
+        };
+        ConfigError::Rejected {
+            key: key.into(),
+            origin: "nowhere".into(),
+            problem: "is not set".into(),
+            fix,
+        }
     }
 }
 
 fn check(
     config: &Config,
     origin: &dyn Fn(&str) -> String,
-    profile: &str,
+    unset: &Unset<'_>,
 ) -> Result<(), ConfigError> {
     let db = &config.database;
     let reject = |key: &str, problem: String, fix: &str| ConfigError::Rejected {
@@ -559,26 +660,16 @@ fn check(
         problem,
         fix: fix.into(),
     };
-    let missing = |key: &str, demo: &str, env: &str| ConfigError::Rejected {
-        key: key.into(),
-        origin: "nowhere".into(),
-        problem: "is not set".into(),
-        fix: format!(
-            "set {demo}, {env}, or `{}` in the [{}] profile of pgwi.toml",
-            key.rsplit('.').next().unwrap_or(key),
-            profile
-        ),
-    };
     let host = db
         .host
         .as_deref()
         .filter(|h| !h.trim().is_empty())
-        .ok_or_else(|| missing("database.host", "DBHOST", "PGWI_DATABASE__HOST"))?;
+        .ok_or_else(|| unset.error("database.host"))?;
     if db.name.as_deref().is_none_or(|n| n.trim().is_empty()) {
-        return Err(missing("database.name", "DBNAME", "PGWI_DATABASE__NAME"));
+        return Err(unset.error("database.name"));
     }
     if db.user.as_deref().is_none_or(|u| u.trim().is_empty()) {
-        return Err(missing("database.user", "DBUSER", "PGWI_DATABASE__USER"));
+        return Err(unset.error("database.user"));
     }
     let (host, _) = split_host_port(host)
         .map_err(|problem| reject("database.host", problem, "write host or host:port"))?;

@@ -11,14 +11,19 @@
 //! use pgwi_core::config::{self, ConfigSources};
 //! use sea_orm::ConnectionTrait as _;
 //!
-//! // defaults < pgwi.toml profile < PGWI_* variables
-//! let loaded = config::load(&ConfigSources::default())?;
-//! // Keep only the SeaORM connection: the password rotation lives as long as the pool under it.
-//! let connection = pgwi_core::connect(&loaded.config).await?.connection().clone();
-//! connection.execute_unprepared("SELECT 1").await?;
-//! connection.close().await?;
+//! // defaults < pgwi.toml profile < PGWI_* variables; checked here
+//! let config = config::load(&ConfigSources::default())?.config;
+//! // The first token, the first connection, and the password rotation for as long as the pool lives.
+//! let db = pgwi_core::connect(&config).await?;
+//! // Used as SeaORM's DatabaseConnection (it derefs to one and implements ConnectionTrait).
+//! db.execute_unprepared("SELECT 1").await?;
+//! db.close().await;
 //! # Ok(()) }
 //! ```
+//!
+//! [`connect_with`] and [`proxy::Proxy::start`] take a token source of the caller's (any
+//! `Arc<dyn TokenSource>`); [`Connector`] adds sqlx pool and per-connection options. Errors name
+//! configuration keys (`database.host`), not the `pgwi` binary's flags or commands.
 
 pub mod config;
 mod connect;

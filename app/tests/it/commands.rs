@@ -51,8 +51,29 @@ async fn a_configuration_error_exits_2_with_one_clear_message() {
         .lines()
         .find(|l| l.starts_with("error:"))
         .expect("an error line");
+    // The key and the loader's variables from pgwi-core; the flag from the binary.
     assert!(
-        error.contains("database.host") && error.contains("DBHOST"),
+        error.contains("database.host") && error.contains("DBHOST") && error.contains("--host"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_configuration_file_names_the_flag() {
+    // Scenario: --config names a file that does not exist: exit status 2, the file named, and the binary's
+    // hint that --config and --profile choose the file and profile.
+    let output = Pgwi::new(&["run", "--config", "pgwi-no-such-file.toml"])
+        .output()
+        .await;
+
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(
+        error.contains("pgwi-no-such-file.toml") && error.contains("--config"),
         "{error}"
     );
 }

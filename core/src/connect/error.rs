@@ -111,12 +111,9 @@ impl From<sqlx::Error> for ConnectError {
 /// What to do about a server error, for the SQLSTATEs where the cause is clear.
 pub fn fix_for_sqlstate(code: &str) -> Option<&'static str> {
     Some(match code {
-        "3D000" => {
-            "create the database (`pgwi admin bootstrap` creates it with the right owner) or correct \
-             database.name"
-        }
+        "3D000" => "create the database, owned by the application's role, or correct database.name",
         "42501" => {
-            "grant the role the privilege it lacks (`pgwi admin bootstrap` grants CONNECT, CREATE and \
+            "grant the role the privilege it lacks (an application usually needs CONNECT, CREATE and \
              TEMPORARY on the database and CREATE on schema public), or connect as a role that has it"
         }
         "57P01" | "57P02" | "57P03" => {
@@ -139,7 +136,7 @@ pub fn fix_for_sqlstate(code: &str) -> Option<&'static str> {
     "PostgreSQL at {host}:{port} refused user {user:?} on database {database:?} ({code}: {message}). \
      Likely causes: the user must be the managed identity's NAME (not its client id; `user = \"auto\"` \
      derives it from the token); the role must exist on the server (created with \
-     pgaadauth_create_principal_with_oid, see `pgwi admin bootstrap`); the token's audience must be \
+     pgaadauth_create_principal_with_oid); the token's audience must be \
      Azure Database for PostgreSQL ({audience}); for a static password, the password must be right"
 )]
 pub struct AuthenticationFailure {

@@ -7,15 +7,18 @@
 //! valid token exists in [`refusal`].
 
 mod error;
+mod keeper;
+mod plan;
 mod pool;
 mod refusal;
 mod rotation;
 
+use std::ops::Deref;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pgwi_credentials::{CacheStats, CachedTokenSource, SourceContext, SourceRegistry, TokenSource};
+use pgwi_credentials::{CacheStats, CachedTokenSource, TokenSource};
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::sqlx::{self, PgPool, pool::PoolConnection};
@@ -23,10 +26,11 @@ use time::OffsetDateTime;
 use tracing::Instrument as _;
 
 pub use error::{AuthenticationFailure, ConnectError, fix_for_sqlstate};
+pub(crate) use keeper::{ReadOnly, TokenKeeper, lock};
+pub(crate) use plan::{Plan, user_from_token};
+pub(crate) use pool::audience;
 use pool::{Target, sqlstate};
-pub(crate) use pool::{audience, resolve_host, resolve_user};
-use rotation::{Current, Rotation, RotationState};
-pub(crate) use rotation::{expired_on_arrival, lock, usable_at, usable_now};
+use rotation::{Rotation, RotationCounts};
 
 use crate::config::Config;
 use crate::tls_rules::TlsRules;
@@ -44,17 +48,20 @@ pub struct RotationStats {
     pub credential: CacheStats,
 }
 
-/// A connected database: SeaORM's `DatabaseConnection` and the sqlx pool under it, whose password a
-/// background task keeps fresh for as long as the pool lives (until [`RotatingPool::close`], or until the last
-/// clone of the pool or the SeaORM connection is closed). Dropping this value stops nothing: keeping only
-/// `connection().clone()` is enough. The rotation runs on the tokio runtime that called `connect`, and keeps
-/// a clone of the pool until it is closed: a pool dropped without `close()` lives until that runtime ends.
-/// `pool().connect_options()` holds the current token: never print its `Debug`.
+/// A connected database, used as SeaORM's `DatabaseConnection` (it derefs to one, and implements
+/// `ConnectionTrait` so that `Entity::find().all(&db)` takes it), over an sqlx pool whose password a
+/// background task keeps fresh for as long as the pool lives (until [`RotatingPool::close`], or until the
+/// last clone of the pool or the SeaORM connection is closed). This value adds the rotation's figures
+/// ([`RotatingPool::rotation_stats`]) and an `acquire` that names the credential's error; dropping it stops
+/// nothing, so keeping only `connection().clone()` is enough. The rotation runs on the tokio runtime that
+/// called `connect`, and keeps a clone of the pool until it is closed: a pool dropped without `close()`
+/// lives until that runtime ends. `pool().connect_options()` holds the current token: never print its
+/// `Debug`.
 pub struct RotatingPool {
     connection: DatabaseConnection,
     pool: PgPool,
-    credential: Arc<CachedTokenSource>,
-    state: Arc<RotationState>,
+    keeper: Arc<TokenKeeper>,
+    counts: Arc<RotationCounts>,
     target: Target,
 }
 
@@ -62,18 +69,30 @@ impl std::fmt::Debug for RotatingPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RotatingPool")
             .field("target", &self.target)
-            .field("credential", &self.credential.info().to_string())
+            .field("credential", &self.keeper.credential().info().to_string())
             .finish_non_exhaustive()
     }
 }
 
-/// Connects with the token source `config.credential` names (process environment, built-in kinds).
+/// Connects with the token source `config.credential` names (process environment, built-in kinds): checks
+/// a configuration built in code (one from [`crate::config::load`] was checked there), fetches the first
+/// token, opens the first connection and starts the password rotation. Installs the TLS crypto provider
+/// (`ring`) if the process has none.
+///
+/// ```no_run
+/// # async fn run(config: pgwi_core::Config) -> Result<(), Box<dyn std::error::Error>> {
+/// use sea_orm::ConnectionTrait as _;
+///
+/// let db = pgwi_core::connect(&config).await?;
+/// db.execute_unprepared("SELECT 1").await?;
+/// # Ok(()) }
+/// ```
 pub async fn connect(config: &Config) -> Result<RotatingPool, ConnectError> {
     Connector::new(config).connect().await
 }
 
-/// Connects with a token source the caller built: any [`TokenSource`] (a cache is put in front unless it is
-/// a [`CachedTokenSource`] already).
+/// [`connect`] with a token source the caller built: any [`TokenSource`] (a cache is put in front unless it
+/// is a [`CachedTokenSource`] already). [`crate::proxy::Proxy::start`] takes the same.
 pub async fn connect_with(
     config: &Config,
     source: Arc<dyn TokenSource>,
@@ -142,95 +161,62 @@ impl<'a> Connector<'a> {
         self
     }
 
-    /// Validates the configuration, fetches the first token, opens the first connection and starts the
-    /// rotation.
+    /// Checks the configuration (unless the loader did), fetches the first token, opens the first
+    /// connection and starts the rotation.
     pub async fn connect(self) -> Result<RotatingPool, ConnectError> {
-        let config = self.config;
-        config.validate()?;
-        let credential = match self.source {
-            Some(source) => CachedTokenSource::wrap(source, config.credential.cache_options()),
-            None => SourceRegistry::default()
-                .build_cached(&config.credential, &SourceContext::default())?,
-        };
-        let skew = Duration::from_secs(config.credential.expiry_skew_secs);
-        check_cache_timing(&credential, skew)?;
-        let db = &config.database;
-        let (host, port) = pool::resolve_host(db)?;
-        let tls = TlsRules::new(db, &host).for_sqlx();
-        let span = tracing::info_span!("connect", %host, port, database = db.name.as_deref().unwrap_or_default(), credential = %credential.info());
+        let plan = Plan::new(self.config, self.source)?;
+        let db = &self.config.database;
+        let tls = TlsRules::new(db, &plan.host).for_sqlx();
+        let span = tracing::info_span!("connect", host = %plan.host, port = plan.port, database = db.name.as_deref().unwrap_or_default(), credential = %plan.credential.info());
         let pool_options = self.pool_options;
         let map_connect_options = self.map_connect_options;
         async move {
             // Said once per pool, before any credential is fetched or sent.
             tls.announce();
-            let token = credential.token().await?;
-            if !rotation::usable_now(&token, skew) {
-                return Err(rotation::expired_on_arrival(credential.info().kind, &token).into());
-            }
-            let user = pool::resolve_user(db, &token, &credential)?;
+            let first = plan.first_login(db).await?;
             let target = Target {
-                host,
-                port,
+                host: plan.host,
+                port: plan.port,
                 database: db.name.clone().unwrap_or_default(),
-                user,
-                user_from_token: db.user.as_deref().map(str::trim) == Some("auto"),
+                user: first.user,
+                user_from_token: user_from_token(db),
             };
             let base = map_connect_options(pool::base_options(db, &target, &tls));
             let lifetime = Duration::from_secs(db.max_lifetime_secs.max(1));
-            let state = Arc::new(RotationState::default());
-            *lock(&state.current_expiry) = token.expires_at();
             let pool = pool_options
                 .max_connections(db.max_connections)
                 .acquire_timeout(Duration::from_secs(db.connect_timeout_secs))
                 .max_lifetime(lifetime)
                 .idle_timeout(lifetime.min(Duration::from_secs(600)))
-                .connect_lazy_with(base.clone().password(token.secret().expose()));
-            let mut first =
-                pool::establish(&pool, db, &target, &token, tls.effective_sslmode()).await?;
-            let (version,): (String,) = sqlx::query_as("SHOW server_version").fetch_one(&mut *first).await?;
-            drop(first);
-            tracing::info!(user = %target.user, server_version = %version, token_expires_at = ?token.expires_at(), max_lifetime_secs = lifetime.as_secs(), "connected");
-            Rotation {
+                .connect_lazy_with(base.clone().password(first.token.secret().expose()));
+            let mut first_connection =
+                pool::establish(&pool, db, &target, &first.token, tls.effective_sslmode()).await?;
+            let (version,): (String,) = sqlx::query_as("SHOW server_version")
+                .fetch_one(&mut *first_connection)
+                .await?;
+            drop(first_connection);
+            tracing::info!(user = %target.user, server_version = %version, token_expires_at = ?first.token.expires_at(), max_lifetime_secs = lifetime.as_secs(), "connected");
+            let keeper = Arc::new(TokenKeeper::new(plan.credential, plan.skew, first.token));
+            let counts = Arc::new(RotationCounts::default());
+            let rotation = Rotation {
                 pool: pool.clone(),
                 base: Mutex::new(base),
                 user_from_token: target.user_from_token,
-                credential: credential.clone(),
-                state: state.clone(),
-                skew,
-                current: Mutex::new(Current::new(token, credential.options().refresh_margin)),
+                keeper: keeper.clone(),
+                counts: counts.clone(),
                 refusal: tokio::sync::Mutex::new(None),
-            }
-            .spawn();
+            };
+            keeper.spawn(Arc::new(rotation));
             Ok(RotatingPool {
                 connection: sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
                 pool,
-                credential,
-                state,
+                keeper,
+                counts,
                 target,
             })
         }
         .instrument(span)
         .await
-    }
-}
-
-/// A cache the caller built has its own margin and deadline: they must leave room for the skew and a retry,
-/// as the loader checks for configuration.
-pub(crate) fn check_cache_timing(
-    credential: &CachedTokenSource,
-    skew: Duration,
-) -> Result<(), ConnectError> {
-    let problem = pgwi_credentials::validity::cache_timing_problem(&credential.options(), skew);
-    match problem {
-        Some(problem) => Err(ConnectError::Config(crate::ConfigError::Rejected {
-            key: "credential.expiry_skew_secs".into(),
-            origin: "the configuration and the CachedTokenSource given to pgwi".into(),
-            problem,
-            fix: "give the cache a refresh_margin above the skew and a fetch_timeout of at most half \
-                  the margin (CredentialConfig::cache_options builds them from the configuration)"
-                .into(),
-        })),
-        None => Ok(()),
     }
 }
 
@@ -252,16 +238,16 @@ impl RotatingPool {
 
     /// The token source behind the pool.
     pub fn credential(&self) -> &Arc<CachedTokenSource> {
-        &self.credential
+        self.keeper.credential()
     }
 
     /// Password rotation figures.
     pub fn rotation_stats(&self) -> RotationStats {
         RotationStats {
-            rotations: self.state.rotations.load(Ordering::Relaxed),
-            current_expiry: *lock(&self.state.current_expiry),
-            last_rotation: *lock(&self.state.last_rotation),
-            credential: self.credential.stats(),
+            rotations: self.counts.rotations.load(Ordering::Relaxed),
+            current_expiry: self.keeper.held().token.expires_at(),
+            last_rotation: *lock(&self.counts.last_rotation),
+            credential: self.keeper.credential().stats(),
         }
     }
 
@@ -270,7 +256,7 @@ impl RotatingPool {
     pub async fn acquire(&self) -> Result<PoolConnection<sqlx::Postgres>, ConnectError> {
         match self.pool.acquire().await {
             Ok(conn) => Ok(conn),
-            Err(error) => Err(match self.state.outage() {
+            Err(error) => Err(match self.keeper.outage() {
                 Some(credential)
                     if sqlstate(&error).as_deref() == Some(refusal::REFUSAL_SQLSTATE) =>
                 {
@@ -284,5 +270,57 @@ impl RotatingPool {
     /// Closes the pool, waiting for connections to be returned; the password rotation ends with it.
     pub async fn close(self) {
         self.pool.close().await;
+    }
+}
+
+impl Deref for RotatingPool {
+    type Target = DatabaseConnection;
+
+    /// The SeaORM connection ([`RotatingPool::connection`]).
+    fn deref(&self) -> &DatabaseConnection {
+        &self.connection
+    }
+}
+
+impl AsRef<DatabaseConnection> for RotatingPool {
+    fn as_ref(&self) -> &DatabaseConnection {
+        &self.connection
+    }
+}
+
+/// SeaORM's queries take `&db` as they take a `DatabaseConnection`; each call goes to the connection.
+#[async_trait::async_trait]
+impl sea_orm::ConnectionTrait for RotatingPool {
+    fn get_database_backend(&self) -> sea_orm::DbBackend {
+        self.connection.get_database_backend()
+    }
+
+    async fn execute_raw(
+        &self,
+        statement: sea_orm::Statement,
+    ) -> Result<sea_orm::ExecResult, sea_orm::DbErr> {
+        self.connection.execute_raw(statement).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<sea_orm::ExecResult, sea_orm::DbErr> {
+        self.connection.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(
+        &self,
+        statement: sea_orm::Statement,
+    ) -> Result<Option<sea_orm::QueryResult>, sea_orm::DbErr> {
+        self.connection.query_one_raw(statement).await
+    }
+
+    async fn query_all_raw(
+        &self,
+        statement: sea_orm::Statement,
+    ) -> Result<Vec<sea_orm::QueryResult>, sea_orm::DbErr> {
+        self.connection.query_all_raw(statement).await
+    }
+
+    fn support_returning(&self) -> bool {
+        self.connection.support_returning()
     }
 }

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use pgwi_credentials::{CachedTokenSource, Token, TokenSource as _};
+use pgwi_credentials::Token;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sea_orm::sqlx::{self, ConnectOptions as _, PgPool, pool::PoolConnection};
 
 use super::{AuthenticationFailure, ConnectError};
-use crate::config::{ConfigError, DatabaseConfig, SslMode, split_host_port};
+use crate::config::{DatabaseConfig, SslMode};
 use crate::tls_rules::{TlsRules, Verification};
 
 /// The resolved connection target.
@@ -20,42 +20,6 @@ pub(crate) struct Target {
     pub(crate) user: String,
     /// `user = "auto"`: the user follows the claims of the token in use.
     pub(crate) user_from_token: bool,
-}
-
-pub(crate) fn resolve_host(db: &DatabaseConfig) -> Result<(String, u16), ConnectError> {
-    let raw = db.host.clone().unwrap_or_default();
-    let (host, port) = split_host_port(&raw).map_err(|problem| {
-        ConnectError::Config(ConfigError::Rejected {
-            key: "database.host".into(),
-            origin: "configuration".into(),
-            problem,
-            fix: "write host or host:port".into(),
-        })
-    })?;
-    Ok((host, port.unwrap_or(db.port)))
-}
-
-pub(crate) fn resolve_user(
-    db: &DatabaseConfig,
-    token: &Token,
-    credential: &CachedTokenSource,
-) -> Result<String, ConnectError> {
-    match db.user.as_deref().map(str::trim) {
-        Some("auto") => token
-            .claims()
-            .and_then(|c| c.database_user())
-            .inspect(|user| tracing::info!(%user, "database.user = auto: derived the user from the token's claims"))
-            .ok_or_else(|| ConnectError::UserNotDerivable {
-                source_kind: credential.info().kind,
-            }),
-        Some(user) => Ok(user.to_owned()),
-        None => Err(ConnectError::Config(ConfigError::Rejected {
-            key: "database.user".into(),
-            origin: "nowhere".into(),
-            problem: "is not set".into(),
-            fix: "set DBUSER, PGWI_DATABASE__USER or database.user".into(),
-        })),
-    }
 }
 
 /// Each connection's options; TLS per `tls`, the rules as sqlx can apply them ([`TlsRules::for_sqlx`]).

@@ -2,7 +2,7 @@
 //! the PostgreSQL protocol to refuse every start-up with the credential's own error.
 //!
 //! The pool's connect options point here during an outage, so the expired token is never presented to the
-//! server, and every way of opening a connection — [`crate::Database::acquire`], the sqlx pool, SeaORM's
+//! server, and every way of opening a connection — [`crate::RotatingPool::acquire`], the sqlx pool, SeaORM's
 //! connection — fails at once with one PostgreSQL error (SQLSTATE 08001) whose message is the credential's.
 //! No password is configured for this target and none is asked for.
 

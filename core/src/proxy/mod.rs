@@ -19,9 +19,11 @@
 //! for each session and presented only while `now < exp - skew` (the skew allowance capped at a quarter of
 //! the token's life, measured from its issue, [`crate::connect`]'s rule); otherwise the client gets the
 //! credential's error. The cache serves its last good token up to its very expiry while the source fails,
-//! so this check, not the cache, keeps a token inside the allowance from the server. A keeper task asks the
-//! cache ahead of expiry, so sessions rarely wait for a refresh. Listeners, start-up budgets, the health
-//! endpoint and the drain are [`server::ProxyServer`]'s; [`Proxy::serve`] serves one accepted connection.
+//! so this check, not the cache, keeps a token inside the allowance from the server. The pool's token keeper
+//! (`connect::keeper`) holds the token and asks the cache ahead of expiry, so sessions rarely wait for a
+//! refresh; [`Proxy::start`] settles the source, the server and the first token with the pool's own steps
+//! (`connect::plan`). Listeners, start-up budgets, the health endpoint and the drain are
+//! [`server::ProxyServer`]'s; [`Proxy::serve`] serves one accepted connection.
 
 mod accounting;
 mod cancel;
@@ -37,10 +39,10 @@ mod session;
 mod tls;
 mod upstream;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use pgwi_credentials::{CachedTokenSource, CredentialError, Token, TokenSource as _};
+use pgwi_credentials::{CredentialError, Token, TokenSource};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -50,7 +52,7 @@ pub use scram::{LocalSecret, ScramError};
 use cancel::CancelKeys;
 
 use crate::config::Config;
-use crate::connect::{self, ConnectError};
+use crate::connect::{ConnectError, Plan, ReadOnly, TokenKeeper, user_from_token};
 
 /// How long a client has, from its connection, to finish its start-up: TLS, the start-up message and, for a
 /// remote client, the local password. PostgreSQL's `authentication_timeout` and PgBouncer's
@@ -63,8 +65,6 @@ pub const DEFAULT_MAX_CLIENTS: usize = 1000;
 pub(crate) const MAX_BUFFERED_BEFORE_READY: usize = 1 << 20;
 /// How long a forwarded cancel request may take.
 pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
-/// The keeper's longest sleep: the token's state is re-checked at least this often.
-const KEEPER_TICK: Duration = Duration::from_secs(5);
 
 /// The proxy: configuration, token source and TLS settings shared by every session. Cheap to clone.
 ///
@@ -73,7 +73,7 @@ const KEEPER_TICK: Duration = Duration::from_secs(5);
 /// ```no_run
 /// # async fn run(
 /// #     config: pgwi_core::Config,
-/// #     credential: std::sync::Arc<pgwi_credentials::CachedTokenSource>,
+/// #     credential: std::sync::Arc<dyn pgwi_credentials::TokenSource>,
 /// # ) -> Result<(), Box<dyn std::error::Error>> {
 /// use pgwi_core::proxy::{Client, Proxy};
 ///
@@ -95,54 +95,17 @@ pub struct Proxy {
 struct Inner {
     target: upstream::Target,
     configured_user: Option<String>,
-    credential: Arc<CachedTokenSource>,
-    skew: Duration,
     connect_timeout: Duration,
     options: ProxyOptions,
     /// One permit per session past its start-up ([`ProxyOptions::max_clients`]).
     sessions: Arc<Semaphore>,
     /// The cancel keys handed to clients, mapped to the upstream backends'.
     cancel_keys: Arc<CancelKeys>,
-    /// The last token the cache gave (to a session or the keeper) and when it was first seen, for
-    /// [`Proxy::health`] and for the deadline of a token without an `iat` claim.
-    current: Arc<Mutex<Option<Seen>>>,
-    keeper: tokio::task::AbortHandle,
-}
-
-/// A token and when the proxy first got it.
-#[derive(Clone)]
-struct Seen {
-    token: Token,
-    received: OffsetDateTime,
-}
-
-/// Notes `token` as the last one seen (keeping when it was first seen, if it is the same); that time.
-fn record(current: &Mutex<Option<Seen>>, token: &Token) -> OffsetDateTime {
-    let mut current = connect::lock(current);
-    match current.as_ref() {
-        Some(seen) if seen.token.secret() == token.secret() => seen.received,
-        _ => {
-            let received = OffsetDateTime::now_utc();
-            *current = Some(Seen {
-                token: token.clone(),
-                received,
-            });
-            received
-        }
-    }
-}
-
-impl Seen {
-    /// Whether the token may be presented now: before its expiry less the skew allowance.
-    fn usable(&self, skew: Duration) -> bool {
-        connect::usable_at(&self.token, self.received, skew, OffsetDateTime::now_utc())
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.keeper.abort();
-    }
+    /// The last token the cache gave (to a session or the keeper's task) and when it was first received,
+    /// for [`Proxy::health`] and for the deadline of a token without an `iat` claim.
+    keeper: Arc<TokenKeeper>,
+    /// Ends the keeper's task when the last clone of the proxy goes.
+    _stop_keeper: tokio::sync::watch::Sender<()>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -150,7 +113,10 @@ impl std::fmt::Debug for Proxy {
         f.debug_struct("Proxy")
             .field("host", &self.inner.target.host)
             .field("port", &self.inner.target.port)
-            .field("credential", &self.inner.credential.info().to_string())
+            .field(
+                "credential",
+                &self.inner.keeper.credential().info().to_string(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -224,71 +190,62 @@ pub enum Health {
 }
 
 impl Proxy {
-    /// Checks the configuration, builds the TLS settings, fetches the first token (a bad credential fails
-    /// here, not at the first client) and starts the keeper that asks for the next one ahead of expiry.
-    /// The server is not contacted: it may come up after the proxy.
+    /// Checks a configuration built in code (one from [`crate::config::load`] was checked there), builds
+    /// the TLS settings, fetches the first token (a bad credential fails here, not at the first client) and
+    /// starts the keeper that asks for the next one ahead of expiry: the steps of [`crate::connect`], with
+    /// the same token source type as [`crate::connect_with`] (a cache is put in front unless it is a
+    /// [`pgwi_credentials::CachedTokenSource`] already). The server is not contacted: it may come up after
+    /// the proxy.
     pub async fn start(
         config: &Config,
-        credential: Arc<CachedTokenSource>,
+        source: Arc<dyn TokenSource>,
     ) -> Result<Self, ConnectError> {
-        Self::start_with(config, credential, ProxyOptions::default()).await
+        Self::start_with(config, source, ProxyOptions::default()).await
     }
 
     /// [`Proxy::start`] with these limits.
     pub async fn start_with(
         config: &Config,
-        credential: Arc<CachedTokenSource>,
+        source: Arc<dyn TokenSource>,
         options: ProxyOptions,
     ) -> Result<Self, ConnectError> {
-        config.validate()?;
-        let skew = Duration::from_secs(config.credential.expiry_skew_secs);
-        connect::check_cache_timing(&credential, skew)?;
+        let plan = Plan::new(config, Some(source))?;
         let db = &config.database;
-        let (host, port) = connect::resolve_host(db)?;
-        let tls = if host.starts_with('/') {
+        let tls = if plan.host.starts_with('/') {
             None
         } else {
             tls::client_config(db)?
         };
-        let token = credential.token().await?;
-        if !connect::usable_now(&token, skew) {
-            return Err(connect::expired_on_arrival(credential.info().kind, &token).into());
-        }
-        let user = connect::resolve_user(db, &token, &credential)?;
-        let configured_user = (db.user.as_deref().map(str::trim) != Some("auto")).then_some(user);
-        let current = Arc::new(Mutex::new(Some(Seen {
-            token,
-            received: OffsetDateTime::now_utc(),
-        })));
-        let keeper = tokio::spawn(keep_fresh(credential.clone(), current.clone())).abort_handle();
-        let proxy = Self {
+        let first = plan.first_login(db).await?;
+        let configured_user = (!user_from_token(db)).then_some(first.user);
+        let keeper = Arc::new(TokenKeeper::new(plan.credential, plan.skew, first.token));
+        let (events, stop_keeper) = ReadOnly::new();
+        keeper.spawn(Arc::new(events));
+        let target = upstream::Target {
+            sslmode: crate::tls_rules::TlsRules::new(db, &plan.host).effective_sslmode(),
+            host: plan.host,
+            port: plan.port,
+            tls,
+        };
+        Ok(Self {
             inner: Arc::new(Inner {
-                target: upstream::Target {
-                    sslmode: crate::tls_rules::TlsRules::new(db, &host).effective_sslmode(),
-                    host,
-                    port,
-                    tls,
-                },
+                target,
                 configured_user,
-                credential,
-                skew,
                 connect_timeout: Duration::from_secs(db.connect_timeout_secs),
                 sessions: Arc::new(Semaphore::new(
                     options.max_clients.clamp(1, Semaphore::MAX_PERMITS),
                 )),
                 options,
                 cancel_keys: Arc::default(),
-                current,
                 keeper,
+                _stop_keeper: stop_keeper,
             }),
-        };
-        Ok(proxy)
+        })
     }
 
     /// The user sessions log in as now (from the token's claims with `user = "auto"`).
     pub fn user(&self) -> Option<String> {
-        let current = connect::lock(&self.inner.current).clone();
-        current.and_then(|seen| self.user_for(&seen.token))
+        self.user_for(&self.inner.keeper.held().token)
     }
 
     /// The limits the proxy was started with.
@@ -303,18 +260,19 @@ impl Proxy {
 
     /// Whether a token usable for new sessions is held (for a health endpoint); asks nothing upstream.
     pub fn health(&self) -> Health {
-        let current = connect::lock(&self.inner.current).clone();
-        match current {
-            Some(seen) if seen.usable(self.inner.skew) => Health::Ready {
-                expires_at: seen.token.expires_at(),
-            },
-            _ => Health::NoToken(match self.inner.credential.last_failure() {
-                Some(error) => error.to_string(),
-                None => "the token is within the skew allowance of its expiry and no new one has \
-                         arrived yet"
-                    .into(),
-            }),
+        let keeper = &self.inner.keeper;
+        let held = keeper.held();
+        if held.usable_now(keeper.skew()) {
+            return Health::Ready {
+                expires_at: held.token.expires_at(),
+            };
         }
+        Health::NoToken(match keeper.credential().last_failure() {
+            Some(error) => error.to_string(),
+            None => "the token is within the skew allowance of its expiry and no new one has \
+                     arrived yet"
+                .into(),
+        })
     }
 
     fn user_for(&self, token: &Token) -> Option<String> {
@@ -327,32 +285,20 @@ impl Proxy {
     /// A token that may be presented now: before its expiry less the skew allowance (the cache serves its
     /// last good token while the source fails, up to its expiry), else the credential's error.
     async fn token_now(&self) -> Result<Token, CredentialError> {
-        let credential = &self.inner.credential;
+        let keeper = &self.inner.keeper;
+        let credential = keeper.credential();
         let token = credential.token().await?;
-        let received = record(&self.inner.current, &token);
-        if !connect::usable_at(&token, received, self.inner.skew, OffsetDateTime::now_utc()) {
-            return Err(credential
-                .last_failure()
-                .unwrap_or_else(|| connect::expired_on_arrival(credential.info().kind, &token)));
+        let received = keeper.note(&token);
+        if !pgwi_credentials::validity::usable_at(
+            &token,
+            received,
+            keeper.skew(),
+            OffsetDateTime::now_utc(),
+        ) {
+            return Err(credential.last_failure().unwrap_or_else(|| {
+                pgwi_credentials::validity::expired_on_arrival(credential.info().kind, &token)
+            }));
         }
         Ok(token)
-    }
-}
-
-/// Asks the cache for a token at its refresh time, so that sessions seldom wait for one, and notes the last
-/// one (and when it arrived) for [`Proxy::health`].
-async fn keep_fresh(credential: Arc<CachedTokenSource>, current: Arc<Mutex<Option<Seen>>>) {
-    loop {
-        // Every token is noted, usable or not: when it was first seen bounds its deadline.
-        if let Ok(token) = credential.token().await {
-            record(&current, &token);
-        }
-        let now = OffsetDateTime::now_utc();
-        let wait = credential
-            .refresh_at()
-            .and_then(|at| Duration::try_from(at - now).ok())
-            .unwrap_or(Duration::from_secs(1))
-            .clamp(Duration::from_millis(100), KEEPER_TICK);
-        tokio::time::sleep(wait).await;
     }
 }

@@ -496,8 +496,8 @@ fn raise_open_files_limit(max_clients: usize, listeners: usize) {
             max_clients,
             needed,
             hard_limit = hard,
-            "proxy.max_clients needs about {needed} open files but the hard limit is {hard}: raise it \
-             (ulimit -Hn, systemd LimitNOFILE, the container runtime's nofile) or lower proxy.max_clients"
+            "a cap of {max_clients} clients needs about {needed} open files but the hard limit is {hard}: \
+             raise it (ulimit -Hn, systemd LimitNOFILE, the container runtime's nofile) or lower the cap"
         );
     }
 }

@@ -81,8 +81,7 @@ impl Proxy {
         let Ok(_slot) = self.inner.sessions.clone().try_acquire_owned() else {
             log.refusal = Some("too_many_clients");
             let message = format!(
-                "sorry, too many clients already: pgwi proxy serves at most {} at once \
-                 (proxy.max_clients)",
+                "sorry, too many clients already: pgwi proxy serves at most {} at once",
                 self.inner.options.max_clients
             );
             return Err(refuse(client, "53300", message).await);
@@ -199,7 +198,7 @@ impl Proxy {
     ) -> Result<(), SessionError> {
         let Some(expected) = self.user_for(token) else {
             let error = ConnectError::UserNotDerivable {
-                source_kind: self.inner.credential.info().kind,
+                source_kind: self.inner.keeper.credential().info().kind,
             };
             return Err(refuse(client, "28000", format!("pgwi proxy: {error}")).await);
         };

@@ -282,7 +282,8 @@ fn weak_tls_to_a_remote_host_needs_allow_insecure() {
 
 #[test]
 fn a_missing_profile_or_config_file_is_named() {
-    // Scenario: --profile naming no profile lists the ones there; --config naming no file says so.
+    // Scenario: a profile the file lacks lists the ones there; a configuration file that does not exist is
+    // named.
     let profile = error_with(
         |jail| {
             jail.create_file("pgwi.toml", FILE)?;
@@ -303,8 +304,11 @@ fn a_missing_profile_or_config_file_is_named() {
             ..cronjob()
         },
     );
+    // The library names no flag of the binary: `pgwi` adds "--config" where it prints errors.
     assert!(
-        file.contains("missing.toml") && file.contains("--config"),
+        file.contains("missing.toml")
+            && file.contains("does not exist")
+            && !file.contains("--config"),
         "{file}"
     );
 }
@@ -464,6 +468,42 @@ fn sections_are_pgwis_or_declared_by_the_application() {
             .map(|l| l.section("jobs").expect("absent section: defaults"))
             .unwrap_or_default();
         assert_eq!(absent.batch_size, 0);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_loaded_configuration_changed_afterwards_is_checked_again_at_connect() {
+    // Scenario: load checks a configuration once; one changed after loading (max_connections = 0) is checked
+    // again by connect, which refuses it naming the key; a configuration built in code without a user is
+    // told to set the key, not a variable of the pgwi binary.
+    Jail::expect_with(|jail| {
+        jail.create_file("pgwi.toml", FILE)?;
+        let mut config = load(&cronjob())?.config;
+        config.database.max_connections = 0;
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let error = runtime
+            .block_on(pgwi_core::connect_with(
+                &config,
+                crate::support::static_password("pw"),
+            ))
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("database.max_connections"), "{error}");
+
+        let mut in_code = pgwi_core::Config::for_server("db.example.com", 5432, "app", "x");
+        in_code.database.user = None;
+        let error = runtime
+            .block_on(pgwi_core::connect_with(
+                &in_code,
+                crate::support::static_password("pw"),
+            ))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("database.user") && !error.contains("DBUSER"),
+            "{error}"
+        );
         Ok(())
     });
 }

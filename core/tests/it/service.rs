@@ -1,15 +1,16 @@
 //! `core/examples/service.rs` as a user runs it: configured only by `PGWI_*` and the workload-identity
-//! webhook's variables, against the token-judging server, through several token lifetimes.
+//! webhook's variables, against the token-judging server, through several token lifetimes; and its
+//! `/healthz` while the server stops answering.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pgwi_testsupport::TestDatabase;
 use pgwi_testsupport::entra::{EntraOptions, EntraStandIn, write_token_file};
 use pgwi_testsupport::fixtures::fresh_db;
 use pgwi_testsupport::jwt::ServiceAccountToken;
+use pgwi_testsupport::{PasswordAuth, TestDatabase};
 use rstest::rstest;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -38,6 +39,51 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The example service, listening on `port`, configured by `env` alone, its output in `dir`.
+fn spawn_service(
+    dir: &std::path::Path,
+    port: u16,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Service {
+    let child = Command::new(example_binary("service"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // No test process may ever reach Azure's metadata address.
+        .env(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            pgwi_testsupport::managed_identity::unreachable_imds_endpoint(),
+        )
+        .env("PGWI_EXAMPLE_ADDR", format!("127.0.0.1:{port}"))
+        .envs(env)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout file"))
+        .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr file"))
+        .spawn()
+        .expect("start the service");
+    Service(child)
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Waits until the service answers HTTP at all.
+async fn wait_until_listening(port: u16) {
+    let started = tokio::time::Instant::now();
+    while healthz(port).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the service did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -77,48 +123,32 @@ async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh
     let role = options.identity_name.clone();
     db.create_token_role(&role).await.expect("token role");
     let entra = EntraStandIn::start(options).await.expect("entra");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-
-    let child = Command::new(example_binary("service"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        // No test process may ever reach Azure's metadata address.
-        .env(
-            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-            pgwi_testsupport::managed_identity::unreachable_imds_endpoint(),
-        )
-        .envs(entra.webhook_environment(&token_file))
-        .env("SSL_CERT_FILE", entra.ca_file())
-        .env("PGWI_EXAMPLE_ADDR", format!("127.0.0.1:{port}"))
-        .env("PGWI_DATABASE__HOST", "127.0.0.1")
-        .env("PGWI_DATABASE__PORT", db.server().port().to_string())
-        .env("PGWI_DATABASE__NAME", db.name())
-        .env("PGWI_DATABASE__USER", &role)
-        .env("PGWI_DATABASE__SSL_ROOT_CERT", db.server().ca_file())
-        .env("PGWI_DATABASE__MAX_LIFETIME_SECS", "1")
-        .env("PGWI_CREDENTIAL__KIND", "workload-identity")
-        .env("PGWI_CREDENTIAL__REFRESH_MARGIN_SECS", "4")
-        .env("PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS", "2")
-        .env("PGWI_CREDENTIAL__EXPIRY_SKEW_SECS", "1")
-        .env("RUST_LOG", "trace")
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.path().join("stdout")).expect("stdout file"))
-        .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
-        .spawn()
-        .expect("start the service");
-    let service = Service(child);
-    let started = tokio::time::Instant::now();
-    while healthz(port).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the service did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let port = free_port();
+    let service = spawn_service(
+        dir.path(),
+        port,
+        entra.webhook_environment(&token_file).into_iter().chain([
+            (
+                "SSL_CERT_FILE".into(),
+                entra.ca_file().display().to_string(),
+            ),
+            ("PGWI_DATABASE__HOST".into(), "127.0.0.1".into()),
+            ("PGWI_DATABASE__PORT".into(), db.server().port().to_string()),
+            ("PGWI_DATABASE__NAME".into(), db.name().into()),
+            ("PGWI_DATABASE__USER".into(), role.clone()),
+            (
+                "PGWI_DATABASE__SSL_ROOT_CERT".into(),
+                db.server().ca_file().display().to_string(),
+            ),
+            ("PGWI_DATABASE__MAX_LIFETIME_SECS".into(), "1".into()),
+            ("PGWI_CREDENTIAL__KIND".into(), "workload-identity".into()),
+            ("PGWI_CREDENTIAL__REFRESH_MARGIN_SECS".into(), "4".into()),
+            ("PGWI_CREDENTIAL__FETCH_TIMEOUT_SECS".into(), "2".into()),
+            ("PGWI_CREDENTIAL__EXPIRY_SKEW_SECS".into(), "1".into()),
+            ("RUST_LOG".into(), "trace".into()),
+        ]),
+    );
+    wait_until_listening(port).await;
 
     let until = tokio::time::Instant::now() + Duration::from_secs(26);
     let (mut answers, mut failures) = (0, Vec::new());
@@ -153,4 +183,104 @@ async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh
             panic!("service {stream}: {leak}");
         }
     }
+}
+
+/// A loopback TCP forwarder to the server that can be told to stop answering: from then on it forwards
+/// nothing, on the connections it carries and on new ones, which it accepts and holds — a server that hangs
+/// (or a network that drops packets) rather than one that refuses.
+struct Forwarder {
+    port: u16,
+    silence: tokio::sync::watch::Sender<bool>,
+}
+
+impl Forwarder {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the forwarder");
+        let port = listener.local_addr().expect("address").port();
+        let (silence, _) = tokio::sync::watch::channel(false);
+        let silenced = silence.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, target, silenced.subscribe()));
+            }
+        });
+        Self { port, silence }
+    }
+
+    fn stop_answering(&self) {
+        self.silence.send_replace(true);
+    }
+}
+
+/// Carries `client` to the server until told to be silent; then holds it, answering nothing.
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    target: u16,
+    mut silent: tokio::sync::watch::Receiver<bool>,
+) {
+    if !*silent.borrow_and_update() {
+        let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+            _ = silent.wait_for(|silent| *silent) => {}
+        }
+        // The server's side is held too: nothing reaches either end.
+        return std::future::pending::<()>().await;
+    }
+    let _held = client;
+    std::future::pending::<()>().await
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_503_while_the_server_does_not_answer(
+    #[future(awt)] fresh_db: TestDatabase,
+) {
+    // Scenario: the example service runs with a static password through a forwarder, with the pool's
+    // acquire timeout at 120 s; /healthz answers 200. Then the forwarder stops answering (connections held,
+    // nothing forwarded): /healthz answers 503 with the reason well before the pool would give up (2 s by
+    // design, asserted within 30 s), and again on the next probe.
+    let role = fresh_db
+        .create_role(PasswordAuth::Scram)
+        .await
+        .expect("role");
+    let forwarder = Forwarder::start(fresh_db.server().port()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let service = spawn_service(
+        dir.path(),
+        port,
+        [
+            ("PGWI_DATABASE__HOST", "127.0.0.1".to_owned()),
+            ("PGWI_DATABASE__PORT", forwarder.port.to_string()),
+            ("PGWI_DATABASE__NAME", fresh_db.name().to_owned()),
+            ("PGWI_DATABASE__USER", role.name.clone()),
+            (
+                "PGWI_DATABASE__SSL_ROOT_CERT",
+                fresh_db.server().ca_file().display().to_string(),
+            ),
+            ("PGWI_DATABASE__CONNECT_TIMEOUT_SECS", "120".to_owned()),
+            ("PGWI_CREDENTIAL__KIND", "static-password".to_owned()),
+            ("PGPASSWORD", role.password.clone()),
+        ]
+        .map(|(key, value)| (key.to_owned(), value)),
+    );
+    wait_until_listening(port).await;
+    let (status, body) = healthz(port).await.expect("healthz");
+    assert_eq!(status, 200, "{body}");
+
+    forwarder.stop_answering();
+    for probe in 1..=2 {
+        let answer = tokio::time::timeout(Duration::from_secs(30), healthz(port)).await;
+        let (status, body) = answer
+            .unwrap_or_else(|_| panic!("probe {probe}: /healthz hung while the server was silent"))
+            .expect("healthz");
+        assert_eq!(status, 503, "probe {probe}: {body}");
+        assert!(body.contains("did not answer"), "probe {probe}: {body}");
+    }
+    drop(service);
 }
