@@ -124,6 +124,7 @@ pub struct Connector<'a> {
     source: Option<Arc<dyn TokenSource>>,
     pool_options: PgPoolOptions,
     map_connect_options: Box<dyn Fn(PgConnectOptions) -> PgConnectOptions + Send + 'a>,
+    after_connect: Option<pool::AfterConnect>,
 }
 
 impl<'a> Connector<'a> {
@@ -134,6 +135,7 @@ impl<'a> Connector<'a> {
             source: None,
             pool_options: PgPoolOptions::new(),
             map_connect_options: Box::new(|options| options),
+            after_connect: None,
         }
     }
 
@@ -143,11 +145,29 @@ impl<'a> Connector<'a> {
         self
     }
 
-    /// Starts the pool from these sqlx options (hooks such as `after_connect`, `test_before_acquire`).
+    /// Starts the pool from these sqlx options (hooks such as `test_before_acquire`, `before_acquire`).
     /// pgwi then sets from configuration: `max_connections`, `acquire_timeout` (`connect_timeout_secs`),
-    /// `max_lifetime` and `idle_timeout`.
+    /// `max_lifetime` and `idle_timeout`; and its own `after_connect`, which counts new connections
+    /// ([`crate::metrics::POOL_CONNECTIONS_OPENED`]): give yours to [`Connector::after_connect`].
     pub fn pool_options(mut self, options: PgPoolOptions) -> Self {
         self.pool_options = options;
+        self
+    }
+
+    /// Runs `hook` on each new physical connection, after pgwi has counted it (sqlx's `after_connect`,
+    /// which pgwi sets itself).
+    pub fn after_connect(
+        mut self,
+        hook: impl for<'c> Fn(
+            &'c mut sqlx::PgConnection,
+            sqlx::pool::PoolConnectionMetadata,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c>,
+        > + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.after_connect = Some(Arc::new(hook));
         self
     }
 
@@ -168,7 +188,7 @@ impl<'a> Connector<'a> {
         let db = &self.config.database;
         let tls = TlsRules::new(db, &plan.host).for_sqlx();
         let span = tracing::info_span!("connect", host = %plan.host, port = plan.port, database = db.name.as_deref().unwrap_or_default(), credential = %plan.credential.info());
-        let pool_options = self.pool_options;
+        let pool_options = pool::counting_connections(self.pool_options, self.after_connect);
         let map_connect_options = self.map_connect_options;
         async move {
             // Said once per pool, before any credential is fetched or sent.
@@ -207,6 +227,7 @@ impl<'a> Connector<'a> {
                 refusal: tokio::sync::Mutex::new(None),
             };
             keeper.spawn(Arc::new(rotation));
+            tokio::spawn(pool::sample_connections(pool.clone()));
             Ok(RotatingPool {
                 connection: sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool.clone()),
                 pool,
@@ -257,12 +278,17 @@ impl RotatingPool {
         match self.pool.acquire().await {
             Ok(conn) => Ok(conn),
             Err(error) => Err(match self.keeper.outage() {
+                // Counted by the refusal endpoint, which refused the connection.
                 Some(credential)
                     if sqlstate(&error).as_deref() == Some(refusal::REFUSAL_SQLSTATE) =>
                 {
                     ConnectError::Credential(credential)
                 }
-                _ => ConnectError::from_sqlx(error),
+                _ => {
+                    let error = ConnectError::from_sqlx(error);
+                    pool::count_failed_connection(&error);
+                    error
+                }
             }),
         }
     }

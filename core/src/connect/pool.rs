@@ -147,3 +147,58 @@ pub(crate) async fn establish(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
+
+/// A hook run on each new physical connection (sqlx's `after_connect`).
+pub(crate) type AfterConnect = std::sync::Arc<
+    dyn for<'c> Fn(
+            &'c mut sqlx::PgConnection,
+            sqlx::pool::PoolConnectionMetadata,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c>,
+        > + Send
+        + Sync,
+>;
+
+/// `options` with an `after_connect` that counts each new physical connection as opened, then runs the
+/// application's own hook, if any.
+pub(crate) fn counting_connections(
+    options: sqlx::postgres::PgPoolOptions,
+    hook: Option<AfterConnect>,
+) -> sqlx::postgres::PgPoolOptions {
+    options.after_connect(move |connection, metadata| {
+        metrics::counter!(crate::metrics::POOL_CONNECTIONS_OPENED, "outcome" => "success")
+            .increment(1);
+        match &hook {
+            Some(hook) => hook(connection, metadata),
+            None => Box::pin(async { Ok(()) }),
+        }
+    })
+}
+
+/// Counts a connection the pool could not open, by the class of its failure.
+pub(crate) fn count_failed_connection(error: &crate::ConnectError) {
+    use crate::ConnectError;
+    let outcome = match error {
+        ConnectError::Authentication(_) | ConnectError::Server { .. } => "refused",
+        ConnectError::Unreachable { .. } => "unreachable",
+        ConnectError::Tls { .. } => "tls",
+        ConnectError::Credential(_) => "no_token",
+        _ => "other",
+    };
+    metrics::counter!(crate::metrics::POOL_CONNECTIONS_OPENED, "outcome" => outcome).increment(1);
+}
+
+/// How often the pool's shape is sampled into [`crate::metrics::POOL_CONNECTIONS`].
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Samples the pool's idle and used connections every few seconds, until it is closed (sqlx offers no
+/// hook on checkout or return).
+pub(crate) async fn sample_connections(pool: sqlx::PgPool) {
+    while !pool.is_closed() {
+        let (size, idle) = (pool.size(), pool.num_idle() as u32);
+        metrics::gauge!(crate::metrics::POOL_CONNECTIONS, "state" => "idle").set(idle);
+        metrics::gauge!(crate::metrics::POOL_CONNECTIONS, "state" => "used")
+            .set(size.saturating_sub(idle));
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+}

@@ -40,6 +40,9 @@ impl RefusalEndpoint {
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
+                        // A new physical connection of the pool, refused for want of a valid token.
+                        metrics::counter!(crate::metrics::POOL_CONNECTIONS_OPENED, "outcome" => "no_token")
+                            .increment(1);
                         let text = message();
                         tokio::spawn(async move {
                             let refused = tokio::time::timeout(

@@ -87,6 +87,26 @@ async fn wait_until_listening(port: u16) {
     }
 }
 
+/// `GET /metrics`' body.
+async fn scrape_metrics(port: u16) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .expect("an HTTP response")
+}
+
 /// `GET /healthz`: the status code and body.
 async fn healthz(port: u16) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
@@ -111,8 +131,9 @@ async fn healthz(port: u16) -> std::io::Result<(u16, String)> {
 async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh_db: TestDatabase) {
     // Scenario: the example service runs with 8 s tokens and connections recycled every second; for 26 s
     // (three token lifetimes and more) /healthz is asked ten times a second. Every answer is 200, new
-    // connections presented at least four different tokens, the server never saw an expired one, and
-    // nothing the service printed at trace level holds a token or password.
+    // connections presented at least four different tokens, the server never saw an expired one, its
+    // /metrics counts the token requests and the connections opened, and nothing the service printed at
+    // trace level holds a token or password.
     let db = fresh_db;
     let sa_token = ServiceAccountToken::default().encode();
     let dir = tempfile::tempdir().expect("dir");
@@ -172,6 +193,24 @@ async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh
     let tokens: BTreeSet<i64> = checks.iter().filter_map(|c| c.expires_at).collect();
     assert!(tokens.len() >= 4, "{checks:?}");
     assert!(entra.request_count() >= 4);
+    let exposition = scrape_metrics(port).await;
+    let value = |series: &str| {
+        exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series}:\n{exposition}"))
+    };
+    let requests = "pgwi_token_requests_total{source=\"workload-identity\",outcome=\"success\"}";
+    assert!(value(requests) >= 4.0, "{exposition}");
+    assert!(value("pgwi_token_expiry_timestamp_seconds") > 0.0);
+    // Connections recycled every second, each new one logging in: many opened, none failed.
+    let opened = "pgwi_pool_connections_opened_total{outcome=\"success\"}";
+    assert!(value(opened) >= 4.0, "{exposition}");
+    assert!(!exposition.contains("outcome=\"refused\""), "{exposition}");
+    assert!(
+        exposition.contains("pgwi_pool_connections{state=\"idle\"}"),
+        "{exposition}"
+    );
     drop(service);
     for stream in ["stdout", "stderr"] {
         let output = std::fs::read_to_string(dir.path().join(stream)).expect("output");
