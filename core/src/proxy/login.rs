@@ -104,85 +104,38 @@ impl Proxy {
         C: AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
     {
-        // The token is taken again when the server asks for it: the local password exchange and the
-        // connection to the server took time, and what is presented must be usable at that moment.
-        let mut presented: Option<Token> = None;
-        let mut scram: Option<scram::Client> = None;
-        // Whether the server proved it knows the password too (its SASLFinal): required before `R 0`.
-        let mut verified = false;
+        let mut exchange = Exchange::default();
         let mut pending = Vec::new();
         loop {
             let message = protocol::read_message(upstream).await?;
+            let data = message.body.get(4..).unwrap_or_default();
             match (message.tag, message.int32(0)) {
                 (b'R', Some(protocol::AUTH_OK)) => {
-                    if scram.is_some() && !verified {
-                        return Err(SessionError::Upstream(
-                            "the server ended the SCRAM-SHA-256 exchange without its final message, \
-                             so it never proved that it knows the password; not trusting it"
-                                .into(),
-                        ));
-                    }
+                    exchange.check_server_proved_itself()?;
                     pending.extend(message.encode());
                     break;
                 }
                 (b'R', Some(protocol::AUTH_CLEARTEXT)) => {
-                    let token = self.token_for_server(client, &mut presented).await?;
+                    let token = self
+                        .token_for_server(client, &mut exchange.presented)
+                        .await?;
                     let packet = password_message(token.secret().expose().as_bytes());
                     upstream.write_all(&packet).await?;
                 }
                 (b'R', Some(protocol::AUTH_SASL)) => {
-                    let mechanisms = protocol::sasl_mechanisms(&message.body[4..]);
-                    if !mechanisms.iter().any(|m| m == scram::MECHANISM) {
-                        return Err(SessionError::Upstream(format!(
-                            "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
-                        )));
-                    }
-                    self.token_for_server(client, &mut presented).await?;
-                    let (state, first) = scram::Client::start()?;
-                    scram = Some(state);
-                    let initial =
-                        protocol::sasl_initial_response(scram::MECHANISM, first.as_bytes());
-                    upstream.write_all(&initial).await?;
+                    self.token_for_server(client, &mut exchange.presented)
+                        .await?;
+                    upstream.write_all(&exchange.start_scram(data)?).await?;
                 }
                 (b'R', Some(protocol::AUTH_SASL_CONTINUE)) => {
-                    let state = scram.take().ok_or_else(|| {
-                        SessionError::Upstream("SASL continue before SASL start".into())
-                    })?;
-                    let server_first = String::from_utf8_lossy(&message.body[4..]).into_owned();
-                    let password = Zeroizing::new(
-                        presented
-                            .as_ref()
-                            .map(|t| t.secret().expose().to_owned())
-                            .unwrap_or_default(),
-                    );
-                    let (state, last) = scram_client_final(state, server_first, password).await?;
-                    scram = Some(state);
                     upstream
-                        .write_all(&protocol::with_length(Some(b'p'), last.into_bytes()))
+                        .write_all(&exchange.continue_scram(data).await?)
                         .await?;
                 }
-                (b'R', Some(protocol::AUTH_SASL_FINAL)) => {
-                    let state = scram.as_ref().ok_or_else(|| {
-                        SessionError::Upstream("SASL final before SASL start".into())
-                    })?;
-                    state.verify(&String::from_utf8_lossy(&message.body[4..]))?;
-                    verified = true;
-                }
-                (b'R', Some(protocol::AUTH_MD5)) => {
-                    return Err(SessionError::Upstream(
-                        "the server asks for an MD5 password; pgwi proxy answers cleartext password \
-                         requests (Entra ID tokens, over TLS) and SCRAM-SHA-256: use scram-sha-256 for \
-                         this role"
-                            .into(),
-                    ));
-                }
-                (b'R', subtype) => {
-                    return Err(SessionError::Upstream(format!(
-                        "the server asks for an authentication method pgwi proxy does not speak ({subtype:?})"
-                    )));
-                }
+                (b'R', Some(protocol::AUTH_SASL_FINAL)) => exchange.finish_scram(data)?,
+                (b'R', subtype) => return Err(unspoken_method(subtype)),
                 (b'E', _) => {
-                    let token = presented.as_ref().unwrap_or(token);
+                    let token = exchange.presented.as_ref().unwrap_or(token);
                     let error = self.diagnose(&message, user, token, log.database.as_deref());
                     let _ = client.write_all(&error.packet).await;
                     return Err(SessionError::Refused(error.summary));
@@ -245,6 +198,91 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Where the answer to the server's authentication stands.
+#[derive(Default)]
+struct Exchange {
+    /// The token taken when the server asked for it: it must be usable at that moment, after the local
+    /// password exchange and the connection to the server took their time.
+    presented: Option<Token>,
+    /// The SCRAM exchange, for a static password.
+    scram: Option<scram::Client>,
+    /// Whether the server proved it knows the password too (its SASLFinal): required before `R 0`.
+    verified: bool,
+}
+
+impl Exchange {
+    /// `AuthenticationOk` counts only from a server that, in a SCRAM exchange, proved the password.
+    fn check_server_proved_itself(&self) -> Result<(), SessionError> {
+        if self.scram.is_some() && !self.verified {
+            return Err(SessionError::Upstream(
+                "the server ended the SCRAM-SHA-256 exchange without its final message, so it never \
+                 proved that it knows the password; not trusting it"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SASLInitialResponse to an `AuthenticationSASL` offering `mechanisms`.
+    fn start_scram(&mut self, mechanisms: &[u8]) -> Result<Vec<u8>, SessionError> {
+        let mechanisms = protocol::sasl_mechanisms(mechanisms);
+        if !mechanisms.iter().any(|m| m == scram::MECHANISM) {
+            return Err(SessionError::Upstream(format!(
+                "the server offers SASL mechanisms {mechanisms:?}, not SCRAM-SHA-256"
+            )));
+        }
+        let (state, first) = scram::Client::start()?;
+        self.scram = Some(state);
+        Ok(protocol::sasl_initial_response(
+            scram::MECHANISM,
+            first.as_bytes(),
+        ))
+    }
+
+    /// The client-final message answering the server-first one, proving the presented password.
+    async fn continue_scram(&mut self, server_first: &[u8]) -> Result<Vec<u8>, SessionError> {
+        let state = self
+            .scram
+            .take()
+            .ok_or_else(|| SessionError::Upstream("SASL continue before SASL start".into()))?;
+        let server_first = String::from_utf8_lossy(server_first).into_owned();
+        let password = Zeroizing::new(
+            self.presented
+                .as_ref()
+                .map(|t| t.secret().expose().to_owned())
+                .unwrap_or_default(),
+        );
+        let (state, last) = scram_client_final(state, server_first, password).await?;
+        self.scram = Some(state);
+        Ok(protocol::with_length(Some(b'p'), last.into_bytes()))
+    }
+
+    /// Checks the server's final message: its proof that it knows the password.
+    fn finish_scram(&mut self, server_final: &[u8]) -> Result<(), SessionError> {
+        let state = self
+            .scram
+            .as_ref()
+            .ok_or_else(|| SessionError::Upstream("SASL final before SASL start".into()))?;
+        state.verify(&String::from_utf8_lossy(server_final))?;
+        self.verified = true;
+        Ok(())
+    }
+}
+
+/// The server asks for a method the proxy does not answer (MD5, Kerberos, …).
+fn unspoken_method(subtype: Option<i32>) -> SessionError {
+    if subtype == Some(protocol::AUTH_MD5) {
+        return SessionError::Upstream(
+            "the server asks for an MD5 password; pgwi proxy answers cleartext password requests (Entra \
+             ID tokens, over TLS) and SCRAM-SHA-256: use scram-sha-256 for this role"
+                .into(),
+        );
+    }
+    SessionError::Upstream(format!(
+        "the server asks for an authentication method pgwi proxy does not speak ({subtype:?})"
+    ))
 }
 
 /// A `PasswordMessage` carrying `secret`, built in one buffer of its final size that is wiped when dropped
