@@ -111,8 +111,61 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
         checks: Vec::new(),
         ok: true,
     };
-    let loaded = match pgwi_core::config::load(sources) {
-        Ok(loaded) => loaded,
+    let Some(loaded) = check_configuration(&mut report, sources) else {
+        return report;
+    };
+    let config = &loaded.config;
+    let registry = SourceRegistry::default();
+    let (credential, chain) = build_credential(&registry, &config.credential, ctx);
+    let token = match &credential {
+        Ok(credential) => Some(credential.token().await),
+        Err(_) => None,
+    };
+    report_inputs(&mut report, &registry, &loaded, chain.as_deref(), ctx);
+    let credential = match credential {
+        Ok(credential) => credential,
+        Err(e) => {
+            report.push(
+                "token",
+                Status::Failed,
+                e.problem(),
+                Some(e.fix().to_owned()),
+            );
+            return network_checks(report, &loaded, None).await;
+        }
+    };
+    match token {
+        Some(Ok(token)) => {
+            report.push(
+                "token",
+                Status::Ok,
+                describe_token(&token, &credential),
+                None,
+            );
+            network_checks(report, &loaded, Some(credential)).await
+        }
+        Some(Err(e)) => {
+            report.push(
+                "token",
+                Status::Failed,
+                describe(&e),
+                Some(e.fix().to_owned()),
+            );
+            network_checks(report, &loaded, None).await
+        }
+        None => network_checks(report, &loaded, None).await,
+    }
+}
+
+/// The `configuration` and `sslmode` lines; the configuration, unless it does not load (then every later
+/// check is skipped).
+fn check_configuration(report: &mut Report, sources: &ConfigSources) -> Option<LoadedConfig> {
+    match pgwi_core::config::load(sources) {
+        Ok(loaded) => {
+            report.push("configuration", Status::Ok, describe_config(&loaded), None);
+            check_sslmode(report, &loaded.config.database);
+            Some(loaded)
+        }
         Err(e) => {
             report.push(
                 "configuration",
@@ -121,41 +174,49 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
                 Some("fix the value named above (pgwi.example.toml documents every key)".into()),
             );
             report.skip(&AFTER_CONFIG, "needs a valid configuration");
-            return report;
+            None
         }
-    };
-    report.push("configuration", Status::Ok, describe_config(&loaded), None);
-    let config = &loaded.config;
-    check_sslmode(&mut report, &config.database);
+    }
+}
 
-    let registry = SourceRegistry::default();
-    let auto = config.credential.kind.trim() == pgwi_credentials::AUTO;
-    let (built, chain) = if auto {
-        match registry.build_chain(&config.credential, ctx) {
+/// The configured source behind a cache, and `auto`'s chain (for its lines) when that is the kind.
+fn build_credential(
+    registry: &SourceRegistry,
+    config: &pgwi_credentials::CredentialConfig,
+    ctx: &SourceContext,
+) -> (
+    Result<Arc<CachedTokenSource>, pgwi_credentials::CredentialError>,
+    Option<Arc<pgwi_credentials::ChainSource>>,
+) {
+    let (built, chain) = if config.kind.trim() == pgwi_credentials::AUTO {
+        match registry.build_chain(config, ctx) {
             Ok(chain) => (Ok(chain.clone() as Arc<dyn TokenSource>), Some(chain)),
             Err(e) => (Err(e), None),
         }
     } else {
-        (registry.build(&config.credential, ctx), None)
+        (registry.build(config, ctx), None)
     };
-    let credential = built.map(|source| {
-        Arc::new(CachedTokenSource::new(
-            source,
-            config.credential.cache_options(),
-        ))
-    });
-    let token = match &credential {
-        Ok(credential) => Some(credential.token().await),
-        Err(_) => None,
-    };
+    let cached =
+        built.map(|source| Arc::new(CachedTokenSource::new(source, config.cache_options())));
+    (cached, chain)
+}
 
-    // `auto`: one line per source of the chain, then the inputs of the one chosen (or that stopped it).
-    let kind = if auto {
-        let steps = match &chain {
+/// `auto`: one line per source of the chain; then the inputs of the kind in use (or of the one that
+/// stopped the chain), in its own words (`SourceKind::inputs`).
+fn report_inputs(
+    report: &mut Report,
+    registry: &SourceRegistry,
+    loaded: &LoadedConfig,
+    chain: Option<&pgwi_credentials::ChainSource>,
+    ctx: &SourceContext,
+) {
+    let config = &loaded.config.credential;
+    let kind = if config.kind.trim() == pgwi_credentials::AUTO {
+        let steps = match chain {
             Some(chain) => chain.steps(),
-            None => static_steps(&registry, &loaded, ctx),
+            None => static_steps(registry, loaded, ctx),
         };
-        report_chain(&mut report, &steps);
+        report_chain(report, &steps);
         steps
             .iter()
             .find(|step| {
@@ -168,11 +229,10 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
             })
             .map(|step| step.kind.clone())
     } else {
-        Some(config.credential.kind.trim().to_owned())
+        Some(config.kind.trim().to_owned())
     };
     match kind {
-        // What the kind reads, in its own words (`SourceKind::inputs`).
-        Some(kind) => match registry.inputs(&kind, &config.credential, ctx) {
+        Some(kind) => match registry.inputs(&kind, config, ctx) {
             Ok(detail) => report.push("credential inputs", Status::Ok, detail, None),
             Err(e) => report.push(
                 "credential inputs",
@@ -191,45 +251,20 @@ pub async fn run(sources: &ConfigSources, ctx: &SourceContext) -> Report {
             ),
         ),
     }
+}
 
-    let credential = match credential {
-        Ok(credential) => credential,
-        Err(e) => {
-            report.push(
-                "token",
-                Status::Failed,
-                e.problem(),
-                Some(e.fix().to_owned()),
-            );
-            return network_checks(report, &loaded, None).await;
-        }
-    };
-    match token {
-        Some(Ok(token)) => {
-            let detail = match (
-                token.expires_at(),
-                token.claims().and_then(|c| c.database_user()),
-            ) {
-                (Some(expiry), Some(name)) => format!(
-                    "from {}, expires {expiry}, identity {name}",
-                    credential.info()
-                ),
-                (Some(expiry), None) => format!("from {}, expires {expiry}", credential.info()),
-                _ => format!("a static password from {}", credential.info()),
-            };
-            report.push("token", Status::Ok, detail, None);
-            network_checks(report, &loaded, Some(credential)).await
-        }
-        Some(Err(e)) => {
-            report.push(
-                "token",
-                Status::Failed,
-                describe(&e),
-                Some(e.fix().to_owned()),
-            );
-            network_checks(report, &loaded, None).await
-        }
-        None => network_checks(report, &loaded, None).await,
+/// The `token` line for a token the source gave: where from, its expiry and identity, never the token.
+fn describe_token(token: &pgwi_credentials::Token, credential: &CachedTokenSource) -> String {
+    match (
+        token.expires_at(),
+        token.claims().and_then(|c| c.database_user()),
+    ) {
+        (Some(expiry), Some(name)) => format!(
+            "from {}, expires {expiry}, identity {name}",
+            credential.info()
+        ),
+        (Some(expiry), None) => format!("from {}, expires {expiry}", credential.info()),
+        _ => format!("a static password from {}", credential.info()),
     }
 }
 
