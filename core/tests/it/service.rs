@@ -211,6 +211,8 @@ async fn the_service_example_serves_through_token_rotations(#[future(awt)] fresh
         exposition.contains("pgwi_pool_connections{state=\"idle\"}"),
         "{exposition}"
     );
+    // Shown with --nocapture: what an operator's scrape returns.
+    println!("{exposition}");
     drop(service);
     for stream in ["stdout", "stderr"] {
         let output = std::fs::read_to_string(dir.path().join(stream)).expect("output");

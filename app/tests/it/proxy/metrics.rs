@@ -138,6 +138,8 @@ async fn the_proxy_counts_its_sessions_refusals_and_bytes_for_prometheus(
         );
     }
     promtool_check(&exposition);
+    // Shown with --nocapture: what an operator's scrape returns.
+    println!("{exposition}");
     running.stop().await;
 }
 
