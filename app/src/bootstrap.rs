@@ -242,14 +242,16 @@ pub struct BootstrapArgs {
 impl BootstrapArgs {
     /// The flags over the `admin` section; a missing value is a configuration error naming both.
     fn resolve(self, admin: AdminConfig) -> Result<Bootstrap, pgwi_core::ConfigError> {
-        let missing = |flag: &str, key: &str| pgwi_core::ConfigError::Rejected {
-            key: format!("admin.{key}"),
-            origin: "nowhere".into(),
-            problem: "is not set".into(),
-            fix: format!(
-                "pass {flag} or set admin.{key} (PGWI_ADMIN__{})",
-                key.to_ascii_uppercase()
-            ),
+        let missing = |flag: &str, key: &str| {
+            pgwi_core::ConfigError::rejected(
+                format!("admin.{key}"),
+                "nowhere",
+                "is not set",
+                format!(
+                    "pass {flag} or set admin.{key} (PGWI_ADMIN__{})",
+                    key.to_ascii_uppercase()
+                ),
+            )
         };
         Ok(Bootstrap {
             identity_name: self

@@ -148,9 +148,9 @@ fn describe_cause(error: &anyhow::Error) -> String {
     for cause in error.chain() {
         if let Some(db) = database_error(cause)
             && let Some(code) = db.code()
-            && let Some(fix) = pgwi_core::fix_for_sqlstate(&code)
+            && let Some(server) = pgwi_core::ConnectError::for_sqlstate(&code, db.message())
         {
-            return format!("{error}: {} (SQLSTATE {code}); {fix}", db.message());
+            return format!("{error}: {server}");
         }
     }
     let mut parts: Vec<String> = Vec::new();

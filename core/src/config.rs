@@ -168,6 +168,23 @@ impl Default for DatabaseConfig {
     }
 }
 
+impl DatabaseConfig {
+    /// The server's host and port: `database.host` split (`host:port`, the demo's `DBHOST` form), the port
+    /// `database.port` unless the host names one.
+    pub(crate) fn host_and_port(&self) -> Result<(String, u16), ConfigError> {
+        let (host, port) =
+            split_host_port(self.host.as_deref().unwrap_or_default()).map_err(|problem| {
+                ConfigError::rejected(
+                    "database.host",
+                    "configuration",
+                    problem,
+                    "write host or host:port",
+                )
+            })?;
+        Ok((host, port.unwrap_or(self.port)))
+    }
+}
+
 /// Accepts strings and, because environment values are parsed, numbers and booleans as text.
 mod text {
     use serde::{Deserialize, Deserializer};
@@ -461,11 +478,11 @@ pub fn load_unchecked(sources: &ConfigSources) -> Result<LoadedConfig, ConfigErr
     if let Some(unknown) = tables.keys().find(|key| {
         !["database", "credential"].contains(&key.as_str()) && !sources.app_sections.contains(key)
     }) {
-        return Err(ConfigError::Rejected {
-            key: unknown.clone(),
-            origin: origin(&figment, &profile, unknown),
-            problem: "is not a known section".into(),
-            fix: format!(
+        return Err(ConfigError::rejected(
+            unknown.clone(),
+            origin(&figment, &profile, unknown),
+            "is not a known section",
+            format!(
                 "known sections: database, credential{}",
                 sources
                     .app_sections
@@ -473,7 +490,7 @@ pub fn load_unchecked(sources: &ConfigSources) -> Result<LoadedConfig, ConfigErr
                     .map(|s| format!(", {s}"))
                     .collect::<String>()
             ),
-        });
+        ));
     }
     let config: Config = figment.extract().map_err(invalid)?;
     Ok(LoadedConfig {
@@ -639,12 +656,7 @@ impl Unset<'_> {
                 )
             }
         };
-        ConfigError::Rejected {
-            key: key.into(),
-            origin: "nowhere".into(),
-            problem: "is not set".into(),
-            fix,
-        }
+        ConfigError::rejected(key, "nowhere", "is not set", fix)
     }
 }
 
@@ -654,11 +666,8 @@ fn check(
     unset: &Unset<'_>,
 ) -> Result<(), ConfigError> {
     let db = &config.database;
-    let reject = |key: &str, problem: String, fix: &str| ConfigError::Rejected {
-        key: key.into(),
-        origin: origin(key),
-        problem,
-        fix: fix.into(),
+    let reject = |key: &str, problem: String, fix: &str| {
+        ConfigError::rejected(key, origin(key), problem, fix)
     };
     let host = db
         .host

@@ -12,6 +12,7 @@ pub mod az;
 pub mod certificate;
 pub mod entra;
 pub mod fixtures;
+pub mod http;
 pub mod jwt;
 pub mod logs;
 pub mod managed_identity;

@@ -1,7 +1,7 @@
 //! Why connecting failed, in words a person can act on: one line per cause, with the fix, never the
 //! password. Server errors are classified by SQLSTATE rather than passed on as sqlx's chain.
 
-use pgwi_credentials::CredentialError;
+use pgwi_credentials::{CredentialError, Token};
 use sea_orm::sqlx;
 
 use crate::config::{ConfigError, SslMode};
@@ -36,8 +36,9 @@ pub enum ConnectError {
     },
     /// The server could not be reached within the connect timeout.
     #[error(
-        "could not reach PostgreSQL at {host}:{port} within {waited_secs}s ({last}); check database.host and \
-         database.port, DNS, firewall rules or private endpoint, and that the server is running"
+        "could not reach PostgreSQL at {host}:{port} {} ({last}); check database.host and database.port, \
+         DNS, firewall rules or private endpoint, and that the server is running",
+        how_long(*.waited_secs)
     )]
     Unreachable {
         /// Server host.
@@ -90,21 +91,45 @@ impl ConnectError {
         let Some(db) = error.as_database_error() else {
             return Self::Database(error);
         };
-        let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-        match fix_for_sqlstate(&code) {
-            Some(fix) => Self::Server {
-                message: db.message().to_owned(),
-                code,
-                fix: fix.to_owned(),
-            },
-            None => Self::Database(error),
+        let server = Self::for_sqlstate(&db.code().unwrap_or_default(), db.message());
+        server.unwrap_or(Self::Database(error))
+    }
+
+    /// What to do about a server error once the server has accepted the password: 28000 then means the
+    /// role may not log in; other SQLSTATEs as [`fix_for_sqlstate`].
+    pub(crate) fn fix_after_login(code: &str) -> Option<&'static str> {
+        match code {
+            "28000" => Some(
+                "the role was authenticated but may not log in: an administrator must grant it LOGIN \
+                 (ALTER ROLE … LOGIN), or connect as another role",
+            ),
+            other => fix_for_sqlstate(other),
         }
+    }
+
+    /// The server's error as [`ConnectError::Server`], with its fix, when the SQLSTATE says what to do
+    /// ([`fix_for_sqlstate`]).
+    pub fn for_sqlstate(code: &str, message: &str) -> Option<Self> {
+        fix_for_sqlstate(code).map(|fix| Self::Server {
+            code: code.to_owned(),
+            message: message.to_owned(),
+            fix: fix.to_owned(),
+        })
     }
 }
 
 impl From<sqlx::Error> for ConnectError {
     fn from(error: sqlx::Error) -> Self {
         Self::from_sqlx(error)
+    }
+}
+
+/// How long the attempts took, for [`ConnectError::Unreachable`]: "within 0s" would read as a timeout too
+/// short to try, when the refusal came at once.
+fn how_long(waited_secs: u64) -> String {
+    match waited_secs {
+        0 => "at once".into(),
+        secs => format!("within {secs}s"),
     }
 }
 
@@ -154,4 +179,67 @@ pub struct AuthenticationFailure {
     pub message: String,
     /// The token's `aud` claim, or a note that there was none.
     pub audience: String,
+}
+
+impl AuthenticationFailure {
+    /// The refusal of `user` on `database` at `host:port` (the server's `code` and `message`), with the
+    /// audience of the `token` presented.
+    pub(crate) fn new(
+        host: &str,
+        port: u16,
+        user: &str,
+        database: &str,
+        code: &str,
+        message: &str,
+        token: &Token,
+    ) -> Self {
+        Self {
+            host: host.to_owned(),
+            port,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            code: code.to_owned(),
+            message: message.to_owned(),
+            audience: super::audience(token),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectError;
+
+    fn unreachable(waited_secs: u64) -> String {
+        ConnectError::Unreachable {
+            host: "db.example".into(),
+            port: 5432,
+            waited_secs,
+            last: "Connection refused (os error 111)".into(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn an_immediate_refusal_says_at_once_not_within_zero_seconds() {
+        let message = unreachable(0);
+        assert!(
+            message.starts_with(
+                "could not reach PostgreSQL at db.example:5432 at once (Connection refused (os error 111)); \
+                 check database.host"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains("within 0s"), "{message}");
+    }
+
+    #[test]
+    fn a_refusal_after_retries_says_how_long_they_took() {
+        let message = unreachable(30);
+        assert!(
+            message.starts_with(
+                "could not reach PostgreSQL at db.example:5432 within 30s (Connection refused (os error 111))"
+            ),
+            "{message}"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pgwi_credentials::{CachedTokenSource, SourceContext, SourceRegistry, Token, TokenSource};
 
 use super::ConnectError;
-use crate::config::{Config, ConfigError, DatabaseConfig, split_host_port};
+use crate::config::{Config, ConfigError, DatabaseConfig};
 
 /// The token source and the server, settled from the configuration; nothing asked of either yet.
 pub(crate) struct Plan {
@@ -44,7 +44,7 @@ impl Plan {
         };
         let skew = Duration::from_secs(config.credential.expiry_skew_secs);
         check_cache_timing(&credential, skew)?;
-        let (host, port) = resolve_host(&config.database)?;
+        let (host, port) = config.database.host_and_port()?;
         Ok(Self {
             credential,
             skew,
@@ -82,29 +82,15 @@ pub(crate) fn user_from_token(db: &DatabaseConfig) -> bool {
 fn check_cache_timing(credential: &CachedTokenSource, skew: Duration) -> Result<(), ConnectError> {
     let problem = pgwi_credentials::validity::cache_timing_problem(&credential.options(), skew);
     match problem {
-        Some(problem) => Err(ConnectError::Config(ConfigError::Rejected {
-            key: "credential.expiry_skew_secs".into(),
-            origin: "the configuration and the CachedTokenSource given to pgwi".into(),
+        Some(problem) => Err(ConnectError::Config(ConfigError::rejected(
+            "credential.expiry_skew_secs",
+            "the configuration and the CachedTokenSource given to pgwi",
             problem,
-            fix: "give the cache a refresh_margin above the skew and a fetch_timeout of at most half \
-                  the margin (CredentialConfig::cache_options builds them from the configuration)"
-                .into(),
-        })),
+            "give the cache a refresh_margin above the skew and a fetch_timeout of at most half the \
+             margin (CredentialConfig::cache_options builds them from the configuration)",
+        ))),
         None => Ok(()),
     }
-}
-
-fn resolve_host(db: &DatabaseConfig) -> Result<(String, u16), ConnectError> {
-    let raw = db.host.clone().unwrap_or_default();
-    let (host, port) = split_host_port(&raw).map_err(|problem| {
-        ConnectError::Config(ConfigError::Rejected {
-            key: "database.host".into(),
-            origin: "configuration".into(),
-            problem,
-            fix: "write host or host:port".into(),
-        })
-    })?;
-    Ok((host, port.unwrap_or(db.port)))
 }
 
 fn resolve_user(
@@ -122,11 +108,11 @@ fn resolve_user(
             }),
         Some(user) => Ok(user.to_owned()),
         // The check before connecting refuses a missing user: an error here rather than a panic.
-        None => Err(ConnectError::Config(ConfigError::Rejected {
-            key: "database.user".into(),
-            origin: "nowhere".into(),
-            problem: "is not set".into(),
-            fix: "set database.user".into(),
-        })),
+        None => Err(ConnectError::Config(ConfigError::rejected(
+            "database.user",
+            "nowhere",
+            "is not set",
+            "set database.user",
+        ))),
     }
 }

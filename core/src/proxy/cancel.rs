@@ -125,7 +125,7 @@ impl Proxy {
         key: &[u8],
         log: &mut SessionLog,
     ) -> Result<(), SessionError> {
-        let Some(forwarding) = self.inner.cancel_keys.forward(key) else {
+        let Some(forwarding) = self.shared.cancel_keys.forward(key) else {
             metrics::counter!(crate::metrics::PROXY_CANCEL_REQUESTS, "outcome" => "dropped")
                 .increment(1);
             // Logged at debug: a flood of random keys must not flood the log either.
@@ -141,7 +141,7 @@ impl Proxy {
             .get(..4)
             .and_then(|pid| Some(i32::from_be_bytes(pid.try_into().ok()?)));
         let forwarded = tokio::time::timeout(CANCEL_TIMEOUT, async {
-            let mut upstream = self.inner.target.open().await?;
+            let mut upstream = self.shared.target.open().await?;
             upstream
                 .write_all(&protocol::cancel_request(upstream_key))
                 .await?;

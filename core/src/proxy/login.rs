@@ -33,14 +33,14 @@ impl Proxy {
         U: AsyncRead + AsyncWrite + Unpin,
     {
         let auth = tokio::time::timeout(
-            self.inner.connect_timeout,
+            self.shared.connect_timeout,
             self.authenticate(client, upstream, token, user, log),
         )
         .await
         .unwrap_or_else(|_| {
             Err(SessionError::Upstream(format!(
                 "the server did not finish authentication within {}s",
-                self.inner.connect_timeout.as_secs()
+                self.shared.connect_timeout.as_secs()
             )))
         });
         let error = match auth {
@@ -64,9 +64,9 @@ impl Proxy {
     }
 
     pub(super) fn unreachable(&self, error: io::Error) -> ConnectError {
-        self.inner
+        self.shared
             .target
-            .unreachable(self.inner.connect_timeout.as_secs(), &error)
+            .unreachable(self.shared.connect_timeout.as_secs(), &error)
     }
 
     /// A token usable now for the server's password request, kept in `presented` for the rest of the
@@ -171,7 +171,7 @@ impl Proxy {
             match message.tag {
                 b'K' if message.body.len() >= 8 && issued.is_none() => {
                     log.upstream_pid = message.int32(0);
-                    let key = self.inner.cancel_keys.issue(message.body).ok_or_else(|| {
+                    let key = self.shared.cancel_keys.issue(message.body).ok_or_else(|| {
                         SessionError::Upstream("no random numbers for a cancel key".into())
                     })?;
                     pending.extend(protocol::with_length(Some(b'K'), key.client_key().to_vec()));

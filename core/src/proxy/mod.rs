@@ -89,10 +89,12 @@ pub(crate) const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Clone)]
 pub struct Proxy {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
-struct Inner {
+/// What every session of the proxy shares: the server and the user to log in as, the limits, the session
+/// slots, the cancel keys and the token keeper.
+struct Shared {
     target: upstream::Target,
     configured_user: Option<String>,
     connect_timeout: Duration,
@@ -111,11 +113,11 @@ struct Inner {
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("host", &self.inner.target.host)
-            .field("port", &self.inner.target.port)
+            .field("host", &self.shared.target.host)
+            .field("port", &self.shared.target.port)
             .field(
                 "credential",
-                &self.inner.keeper.credential().info().to_string(),
+                &self.shared.keeper.credential().info().to_string(),
             )
             .finish_non_exhaustive()
     }
@@ -228,7 +230,7 @@ impl Proxy {
             tls,
         };
         Ok(Self {
-            inner: Arc::new(Inner {
+            shared: Arc::new(Shared {
                 target,
                 configured_user,
                 connect_timeout: Duration::from_secs(db.connect_timeout_secs),
@@ -245,22 +247,22 @@ impl Proxy {
 
     /// The user sessions log in as now (from the token's claims with `user = "auto"`).
     pub fn user(&self) -> Option<String> {
-        self.user_for(&self.inner.keeper.held().token)
+        self.user_for(&self.shared.keeper.held().token)
     }
 
     /// The limits the proxy was started with.
     pub fn options(&self) -> &ProxyOptions {
-        &self.inner.options
+        &self.shared.options
     }
 
     /// The server, as `host:port` (or the socket directory and port).
     pub fn upstream(&self) -> String {
-        format!("{}:{}", self.inner.target.host, self.inner.target.port)
+        format!("{}:{}", self.shared.target.host, self.shared.target.port)
     }
 
     /// Whether a token usable for new sessions is held (for a health endpoint); asks nothing upstream.
     pub fn health(&self) -> Health {
-        let keeper = &self.inner.keeper;
+        let keeper = &self.shared.keeper;
         let held = keeper.held();
         if held.usable_now(keeper.skew()) {
             return Health::Ready {
@@ -276,7 +278,7 @@ impl Proxy {
     }
 
     fn user_for(&self, token: &Token) -> Option<String> {
-        match &self.inner.configured_user {
+        match &self.shared.configured_user {
             Some(user) => Some(user.clone()),
             None => token.claims().and_then(|c| c.database_user()),
         }
@@ -285,7 +287,7 @@ impl Proxy {
     /// A token that may be presented now: before its expiry less the skew allowance (the cache serves its
     /// last good token while the source fails, up to its expiry), else the credential's error.
     async fn token_now(&self) -> Result<Token, CredentialError> {
-        let keeper = &self.inner.keeper;
+        let keeper = &self.shared.keeper;
         let credential = keeper.credential();
         let token = credential.token().await?;
         let received = keeper.note(&token);

@@ -174,7 +174,7 @@ impl ProxyServer {
             }
         }
         raise_open_files_limit(self.proxy.options().max_clients, self.listen.len());
-        let state = Arc::new(State {
+        let state = Arc::new(ServerState {
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -229,7 +229,7 @@ impl ProxyServer {
 
 /// A server whose listeners are bound and accepting.
 pub struct BoundProxyServer {
-    state: Arc<State>,
+    state: Arc<ServerState>,
     loops: Vec<tokio::task::JoinHandle<()>>,
     addresses: Vec<String>,
     health: Option<SocketAddr>,
@@ -290,7 +290,7 @@ impl BoundProxyServer {
 }
 
 /// What the listeners, sessions and health endpoint share.
-pub(super) struct State {
+pub(super) struct ServerState {
     pub(super) draining: AtomicBool,
     /// Connections being served (sessions, clients in their start-up, cancel requests).
     pub(super) sessions: AtomicUsize,
@@ -306,10 +306,10 @@ pub(super) struct State {
 }
 
 /// Counts an open connection; notifies when the last one ends.
-struct SessionGuard(Arc<State>);
+struct SessionGuard(Arc<ServerState>);
 
 impl SessionGuard {
-    fn new(state: &Arc<State>) -> Self {
+    fn new(state: &Arc<ServerState>) -> Self {
         state.sessions.fetch_add(1, Ordering::SeqCst);
         Self(state.clone())
     }
@@ -326,7 +326,7 @@ impl Drop for SessionGuard {
 /// What every connection of a listener is served with.
 struct Served {
     proxy: Proxy,
-    state: Arc<State>,
+    state: Arc<ServerState>,
     secret: Option<Arc<LocalSecret>>,
     tls: Option<ClientTls>,
 }
@@ -502,7 +502,7 @@ fn raise_open_files_limit(max_clients: usize, listeners: usize) {
     }
 }
 
-async fn wait_idle(state: &State) {
+async fn wait_idle(state: &ServerState) {
     loop {
         let idle = state.idle.notified();
         if state.sessions.load(Ordering::SeqCst) == 0 {

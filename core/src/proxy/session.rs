@@ -55,7 +55,7 @@ impl Proxy {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let deadline = self.inner.options.startup_timeout;
+        let deadline = self.shared.options.startup_timeout;
         let start_up = tokio::time::timeout(deadline, self.start_up(client, who, log))
             .await
             .map_err(|_| {
@@ -78,11 +78,11 @@ impl Proxy {
         // Past its start-up the client leaves its listener's budget and needs one of the session slots.
         drop(who.admission.take());
         log.started_up = true;
-        let Ok(_slot) = self.inner.sessions.clone().try_acquire_owned() else {
+        let Ok(_slot) = self.shared.sessions.clone().try_acquire_owned() else {
             log.refusal = Some("too_many_clients");
             let message = format!(
                 "sorry, too many clients already: pgwi proxy serves at most {} at once",
-                self.inner.options.max_clients
+                self.shared.options.max_clients
             );
             return Err(refuse(client, "53300", message).await);
         };
@@ -198,7 +198,7 @@ impl Proxy {
     ) -> Result<(), SessionError> {
         let Some(expected) = self.user_for(token) else {
             let error = ConnectError::UserNotDerivable {
-                source_kind: self.inner.keeper.credential().info().kind,
+                source_kind: self.shared.keeper.credential().info().kind,
             };
             return Err(refuse(client, "28000", format!("pgwi proxy: {error}")).await);
         };
@@ -223,8 +223,8 @@ impl Proxy {
         params: &protocol::Params,
     ) -> Result<upstream::Upstream, SessionError> {
         let connecting = Instant::now();
-        let opened = tokio::time::timeout(self.inner.connect_timeout, async {
-            let mut upstream = self.inner.target.open().await?;
+        let opened = tokio::time::timeout(self.shared.connect_timeout, async {
+            let mut upstream = self.shared.target.open().await?;
             upstream
                 .write_all(&protocol::startup_message(version, params))
                 .await

@@ -19,20 +19,13 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::config::{ConfigError, DatabaseConfig, split_host_port};
+use crate::config::{ConfigError, DatabaseConfig};
 use crate::tls_rules::{TlsRules, Verification};
 
 /// The client configuration for `db` (`None` when TLS is not used), after saying once what the rules risk
 /// or raise: the proxy calls this once, at start.
 pub(crate) fn client_config(db: &DatabaseConfig) -> Result<Option<Arc<ClientConfig>>, ConfigError> {
-    let host = split_host_port(db.host.as_deref().unwrap_or_default())
-        .map_err(|problem| ConfigError::Rejected {
-            key: "database.host".into(),
-            origin: "configuration".into(),
-            problem,
-            fix: "write host or host:port".into(),
-        })?
-        .0;
+    let (host, _) = db.host_and_port()?;
     let rules = TlsRules::new(db, &host);
     rules.announce();
     build(&rules)
@@ -116,12 +109,12 @@ fn add_file(roots: &mut RootCertStore, path: &Path) -> Result<(), ConfigError> {
 
 /// `database.ssl_root_cert` cannot be used: `problem` says why.
 fn rejected(problem: String) -> ConfigError {
-    ConfigError::Rejected {
-        key: "database.ssl_root_cert".into(),
-        origin: "configuration".into(),
+    ConfigError::rejected(
+        "database.ssl_root_cert",
+        "configuration",
         problem,
-        fix: "point it at a readable PEM file of CA certificates".into(),
-    }
+        "point it at a readable PEM file of CA certificates",
+    )
 }
 
 /// The name TLS checks the certificate against: a DNS name or an IP address.

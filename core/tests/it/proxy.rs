@@ -4,11 +4,11 @@
 
 use pgwi_core::Config;
 use pgwi_core::config::SslMode;
-use pgwi_core::proxy::{Client, Proxy};
+use pgwi_core::proxy::Proxy;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
-use crate::support::static_password;
+use crate::support::{start_session, static_password};
 
 /// How the scripted server misbehaves after the client's proof.
 #[derive(Clone, Copy)]
@@ -127,19 +127,7 @@ async fn session(script: Script) -> Vec<(u8, Vec<u8>)> {
     let proxy = Proxy::start(&config, static_password("the-password"))
         .await
         .expect("proxy");
-    let (mut client, end) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(async move {
-        let who = Client::local("test");
-        proxy.serve(end, who).await;
-    });
-    let mut body = 196_608_i32.to_be_bytes().to_vec();
-    body.extend(b"user\0app\0database\0app\0\0");
-    let mut startup = i32::try_from(body.len() + 4)
-        .expect("length")
-        .to_be_bytes()
-        .to_vec();
-    startup.extend(body);
-    client.write_all(&startup).await.expect("start-up");
+    let (mut client, served) = start_session(proxy).await;
     let mut received = Vec::new();
     if matches!(script, Script::CleartextOk) {
         // A session that logged in waits for queries: read up to ReadyForQuery, then hang up.

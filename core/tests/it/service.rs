@@ -12,24 +12,30 @@ use pgwi_testsupport::fixtures::fresh_db;
 use pgwi_testsupport::jwt::ServiceAccountToken;
 use pgwi_testsupport::{PasswordAuth, TestDatabase};
 use rstest::rstest;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// The built example `name`; built here when the test run did not build examples.
+/// The example `name`, built now: `cargo build` costs a second when the example is fresh, and a binary left
+/// from an earlier build would test old code. The path is the one cargo reports, whatever the target
+/// directory.
 pub(crate) fn example_binary(name: &str) -> PathBuf {
-    let deps = std::env::current_exe().expect("test path");
-    let profile_dir = deps
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let binary = profile_dir.join("examples").join(name);
-    if !binary.is_file() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "pgwi-core", "--example", name])
-            .status()
-            .expect("cargo build --example");
-        assert!(status.success(), "building the {name} example failed");
-    }
-    binary
+    let output = Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "-p", "pgwi-core", "--example", name])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo build --example");
+    assert!(
+        output.status.success(),
+        "building the {name} example failed"
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| {
+            message["reason"] == "compiler-artifact" && message["target"]["name"] == name
+        })
+        .find_map(|artifact| artifact["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reported no executable for the {name} example"))
 }
 
 /// Kills the service when the test ends, however it ends.
@@ -109,21 +115,7 @@ async fn scrape_metrics(port: u16) -> String {
 
 /// `GET /healthz`: the status code and body.
 async fn healthz(port: u16) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or_else(String::new, |(_, body)| body.to_owned());
-    Ok((status, body))
+    pgwi_testsupport::http::get(("127.0.0.1", port), "/healthz").await
 }
 
 #[rstest]

@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 
 use pgwi_core::config::SslMode;
-use pgwi_core::proxy::{Client, Proxy};
+use pgwi_core::proxy::Proxy;
 use pgwi_core::{Config, ConnectError, connect_with};
 use pgwi_testsupport::logs::LogCapture;
 use pgwi_testsupport::{TestCertificates, TlsStandIn};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 
-use crate::support::static_password;
+use crate::support::{start_session, static_password};
 
 /// Words of the warning for a credential sent to a server that is not verified (`TlsRules::exposure`).
 const EXPOSURE: &str = "anyone on the network path";
@@ -37,19 +37,7 @@ async fn session_through_proxy(config: &Config) -> String {
     let proxy = Proxy::start(config, static_password("the-password"))
         .await
         .expect("proxy");
-    let (mut client, end) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(async move {
-        let who = Client::local("test");
-        proxy.serve(end, who).await;
-    });
-    let mut body = 196_608_i32.to_be_bytes().to_vec();
-    body.extend(b"user\0app\0database\0app\0\0");
-    let mut startup = i32::try_from(body.len() + 4)
-        .expect("length")
-        .to_be_bytes()
-        .to_vec();
-    startup.extend(body);
-    client.write_all(&startup).await.expect("start-up");
+    let (mut client, served) = start_session(proxy).await;
     served.await.expect("the session ended");
     let mut received = Vec::new();
     let _ = client.read_to_end(&mut received).await;

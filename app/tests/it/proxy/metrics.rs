@@ -6,7 +6,7 @@ use super::*;
 /// `GET /metrics`' body.
 async fn scrape(address: &str) -> String {
     let (status, body) = http_get(address, "/metrics").await;
-    assert!(status.contains("200"), "{status}: {body}");
+    assert_eq!(status, 200, "{body}");
     body
 }
 

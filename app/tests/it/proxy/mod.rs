@@ -261,35 +261,21 @@ async fn login_error(
     }
 }
 
-/// `GET /healthz`: the status line and the body.
-async fn healthz(address: &str) -> (String, String) {
+/// `GET /healthz`: the status code and the body.
+async fn healthz(address: &str) -> (u16, String) {
     http_get(address, "/healthz").await
 }
 
-/// `GET /livez`: the status line and the body.
-async fn livez(address: &str) -> (String, String) {
+/// `GET /livez`: the status code and the body.
+async fn livez(address: &str) -> (u16, String) {
     http_get(address, "/livez").await
 }
 
-/// `GET path` on the health endpoint: the status line and the body.
-async fn http_get(address: &str, path: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(address)
+/// `GET path` on the health endpoint: the status code and the body.
+async fn http_get(address: &str, path: &str) -> (u16, String) {
+    pgwi_testsupport::http::get(address, path)
         .await
-        .expect("health endpoint");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    )
+        .unwrap_or_else(|e| panic!("GET {path} at {address}: {e}"))
 }
 
 /// The server judged at least one token of `user`, and every one was accepted and unexpired.
@@ -346,9 +332,9 @@ async fn psql_over_tcp_and_a_unix_socket_gets_in_with_a_token(
     assert_eq!(mode & 0o777, 0o700, "socket mode {mode:o}");
 
     let (status, body) = healthz(running.healthz.as_deref().expect("healthz")).await;
-    assert!(status.contains("200"), "{status}: {body}");
+    assert_eq!(status, 200, "{body}");
     let (status, body) = livez(running.healthz.as_deref().expect("healthz")).await;
-    assert!(status.contains("200"), "{status}: {body}");
+    assert_eq!(status, 200, "{body}");
 
     let sql =
         "SELECT current_user || ' ' || ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
@@ -958,12 +944,12 @@ async fn sigterm_drains_open_sessions_then_closes_them_at_the_deadline(
         .await;
     let (status, body) = healthz(running.healthz.as_deref().expect("healthz")).await;
     assert!(
-        status.contains("503") && body.contains("draining"),
+        status == 503 && body.contains("draining"),
         "{status}: {body}"
     );
     let (status, body) = livez(running.healthz.as_deref().expect("healthz")).await;
     assert!(
-        status.contains("200") && body.contains("draining"),
+        status == 200 && body.contains("draining"),
         "{status}: {body}"
     );
     assert!(
@@ -1096,10 +1082,10 @@ async fn without_a_valid_token_new_sessions_are_refused_until_entra_answers_agai
         .expect("connect");
 
     wi.entra.set_fault(Some(Fault::ServerError));
-    let body = wait_for_health(&probe, "503", Duration::from_secs(60)).await;
+    let body = wait_for_health(&probe, 503, Duration::from_secs(60)).await;
     assert!(body.contains("no valid token"), "{body}");
     let (status, body) = livez(&probe).await;
-    assert!(status.contains("200"), "{status}: {body}");
+    assert_eq!(status, 200, "{body}");
     let (code, message) = login_error(&host, port, &wi.identity, db.name(), None).await;
     assert_eq!(code, "08001", "{message}");
     assert!(message.contains("no valid token"), "{message}");
@@ -1110,7 +1096,7 @@ async fn without_a_valid_token_new_sessions_are_refused_until_entra_answers_agai
     assert_eq!(still, "open");
 
     wi.entra.set_fault(None);
-    wait_for_health(&probe, "200", Duration::from_secs(120)).await;
+    wait_for_health(&probe, 200, Duration::from_secs(120)).await;
     let mut next = connect(&host, port, &wi.identity, db.name())
         .await
         .expect("served again");
@@ -1160,7 +1146,7 @@ async fn a_token_inside_the_skew_allowance_is_not_presented_while_entra_fails(
     assert_eq!(before.len(), 1, "{before:?}");
     let exp = before[0].expires_at.expect("the token's exp");
 
-    let body = wait_for_health(&probe, "503", Duration::from_secs(60)).await;
+    let body = wait_for_health(&probe, 503, Duration::from_secs(60)).await;
     assert!(body.contains("no valid token"), "{body}");
     let (code, message) = login_error(&host, port, &wi.identity, db.name(), None).await;
     let refused_at = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -1181,17 +1167,17 @@ async fn a_token_inside_the_skew_allowance_is_not_presented_while_entra_fails(
     running.stop().await;
 }
 
-/// Polls `/healthz` until its status line holds `status`; the body then.
-async fn wait_for_health(address: &str, status: &str, limit: Duration) -> String {
+/// Polls `/healthz` until it answers `status`; the body then.
+async fn wait_for_health(address: &str, status: u16, limit: Duration) -> String {
     let until = tokio::time::Instant::now() + limit;
     loop {
-        let (line, body) = healthz(address).await;
-        if line.contains(status) {
+        let (answered, body) = healthz(address).await;
+        if answered == status {
             return body;
         }
         assert!(
             tokio::time::Instant::now() < until,
-            "/healthz did not answer {status} within {limit:?}; last: {line}: {body}"
+            "/healthz did not answer {status} within {limit:?}; last: {answered}: {body}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

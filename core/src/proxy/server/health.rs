@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::{ProxyServerError, State};
+use super::{ProxyServerError, ServerState};
 use crate::proxy::{Health, Proxy};
 
 /// How long a health request may take to arrive: probes send theirs at once, so a connection that stays
@@ -24,7 +24,7 @@ pub(super) const REQUESTS_AT_ONCE: usize = 64;
 pub(super) async fn start(
     address: SocketAddr,
     proxy: Proxy,
-    state: Arc<State>,
+    state: Arc<ServerState>,
 ) -> Result<SocketAddr, ProxyServerError> {
     let listen_error = |e: std::io::Error| ProxyServerError::Listen {
         address: address.to_string(),
@@ -43,7 +43,7 @@ pub(super) async fn start(
 /// restart would end every open session and bring no token sooner. The body says why, never a secret; on a
 /// non-loopback address only ok or the kind of problem (no tenant, client id or path: the log has those).
 /// At most [`REQUESTS_AT_ONCE`] are served at once.
-async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<State>) {
+async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<ServerState>) {
     let at_once = Arc::new(Semaphore::new(REQUESTS_AT_ONCE));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -63,7 +63,11 @@ async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<State>) {
 }
 
 /// Reads one request (within [`READ_TIMEOUT`] and 8 KiB) and answers it.
-async fn answer_health_request(mut stream: tokio::net::TcpStream, proxy: &Proxy, state: &State) {
+async fn answer_health_request(
+    mut stream: tokio::net::TcpStream,
+    proxy: &Proxy,
+    state: &ServerState,
+) {
     let mut request = Vec::new();
     let mut buf = [0; 1024];
     let read = tokio::time::timeout(READ_TIMEOUT, async {
@@ -109,7 +113,7 @@ async fn answer_health_request(mut stream: tokio::net::TcpStream, proxy: &Proxy,
 }
 
 /// `/livez`'s body: what the proxy is doing (and how many connections it serves, on loopback).
-fn liveness(state: &State) -> String {
+fn liveness(state: &ServerState) -> String {
     let doing = if state.draining.load(Ordering::SeqCst) {
         "draining"
     } else {
@@ -123,7 +127,7 @@ fn liveness(state: &State) -> String {
 }
 
 /// `/healthz`'s status and body.
-fn readiness(proxy: &Proxy, state: &State) -> (&'static str, String) {
+fn readiness(proxy: &Proxy, state: &ServerState) -> (&'static str, String) {
     if state.draining.load(Ordering::SeqCst) {
         return (
             "503 Service Unavailable",
