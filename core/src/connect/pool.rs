@@ -95,19 +95,20 @@ pub(crate) async fn establish(
         let code = sqlstate(&error);
         match code.as_deref() {
             Some(code @ ("28P01" | "28000")) => {
+                let message = error
+                    .as_database_error()
+                    .map(|e| e.message().to_owned())
+                    .unwrap_or_default();
                 return Err(ConnectError::Authentication(Box::new(
-                    AuthenticationFailure {
-                        host: target.host.clone(),
-                        port: target.port,
-                        user: target.user.clone(),
-                        database: target.database.clone(),
-                        code: code.to_owned(),
-                        message: error
-                            .as_database_error()
-                            .map(|e| e.message().to_owned())
-                            .unwrap_or_default(),
-                        audience: audience(token),
-                    },
+                    AuthenticationFailure::new(
+                        &target.host,
+                        target.port,
+                        &target.user,
+                        &target.database,
+                        code,
+                        &message,
+                        token,
+                    ),
                 )));
             }
             Some("57P03" | "53300") => {}

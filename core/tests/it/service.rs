@@ -95,22 +95,11 @@ async fn wait_until_listening(port: u16) {
 
 /// `GET /metrics`' body.
 async fn scrape_metrics(port: u16) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let (status, body) = pgwi_testsupport::http::get(&format!("127.0.0.1:{port}"), "/metrics")
         .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .expect("an HTTP response")
+        .expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// `GET /healthz`: the status code and body.
