@@ -7,7 +7,7 @@ use pgwi_core::config::{ConfigSources, Overrides, SslMode};
 use pgwi_core::{ConfigError, ConnectError};
 use pgwi_credentials::CredentialError;
 
-use crate::{bootstrap, doctor, job, migration, proxy, token};
+use crate::{bootstrap, doctor, exec, job, migration, proxy, token};
 
 /// Passwordless PostgreSQL on Azure: Microsoft Entra ID tokens instead of stored passwords.
 ///
@@ -85,9 +85,22 @@ enum Command {
     /// answered with a token valid at that moment (cleartext, as Azure asks an Entra principal; or
     /// SCRAM-SHA-256 with a static password). Configuration: the [proxy] section (listen, healthz,
     /// allow_remote, local_password_file, local_password_env, tls_cert_file, tls_key_file,
-    /// channel_binding, max_clients, startup_timeout_secs, socket_mode, drain_timeout_secs); flags override
-    /// it.
+    /// channel_binding, max_clients, startup_timeout_secs, socket_mode, min_sigterm_delay_secs,
+    /// drain_timeout_secs, quitquitquit, run_connection_test, end_sessions_after_token_expiry); flags
+    /// override it. Exit status 0 after a stop by SIGTERM, SIGINT or POST /quitquitquit (what Cloud SQL
+    /// Auth Proxy calls --exit-zero-on-sigterm is the default here), 2 for a configuration error, 1 when
+    /// the connection test or the start fails.
     Proxy(proxy::ProxyArgs),
+    /// Run a command with a private proxy: `pgwi exec -- psql`, `pgwi exec -- pg_dump app > app.sql`
+    ///
+    /// The proxy listens on a Unix socket in a fresh directory only this OS user can enter (on Windows, a
+    /// loopback port), and the command gets PGHOST, PGPORT, PGUSER (the resolved user, also with `auto`),
+    /// PGDATABASE, PGSSLMODE=disable and DATABASE_URL pointing at it, so any libpq-based tool or driver
+    /// connects without a password. Signals pgwi gets are passed on to the command (a terminal's Ctrl-C
+    /// reaches it directly). pgwi exits with the command's exit status (128+N if signal N ended it; 127 if
+    /// it is not found, 126 if it may not be run) after stopping the proxy and removing the directory.
+    /// The [proxy] section's max_clients, startup_timeout_secs and end_sessions_after_token_expiry apply.
+    Exec(exec::ExecArgs),
     /// Administrator tasks, run with an administrator's token
     Admin {
         #[command(subcommand)]
@@ -110,6 +123,17 @@ fn credential_help() -> String {
             .kinds()
             .join(", ")
     )
+}
+
+impl Cli {
+    /// The log filter when `RUST_LOG` is unset: `pgwi exec` shares the terminal with its command, so only
+    /// its own start and end lines and warnings; the others say what they do at `info`.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Exec(_) => "warn,pgwi::exec=info",
+            _ => "info,sqlx::postgres::notice=warn",
+        }
+    }
 }
 
 impl GlobalArgs {
@@ -215,6 +239,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { raw } => token::execute(&sources, raw).await,
         Command::Doctor { json } => doctor::execute(&sources, json).await,
         Command::Proxy(args) => proxy::execute(&sources, args).await,
+        Command::Exec(args) => exec::execute(&sources, args).await,
         Command::Admin {
             action: AdminAction::Bootstrap(args),
         } => bootstrap::execute(&sources, args).await,

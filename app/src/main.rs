@@ -30,7 +30,7 @@ fn redact_panics() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // PostgreSQL notices such as "relation ... already exists, skipping" are not news.
-    telemetry::init("info,sqlx::postgres::notice=warn", LogFormat::detect());
+    telemetry::init(cli.default_log_filter(), LogFormat::detect());
     redact_panics();
     pgwi_credentials::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

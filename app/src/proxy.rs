@@ -14,7 +14,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use pgwi_core::ConfigError;
 use pgwi_core::config::{ConfigSources, LoadedConfig};
 use pgwi_core::proxy::server::{Listen, ProxyServer, check_socket_directory};
@@ -43,8 +42,18 @@ pub struct ProxyConfig {
     pub healthz: Option<String>,
     /// Accept non-loopback listen addresses (their clients must prove the local password).
     pub allow_remote: bool,
-    /// How long open sessions may go on after SIGTERM/SIGINT. Default 30.
+    /// Once the drain begins, how long sessions get to reach an idle point before the rest are cut.
+    /// Default 30.
     pub drain_timeout_secs: u64,
+    /// After SIGTERM/SIGINT (or `POST /quitquitquit`), how long new connections are still accepted before
+    /// the drain begins. Default 0.
+    pub min_sigterm_delay_secs: u64,
+    /// Answer `POST /quitquitquit` on the health address (from loopback clients): a graceful stop.
+    pub quitquitquit: bool,
+    /// Log in to the server once before serving; exit 1 with the reason when that fails.
+    pub run_connection_test: bool,
+    /// End a session at its first idle point after the token it logged in with has expired.
+    pub end_sessions_after_token_expiry: bool,
     /// A file holding the local password remote clients must prove.
     pub local_password_file: Option<PathBuf>,
     /// The environment variable holding that password.
@@ -85,6 +94,10 @@ impl Default for ProxyConfig {
             healthz: None,
             allow_remote: false,
             drain_timeout_secs: 30,
+            min_sigterm_delay_secs: 0,
+            quitquitquit: false,
+            run_connection_test: false,
+            end_sessions_after_token_expiry: false,
             local_password_file: None,
             local_password_env: None,
             max_clients: DEFAULT_MAX_CLIENTS,
@@ -156,10 +169,30 @@ pub struct ProxyArgs {
     /// from proxy.local_password_file or proxy.local_password_env [config: proxy.allow_remote]
     #[arg(long)]
     pub allow_remote: bool,
-    /// After SIGTERM or SIGINT, how long open sessions may go on before they are closed
-    /// [default: 30; config: proxy.drain_timeout_secs]
+    /// After SIGTERM, SIGINT or POST /quitquitquit, how long new connections are still accepted (readiness
+    /// already 503), so clients a rolling update still sends here are served; then the drain begins
+    /// [default: 0; config: proxy.min_sigterm_delay_secs]
+    #[arg(long = "min-sigterm-delay", value_name = "SECS")]
+    pub min_sigterm_delay_secs: Option<u64>,
+    /// The drain: idle sessions are ended at once (PostgreSQL's 57P01, so clients reconnect elsewhere),
+    /// sessions in a transaction when it ends; those left after N seconds are cut. The proxy exits 0 as
+    /// soon as no session is left [default: 30; config: proxy.drain_timeout_secs]
     #[arg(long, value_name = "N")]
     pub drain_timeout_secs: Option<u64>,
+    /// Answer POST /quitquitquit on the --healthz address, from loopback clients only (a pod's other
+    /// containers): a graceful stop and exit 0, e.g. when a Job's main container is done
+    /// [config: proxy.quitquitquit]
+    #[arg(long)]
+    pub quitquitquit: bool,
+    /// Log in to the server once before serving, as a client's session would; exit 1 with the reason if
+    /// that fails (GET /startup answers 200 only after it passed) [config: proxy.run_connection_test]
+    #[arg(long)]
+    pub run_connection_test: bool,
+    /// End each session at its first idle point after the token it logged in with expired (57P01 with a
+    /// hint), so an identity revoked in Entra loses its sessions within one token lifetime; long-lived
+    /// sessions then reconnect about hourly [config: proxy.end_sessions_after_token_expiry]
+    #[arg(long)]
+    pub end_sessions_after_token_expiry: bool,
     /// How many clients may be past their start-up at once; one more gets PostgreSQL's "too many clients"
     /// (53300). Clients still in their start-up count apart, at most 64 per listener
     /// [default: 1000; config: proxy.max_clients]
@@ -230,11 +263,15 @@ struct Settings {
     listen: Vec<Listen>,
     healthz: Option<SocketAddr>,
     drain_timeout: Duration,
+    min_sigterm_delay: Duration,
+    quitquitquit: bool,
+    run_connection_test: bool,
     local_secret: Option<Arc<LocalSecret>>,
     max_clients: usize,
     socket_mode: u32,
     startup_timeout: Duration,
     tls: Option<ClientTls>,
+    end_sessions_after_token_expiry: bool,
 }
 
 impl Settings {
@@ -290,6 +327,18 @@ impl Settings {
         let drain_timeout = args
             .drain_timeout_secs
             .unwrap_or(section.drain_timeout_secs);
+        let min_sigterm_delay = args
+            .min_sigterm_delay_secs
+            .unwrap_or(section.min_sigterm_delay_secs);
+        let quitquitquit = args.quitquitquit || section.quitquitquit;
+        if quitquitquit && healthz.is_none() {
+            return Err(ConfigError::rejected(
+                "proxy.quitquitquit",
+                origin("--quitquitquit", args.quitquitquit, "proxy.quitquitquit"),
+                "is on, but there is no health address to serve POST /quitquitquit on",
+                "set --healthz (proxy.healthz), e.g. 127.0.0.1:9801",
+            ));
+        }
         Ok(Self {
             listen,
             healthz,
@@ -298,6 +347,11 @@ impl Settings {
             startup_timeout,
             tls,
             drain_timeout: Duration::from_secs(drain_timeout),
+            min_sigterm_delay: Duration::from_secs(min_sigterm_delay),
+            quitquitquit,
+            run_connection_test: args.run_connection_test || section.run_connection_test,
+            end_sessions_after_token_expiry: args.end_sessions_after_token_expiry
+                || section.end_sessions_after_token_expiry,
             local_secret,
         })
     }
@@ -584,18 +638,21 @@ fn local_password(
     Ok(password)
 }
 
-/// Waits for SIGTERM or SIGINT.
-async fn termination() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// The proxy's limits from the `proxy` section (and flags): what `pgwi proxy` and `pgwi exec` share.
+pub(crate) fn proxy_options(
+    max_clients: usize,
+    startup_timeout: Duration,
+    end_sessions_after_token_expiry: bool,
+) -> ProxyOptions {
+    ProxyOptions {
+        startup_timeout,
+        max_clients,
+        end_sessions_after_token_expiry,
+    }
 }
 
-/// `pgwi proxy`: serves until SIGTERM/SIGINT, then drains and exits 0.
+/// `pgwi proxy`: serves until SIGTERM/SIGINT (or `POST /quitquitquit`), then stops as
+/// [`pgwi_core::proxy::server::BoundProxyServer::serve`] says and exits 0.
 pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let loaded = pgwi_core::config::load(sources)?;
     let settings = Settings::resolve(args, loaded.section("proxy")?, &loaded)?;
@@ -606,14 +663,17 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
     };
     let credential = SourceRegistry::default()
         .build_cached(&loaded.config.credential, &SourceContext::default())?;
-    let options = ProxyOptions {
-        startup_timeout: settings.startup_timeout,
-        max_clients: settings.max_clients,
-    };
+    let options = proxy_options(
+        settings.max_clients,
+        settings.startup_timeout,
+        settings.end_sessions_after_token_expiry,
+    );
     let proxy = Proxy::start_with(&loaded.config, credential, options).await?;
     let mut server = ProxyServer::new(proxy)
         .drain_timeout(settings.drain_timeout)
-        .socket_mode(settings.socket_mode);
+        .min_stop_delay(settings.min_sigterm_delay)
+        .socket_mode(settings.socket_mode)
+        .test_connection_first(settings.run_connection_test);
     for listen in settings.listen {
         server = server.listen(listen);
     }
@@ -624,18 +684,21 @@ pub async fn execute(sources: &ConfigSources, args: ProxyArgs) -> anyhow::Result
         server = server.tls(tls);
     }
     if let (Some(address), Some(render)) = (settings.healthz, metrics) {
-        // GET /metrics is served beside /healthz and /livez.
-        server = server.health(address).metrics(render);
+        // GET /metrics is served beside /healthz, /livez and /startup.
+        server = server
+            .health(address)
+            .metrics(render)
+            .quit_endpoint(settings.quitquitquit);
     }
     let server = server.bind().await?;
-    // SIGTERM or SIGINT drains; a second one (Ctrl-C again in a terminal) does not wait for the deadline.
+    // SIGTERM or SIGINT stops; a second one (Ctrl-C again in a terminal) does not wait for the deadline.
     let stop = async {
-        if let Ok(signal) = termination().await {
+        if let Ok(signal) = crate::signals::termination().await {
             tracing::info!(signal, "stopping");
         }
     };
     let hurry = async {
-        let _ = termination().await;
+        let _ = crate::signals::termination().await;
     };
     server.serve(stop, hurry).await;
     Ok(ExitCode::SUCCESS)

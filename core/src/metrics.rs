@@ -19,6 +19,9 @@ pub const PROXY_SESSIONS_ACTIVE: &str = "pgwi_proxy_sessions_active";
 /// Histogram `pgwi_proxy_upstream_connect_seconds`: from connecting to the server to its `ReadyForQuery`
 /// (TCP, TLS and the login with the token), for sessions that got there.
 pub const PROXY_UPSTREAM_CONNECT: &str = "pgwi_proxy_upstream_connect_seconds";
+/// Counter `pgwi_proxy_sessions_ended_total{reason}`: sessions the proxy ended at an idle point with 57P01,
+/// by why: `drain` (it is stopping) or `token_expired` (`end_sessions_after_token_expiry`).
+pub const PROXY_SESSIONS_ENDED: &str = "pgwi_proxy_sessions_ended_total";
 /// Counter `pgwi_proxy_bytes_total{direction}`: bytes relayed, `from_client` or `from_server`.
 pub const PROXY_BYTES: &str = "pgwi_proxy_bytes_total";
 /// Counter `pgwi_proxy_refusals_total{reason}`: connections the proxy refused, by why: `too_many_clients`,
@@ -46,6 +49,10 @@ pub fn describe() {
         "Proxy sessions by outcome: served (logged in) or refused"
     );
     describe_gauge!(PROXY_SESSIONS_ACTIVE, "Proxy sessions relaying now");
+    describe_counter!(
+        PROXY_SESSIONS_ENDED,
+        "Proxy sessions ended at an idle point by the proxy, by reason (drain, token_expired)"
+    );
     describe_histogram!(
         PROXY_UPSTREAM_CONNECT,
         Unit::Seconds,

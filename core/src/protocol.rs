@@ -208,6 +208,11 @@ pub(crate) fn with_length(tag: Option<u8>, body: Vec<u8>) -> Vec<u8> {
     packet
 }
 
+/// A `Terminate` message: the frontend ends its session.
+pub(crate) fn terminate() -> Vec<u8> {
+    with_length(Some(b'X'), Vec::new())
+}
+
 /// One message after the start-up: its type byte and body.
 #[derive(Debug)]
 pub(crate) struct Message {

@@ -31,6 +31,8 @@ pub(super) struct SessionLog {
     /// either must not flood the log).
     pub(super) quiet: bool,
     pub(super) error: Option<SessionError>,
+    /// Why the proxy ended the session at an idle point (`drain`, `token_expired`), if it did.
+    pub(super) ended_by: Option<&'static str>,
 }
 
 impl SessionLog {
@@ -48,6 +50,7 @@ impl SessionLog {
             started_up: false,
             refusal: None,
             error: None,
+            ended_by: None,
         }
     }
 }
@@ -135,7 +138,7 @@ impl Drop for SessionLog {
             ),
             None => tracing::info!(
                 client = %self.client, kind = self.kind, database, upstream_pid, duration_ms,
-                bytes_from_client, bytes_from_server, "connection ended"
+                bytes_from_client, bytes_from_server, ended_by = self.ended_by, "connection ended"
             ),
         }
     }

@@ -17,9 +17,18 @@ use super::{MAX_BUFFERED_BEFORE_READY, Proxy, scram};
 use crate::connect::ConnectError;
 use crate::protocol::{self, Message};
 
+/// A session the server logged in.
+pub(super) struct LoggedIn {
+    /// The cancel key issued to the client (given back when the session ends).
+    pub(super) issued: Option<Issued>,
+    /// When the token presented to the server expires (`None`: a password without expiry, or the server
+    /// asked for nothing).
+    pub(super) token_expires_at: Option<time::OffsetDateTime>,
+}
+
 impl Proxy {
     /// The server's login within the connect timeout ([`Proxy::authenticate`]); anything the server did
-    /// wrong reaches the client as one error (refusals were sent already). The session's cancel key.
+    /// wrong reaches the client as one error (refusals were sent already).
     pub(super) async fn log_in<C, U>(
         &self,
         client: &mut C,
@@ -27,7 +36,7 @@ impl Proxy {
         token: &Token,
         user: &str,
         log: &mut SessionLog,
-    ) -> Result<Option<Issued>, SessionError>
+    ) -> Result<LoggedIn, SessionError>
     where
         C: AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
@@ -44,7 +53,7 @@ impl Proxy {
             )))
         });
         let error = match auth {
-            Ok(issued) => return Ok(issued),
+            Ok(logged_in) => return Ok(logged_in),
             Err(error) => error,
         };
         let message = match &error {
@@ -99,7 +108,7 @@ impl Proxy {
         token: &Token,
         user: &str,
         log: &mut SessionLog,
-    ) -> Result<Option<Issued>, SessionError>
+    ) -> Result<LoggedIn, SessionError>
     where
         C: AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
@@ -149,7 +158,13 @@ impl Proxy {
                 }
             }
         }
-        self.relay_until_ready(client, upstream, pending, log).await
+        let issued = self
+            .relay_until_ready(client, upstream, pending, log)
+            .await?;
+        Ok(LoggedIn {
+            issued,
+            token_expires_at: exchange.presented.and_then(|token| token.expires_at()),
+        })
     }
 
     /// After `AuthenticationOk`: the server's messages up to `ReadyForQuery`, sent to the client in one

@@ -28,11 +28,13 @@
 mod accounting;
 mod cancel;
 mod client;
+mod connection_test;
 mod diagnosis;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
 mod local_auth;
 mod login;
+mod relay;
 mod scram;
 pub mod server;
 mod session;
@@ -47,6 +49,7 @@ use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use client::{ClientTls, ClientTlsError};
+pub use connection_test::ConnectionTestError;
 pub use scram::{LocalSecret, ScramError};
 
 use cancel::CancelKeys;
@@ -108,6 +111,10 @@ struct Shared {
     keeper: Arc<TokenKeeper>,
     /// Ends the keeper's task when the last clone of the proxy goes.
     _stop_keeper: tokio::sync::watch::Sender<()>,
+    /// Set once every session is to end at its next idle point ([`Proxy::end_sessions_when_idle`]).
+    end_when_idle: tokio::sync::watch::Sender<bool>,
+    /// `database.name`: the connection test's database, and what `pgwi exec` gives its command.
+    database: Option<String>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -132,6 +139,12 @@ pub struct ProxyOptions {
     /// ([`DEFAULT_MAX_CLIENTS`]). Clients still in their start-up are bounded by the caller, per listener
     /// ([`Client::admission`]).
     pub max_clients: usize,
+    /// End each session at its first idle point after the token it logged in with has expired (PostgreSQL's
+    /// 57P01, with a hint), so that an identity revoked in Entra loses its sessions within one token
+    /// lifetime, also those of clients that never reconnect. Off by default: long-lived sessions (a
+    /// `LISTEN`er, a session with temporary tables or prepared statements) then end about hourly and their
+    /// clients must reconnect.
+    pub end_sessions_after_token_expiry: bool,
 }
 
 impl Default for ProxyOptions {
@@ -139,6 +152,7 @@ impl Default for ProxyOptions {
         Self {
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             max_clients: DEFAULT_MAX_CLIENTS,
+            end_sessions_after_token_expiry: false,
         }
     }
 }
@@ -241,6 +255,8 @@ impl Proxy {
                 cancel_keys: Arc::default(),
                 keeper,
                 _stop_keeper: stop_keeper,
+                end_when_idle: tokio::sync::watch::channel(false).0,
+                database: db.name.clone(),
             }),
         })
     }
@@ -248,6 +264,20 @@ impl Proxy {
     /// The user sessions log in as now (from the token's claims with `user = "auto"`).
     pub fn user(&self) -> Option<String> {
         self.user_for(&self.shared.keeper.held().token)
+    }
+
+    /// Ends every session at its next idle point: at once for a session outside a transaction with nothing
+    /// in flight, else at the `ReadyForQuery` that ends its transaction. The client gets PostgreSQL's
+    /// `57P01 terminating connection due to administrator command` (drivers reconnect), the server a
+    /// `Terminate`. Sessions that start afterwards end as soon as they are logged in. The drain of
+    /// [`server::BoundProxyServer::serve`] calls this once it stops accepting.
+    pub fn end_sessions_when_idle(&self) {
+        self.shared.end_when_idle.send_replace(true);
+    }
+
+    /// The configured database (`database.name`), which the connection test logs in to.
+    pub fn database(&self) -> Option<&str> {
+        self.shared.database.as_deref()
     }
 
     /// The limits the proxy was started with.

@@ -1,5 +1,6 @@
 //! The proxy server: listeners (TCP and Unix sockets), each with its own budget of clients in their
-//! start-up, the health endpoints, the open-files limit, and the drain on request. `pgwi proxy` maps its
+//! start-up, the health endpoints, the open-files limit, the optional connection test before serving, and
+//! the stop: a minimum delay still accepting (rolling updates), then a drain that follows transactions. `pgwi proxy` maps its
 //! configuration and flags onto [`ProxyServer`]; a Rust program embeds the same server in a few lines
 //! (`core/examples/proxy.rs`).
 //!
@@ -39,6 +40,26 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the drain deadline, how long closed sessions get to finish logging.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// How the server's stop goes; [`Default`] gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct StopOptions {
+    /// After a stop is requested, how long the listeners still accept new clients (readiness already
+    /// reports 503), so clients a rolling update still routes here are served. Default 0.
+    pub min_delay: Duration,
+    /// Then, how long sessions get to reach an idle point (each is ended at its first: at once when idle,
+    /// after its transaction otherwise) before what is left is cut ([`DEFAULT_DRAIN_TIMEOUT`]).
+    pub drain_timeout: Duration,
+}
+
+impl Default for StopOptions {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::ZERO,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
 /// Why the server could not start (secret-free; names the address or path).
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyServerError {
@@ -51,6 +72,9 @@ pub enum ProxyServerError {
         /// The listener.
         address: SocketAddr,
     },
+    /// The login before serving failed (`ProxyServer::test_connection_first`).
+    #[error(transparent)]
+    ConnectionTest(#[from] super::ConnectionTestError),
     /// A socket directory every user may write to.
     #[error("{0}")]
     SocketDirectory(String),
@@ -85,8 +109,10 @@ pub struct ProxyServer {
     tls: Option<ClientTls>,
     health: Option<SocketAddr>,
     metrics: Option<MetricsRender>,
-    drain_timeout: Duration,
+    stop: StopOptions,
     socket_mode: u32,
+    quit_endpoint: bool,
+    test_connection: bool,
 }
 
 /// Renders the application's metrics for `GET /metrics` (e.g. a Prometheus recorder's handle's `render`).
@@ -114,8 +140,10 @@ impl ProxyServer {
             tls: None,
             health: None,
             metrics: None,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            stop: StopOptions::default(),
             socket_mode: DEFAULT_SOCKET_MODE,
+            quit_endpoint: false,
+            test_connection: false,
         }
     }
 
@@ -137,7 +165,8 @@ impl ProxyServer {
         self
     }
 
-    /// Serves `GET /healthz` (readiness), `GET /livez` (liveness) on `address`.
+    /// Serves `GET /healthz` (readiness), `GET /livez` (liveness) and `GET /startup` (200 once serving) on
+    /// `address`.
     pub fn health(mut self, address: SocketAddr) -> Self {
         self.health = Some(address);
         self
@@ -150,9 +179,29 @@ impl ProxyServer {
         self
     }
 
-    /// How long open sessions may go on after a stop is requested ([`DEFAULT_DRAIN_TIMEOUT`]).
+    /// How long sessions get to reach an idle point once the drain begins ([`DEFAULT_DRAIN_TIMEOUT`]).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
+        self.stop.drain_timeout = timeout;
+        self
+    }
+
+    /// How long the listeners go on accepting after a stop is requested, before the drain (default 0).
+    pub fn min_stop_delay(mut self, delay: Duration) -> Self {
+        self.stop.min_delay = delay;
+        self
+    }
+
+    /// Also answers `POST /quitquitquit` on the health address, from loopback clients only (a pod's own
+    /// containers): the same graceful stop as the `stop` future of [`BoundProxyServer::serve`].
+    pub fn quit_endpoint(mut self, enabled: bool) -> Self {
+        self.quit_endpoint = enabled;
+        self
+    }
+
+    /// Logs in to the server once ([`Proxy::test_connection`]) before the listeners are bound; [`Self::bind`]
+    /// fails with what a client would have been told if that login fails.
+    pub fn test_connection_first(mut self, enabled: bool) -> Self {
+        self.test_connection = enabled;
         self
     }
 
@@ -162,8 +211,9 @@ impl ProxyServer {
         self
     }
 
-    /// Binds every listener and the health endpoint and starts accepting; serve with
-    /// [`BoundProxyServer::serve`]. Raises the open-files limit for the proxy's `max_clients` first.
+    /// Binds the health endpoint (`/startup` answering 503 until the end of this call), runs the connection
+    /// test if asked, binds every listener and starts accepting; serve with [`BoundProxyServer::serve`].
+    /// Raises the open-files limit for the proxy's `max_clients` first.
     pub async fn bind(self) -> Result<BoundProxyServer, ProxyServerError> {
         for listen in &self.listen {
             if let Listen::Tcp(address) = listen
@@ -175,14 +225,53 @@ impl ProxyServer {
         }
         raise_open_files_limit(self.proxy.options().max_clients, self.listen.len());
         let state = Arc::new(ServerState {
+            started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
             sessions: AtomicUsize::new(0),
             idle: Notify::new(),
             close: watch::channel(false).0,
             stop: watch::channel(false).0,
+            quit: watch::channel(false).0,
+            quit_endpoint: self.quit_endpoint,
             health_details: self.health.is_some_and(|addr| addr.ip().is_loopback()),
             metrics: self.metrics.clone(),
         });
+        let health = match self.health {
+            Some(address) => Some(health::start(address, self.proxy.clone(), state.clone()).await?),
+            None => None,
+        };
+        let bound = self.bind_listeners(&state).await;
+        if bound.is_err()
+            && let Some((_, task)) = &health
+        {
+            task.abort();
+        }
+        let (loops, addresses) = bound?;
+        state.started.store(true, Ordering::SeqCst);
+        Ok(BoundProxyServer {
+            proxy: self.proxy,
+            state,
+            loops,
+            addresses,
+            health,
+            stop: self.stop,
+        })
+    }
+
+    /// The connection test if asked, then each listener bound with its accept loop running.
+    async fn bind_listeners(
+        &self,
+        state: &Arc<ServerState>,
+    ) -> Result<(Vec<tokio::task::JoinHandle<()>>, Vec<String>), ProxyServerError> {
+        if self.test_connection {
+            self.proxy.test_connection().await?;
+            tracing::info!(
+                upstream = %self.proxy.upstream(),
+                database = self.proxy.database().unwrap_or_default(),
+                "the connection test logged in"
+            );
+        }
         let mut addresses = Vec::new();
         let mut loops = Vec::new();
         for listen in &self.listen {
@@ -197,17 +286,7 @@ impl ProxyServer {
             loops.push(tokio::spawn(accept_loop(listener, served)));
             addresses.push(address);
         }
-        let health = match self.health {
-            Some(address) => Some(health::start(address, self.proxy.clone(), state.clone()).await?),
-            None => None,
-        };
-        Ok(BoundProxyServer {
-            state,
-            loops,
-            addresses,
-            health,
-            drain_timeout: self.drain_timeout,
-        })
+        Ok((loops, addresses))
     }
 
     fn log_listening(&self, listener: &Listener, address: &str) {
@@ -229,18 +308,19 @@ impl ProxyServer {
 
 /// A server whose listeners are bound and accepting.
 pub struct BoundProxyServer {
+    proxy: Proxy,
     state: Arc<ServerState>,
     loops: Vec<tokio::task::JoinHandle<()>>,
     addresses: Vec<String>,
-    health: Option<SocketAddr>,
-    drain_timeout: Duration,
+    health: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    stop: StopOptions,
 }
 
 impl std::fmt::Debug for BoundProxyServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BoundProxyServer")
             .field("addresses", &self.addresses)
-            .field("health", &self.health)
+            .field("health", &self.health_address())
             .finish_non_exhaustive()
     }
 }
@@ -253,31 +333,52 @@ impl BoundProxyServer {
 
     /// Where the health endpoint listens.
     pub fn health_address(&self) -> Option<SocketAddr> {
-        self.health
+        self.health.as_ref().map(|(address, _)| *address)
     }
 
-    /// Serves until `stop` completes, then stops accepting and lets open sessions finish for the drain
-    /// timeout, or until `hurry` completes (polled only once the drain has begun, e.g. a second Ctrl-C);
-    /// then closes what is left.
-    pub async fn serve(self, stop: impl Future<Output = ()>, hurry: impl Future<Output = ()>) {
-        stop.await;
-        let state = self.state;
-        state.draining.store(true, Ordering::SeqCst);
-        let _ = state.stop.send(true);
-        for accept in self.loops {
-            // Each loop drops its listener (and removes its socket file) as it returns.
-            let _ = accept.await;
+    /// Serves until `stop` completes (or `POST /quitquitquit`, when enabled), then stops: readiness reports
+    /// 503 at once, the listeners accept for the minimum delay still, then stop accepting while every
+    /// session is ended at its next idle point (57P01; a transaction finishes first); what is left at the
+    /// drain timeout is cut. Returns as soon as no session is left. `hurry` (polled once the stop has begun,
+    /// e.g. a second Ctrl-C) skips what remains of the delay and the drain.
+    pub async fn serve(mut self, stop: impl Future<Output = ()>, hurry: impl Future<Output = ()>) {
+        let mut quit = self.state.quit.subscribe();
+        tokio::select! {
+            () = stop => {}
+            _ = quit.wait_for(|quit| *quit) => tracing::info!("stopping: POST /quitquitquit"),
         }
+        let state = self.state.clone();
+        state.draining.store(true, Ordering::SeqCst);
+        let mut hurry = std::pin::pin!(hurry);
+        let mut hurried = false;
+        if !self.stop.min_delay.is_zero() {
+            tracing::info!(
+                min_delay_secs = self.stop.min_delay.as_secs_f32(),
+                open_sessions = state.sessions.load(Ordering::SeqCst),
+                "stop requested: still accepting new connections for the minimum delay, then draining"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(self.stop.min_delay) => {}
+                () = hurry.as_mut() => hurried = true,
+            }
+        }
+        self.stop_accepting().await;
+        self.proxy.end_sessions_when_idle();
         tracing::info!(
             open_sessions = state.sessions.load(Ordering::SeqCst),
-            drain_timeout_secs = self.drain_timeout.as_secs(),
-            "draining: not accepting new connections; open sessions may finish"
+            drain_timeout_secs = self.stop.drain_timeout.as_secs(),
+            "draining: not accepting new connections; idle sessions end now, sessions in a transaction \
+             when it ends"
         );
-        let unfinished = tokio::select! {
-            drained = tokio::time::timeout(self.drain_timeout, wait_idle(&state)) => {
-                drained.is_err().then_some("the drain deadline was reached")
+        let unfinished = if hurried {
+            Some("a second stop request came")
+        } else {
+            tokio::select! {
+                drained = tokio::time::timeout(self.stop.drain_timeout, wait_idle(&state)) => {
+                    drained.is_err().then_some("the drain deadline was reached")
+                }
+                () = hurry => Some("a second stop request came"),
             }
-            () = hurry => Some("a second stop request came"),
         };
         if let Some(reason) = unfinished {
             let open = state.sessions.load(Ordering::SeqCst);
@@ -285,13 +386,30 @@ impl BoundProxyServer {
             let _ = state.close.send(true);
             let _ = tokio::time::timeout(CLOSE_GRACE, wait_idle(&state)).await;
         }
+        if let Some((_, health)) = &self.health {
+            health.abort();
+        }
         tracing::info!("stopped");
+    }
+
+    /// Ends every accept loop (each drops its listener and removes its socket file as it returns).
+    async fn stop_accepting(&mut self) {
+        let _ = self.state.stop.send(true);
+        for accept in std::mem::take(&mut self.loops) {
+            let _ = accept.await;
+        }
+        self.state.accepting.store(false, Ordering::SeqCst);
     }
 }
 
 /// What the listeners, sessions and health endpoint share.
 pub(super) struct ServerState {
+    /// Set once the listeners are bound (and the connection test, if asked, passed): `GET /startup`.
+    pub(super) started: AtomicBool,
+    /// Set when a stop is requested: readiness reports 503 from then on.
     pub(super) draining: AtomicBool,
+    /// Whether the listeners still accept (also during the minimum delay after a stop request).
+    pub(super) accepting: AtomicBool,
     /// Connections being served (sessions, clients in their start-up, cancel requests).
     pub(super) sessions: AtomicUsize,
     idle: Notify,
@@ -299,6 +417,10 @@ pub(super) struct ServerState {
     close: watch::Sender<bool>,
     /// Set when the drain starts: listeners stop accepting.
     stop: watch::Sender<bool>,
+    /// Set by `POST /quitquitquit`: the same stop as the caller's.
+    pub(super) quit: watch::Sender<bool>,
+    /// Whether `POST /quitquitquit` is answered.
+    pub(super) quit_endpoint: bool,
     /// Whether the health endpoint may say why it is not ready (a loopback address: only this host asks).
     pub(super) health_details: bool,
     /// What `GET /metrics` serves, if anything.

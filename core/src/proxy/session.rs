@@ -1,6 +1,7 @@
 //! One client session: the start-up within its deadline (TLS, start-up message, the local password on a
 //! remote listener), a session slot, the user check, the connection to the server with exactly the
-//! parameters checked, the login ([`super::login`]), then bytes both ways until either side closes.
+//! parameters checked, the login ([`super::login`]), then bytes both ways ([`super::relay`]) until either
+//! side closes or the proxy ends the session at an idle point (a drain, an expired token).
 
 use std::io;
 use std::time::Instant;
@@ -11,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use super::accounting::{Counted, SessionLog};
 use super::client::ClientConn;
 use super::local_auth::{FAILURE_DELAY, local_authentication};
+use super::relay::{EndReason, RelayEnd, relay};
 use super::{Client, Proxy, ScramError, upstream};
 use crate::connect::ConnectError;
 use crate::protocol::{self, FirstMessage, StartupError};
@@ -97,7 +99,7 @@ impl Proxy {
         let mut upstream = self.open_upstream(client, version, &params).await?;
         drop(params);
         log.refusal = Some("server_refused");
-        let issued = self
+        let logged_in = self
             .log_in(client, &mut upstream, &token, &user, log)
             .await?;
         drop(token);
@@ -105,9 +107,48 @@ impl Proxy {
         metrics::histogram!(crate::metrics::PROXY_UPSTREAM_CONNECT)
             .record(connecting.elapsed().as_secs_f64());
         log.start_relaying();
-        tokio::io::copy_bidirectional(client, &mut upstream).await?;
-        drop(issued);
+        // Held while the session relays: its cancel key is valid until then.
+        let _cancel_key = logged_in.issued;
+        let end = self.end_request(logged_in.token_expires_at);
+        if let RelayEnd::Ended(reason) = relay(client, &mut upstream, end).await? {
+            log.ended_by = Some(reason.label());
+            metrics::counter!(crate::metrics::PROXY_SESSIONS_ENDED, "reason" => reason.label())
+                .increment(1);
+        }
         Ok(())
+    }
+
+    /// Completes when the session is to end at its next idle point: when the proxy drains
+    /// ([`Proxy::end_sessions_when_idle`]), or, with `end_sessions_after_token_expiry`, when the token it
+    /// logged in with expires.
+    fn end_request(
+        &self,
+        token_expires_at: Option<time::OffsetDateTime>,
+    ) -> impl std::future::Future<Output = EndReason> + use<> {
+        let mut drain = self.shared.end_when_idle.subscribe();
+        let expiry = token_expires_at
+            .filter(|_| self.shared.options.end_sessions_after_token_expiry)
+            .map(|expires_at| {
+                let left = expires_at - time::OffsetDateTime::now_utc();
+                tokio::time::Instant::now() + left.try_into().unwrap_or_default()
+            });
+        async move {
+            let drained = async {
+                if drain.wait_for(|ending| *ending).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let expired = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = drained => EndReason::Drain,
+                () = expired => EndReason::TokenExpired,
+            }
+        }
     }
 
     /// The client's start-up: TLS if it asks and the proxy offers it, the start-up message (each key once),
@@ -216,7 +257,7 @@ impl Proxy {
 
     /// Connects to the server and sends the client's start-up: exactly the parameters that were checked
     /// (each key once), so the server logs in the user the proxy checked.
-    async fn open_upstream<C: AsyncWrite + Unpin>(
+    pub(super) async fn open_upstream<C: AsyncWrite + Unpin>(
         &self,
         client: &mut C,
         version: i32,

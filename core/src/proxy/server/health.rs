@@ -1,6 +1,7 @@
-//! `GET /healthz` (readiness), `GET /livez` (liveness) and `GET /metrics` (when a renderer is given) on the
-//! health address: a minimal HTTP/1.1
-//! responder (one request per connection, 8 KiB and 1 s to send it, 64 served at once).
+//! The health address: `GET /healthz` (readiness), `GET /livez` (liveness), `GET /startup` (200 once
+//! serving, for startup probes), `GET /metrics` (when a renderer is given) and `POST /quitquitquit` (when
+//! enabled; loopback clients only). A minimal HTTP/1.1 responder: one request per connection, 8 KiB and
+//! 1 s to send it, 64 served at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,22 +21,29 @@ const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// Health requests served at once; beyond that, connections are closed.
 pub(super) const REQUESTS_AT_ONCE: usize = 64;
 
-/// Binds the health address and serves it; the address bound.
+/// Binds the health address and serves it: the address bound, and the task serving it.
 pub(super) async fn start(
     address: SocketAddr,
     proxy: Proxy,
     state: Arc<ServerState>,
-) -> Result<SocketAddr, ProxyServerError> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ProxyServerError> {
     let listen_error = |e: std::io::Error| ProxyServerError::Listen {
         address: address.to_string(),
         detail: e.to_string(),
     };
     let listener = TcpListener::bind(address).await.map_err(listen_error)?;
     let bound = listener.local_addr().map_err(listen_error)?;
-    tracing::info!(address = %bound, "serving GET /healthz");
-    tracing::info!(address = %bound, "serving GET /livez");
-    tokio::spawn(serve_healthz(listener, proxy, state));
-    Ok(bound)
+    let quit = if state.quit_endpoint {
+        ", POST /quitquitquit (from loopback)"
+    } else {
+        ""
+    };
+    tracing::info!(
+        address = %bound,
+        "serving GET /healthz, /livez, /startup{}{quit}",
+        if state.metrics.is_some() { ", /metrics" } else { "" }
+    );
+    Ok((bound, tokio::spawn(serve_healthz(listener, proxy, state))))
 }
 
 /// `GET /healthz` (readiness): 200 while listening with a usable token, 503 while draining or without one.
@@ -46,7 +54,7 @@ pub(super) async fn start(
 async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<ServerState>) {
     let at_once = Arc::new(Semaphore::new(REQUESTS_AT_ONCE));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -56,7 +64,7 @@ async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<ServerSta
         let proxy = proxy.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            answer_health_request(stream, &proxy, &state).await;
+            answer_health_request(stream, peer, &proxy, &state).await;
             drop(slot);
         });
     }
@@ -65,6 +73,7 @@ async fn serve_healthz(listener: TcpListener, proxy: Proxy, state: Arc<ServerSta
 /// Reads one request (within [`READ_TIMEOUT`] and 8 KiB) and answers it.
 async fn answer_health_request(
     mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
     proxy: &Proxy,
     state: &ServerState,
 ) {
@@ -86,21 +95,31 @@ async fn answer_health_request(
     }
     let line = String::from_utf8_lossy(&request);
     let line = line.lines().next().unwrap_or_default();
-    let is =
-        |path: &str| line == format!("GET {path}") || line.starts_with(&format!("GET {path} "));
+    let is = |method: &str, path: &str| {
+        let request = format!("{method} {path}");
+        line == request || line.starts_with(&format!("{request} "))
+    };
     let text = "text/plain; charset=utf-8";
     let (status, content_type, body) = match &state.metrics {
-        _ if is("/livez") => ("200 OK", text, liveness(state)),
-        _ if is("/healthz") => {
+        _ if is("GET", "/livez") => ("200 OK", text, liveness(state)),
+        _ if is("GET", "/healthz") => {
             let (status, body) = readiness(proxy, state);
             (status, text, body)
         }
+        _ if is("GET", "/startup") => {
+            let (status, body) = started(state);
+            (status, text, body)
+        }
+        _ if is("POST", "/quitquitquit") && state.quit_endpoint => {
+            let (status, body) = quit(peer, state);
+            (status, text, body)
+        }
         // Prometheus' text exposition format, version 0.0.4.
-        Some(render) if is("/metrics") => ("200 OK", "text/plain; version=0.0.4", render()),
+        Some(render) if is("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", render()),
         _ => (
             "404 Not Found",
             text,
-            "not found: GET /healthz, GET /livez or GET /metrics\n".to_owned(),
+            "not found: GET /healthz, /livez, /startup or /metrics\n".to_owned(),
         ),
     };
     let response = format!(
@@ -112,12 +131,38 @@ async fn answer_health_request(
     let _ = stream.shutdown().await;
 }
 
+/// `/startup`'s status and body: 200 once the listeners accept (after the connection test, if asked),
+/// also while stopping, since a startup probe only gates the first probes of the others.
+fn started(state: &ServerState) -> (&'static str, String) {
+    if state.started.load(Ordering::SeqCst) {
+        ("200 OK", "started\n".to_owned())
+    } else {
+        ("503 Service Unavailable", "starting\n".to_owned())
+    }
+}
+
+/// `POST /quitquitquit`: the graceful stop, for a loopback client (a container of the same pod, e.g. a
+/// Job's main container when it is done); anyone else who reaches the health address gets 403.
+fn quit(peer: SocketAddr, state: &ServerState) -> (&'static str, String) {
+    if !peer.ip().is_loopback() {
+        tracing::warn!(client = %peer, "POST /quitquitquit refused: not from a loopback address");
+        return (
+            "403 Forbidden",
+            "forbidden: POST /quitquitquit is answered for loopback clients only\n".to_owned(),
+        );
+    }
+    state.quit.send_replace(true);
+    ("200 OK", "stopping\n".to_owned())
+}
+
 /// `/livez`'s body: what the proxy is doing (and how many connections it serves, on loopback).
 fn liveness(state: &ServerState) -> String {
-    let doing = if state.draining.load(Ordering::SeqCst) {
-        "draining"
-    } else {
+    let doing = if !state.draining.load(Ordering::SeqCst) {
         "listening"
+    } else if state.accepting.load(Ordering::SeqCst) {
+        "stopping"
+    } else {
+        "draining"
     };
     if !state.health_details {
         return format!("alive: {doing}\n");
@@ -129,10 +174,15 @@ fn liveness(state: &ServerState) -> String {
 /// `/healthz`'s status and body.
 fn readiness(proxy: &Proxy, state: &ServerState) -> (&'static str, String) {
     if state.draining.load(Ordering::SeqCst) {
-        return (
-            "503 Service Unavailable",
-            "draining: not accepting new connections\n".to_owned(),
-        );
+        let body = if state.accepting.load(Ordering::SeqCst) {
+            "stopping: new connections are accepted for the minimum delay only\n"
+        } else {
+            "draining: not accepting new connections\n"
+        };
+        return ("503 Service Unavailable", body.to_owned());
+    }
+    if !state.started.load(Ordering::SeqCst) {
+        return ("503 Service Unavailable", "starting\n".to_owned());
     }
     match proxy.health() {
         Health::Ready { expires_at } if state.health_details => (
