@@ -1,16 +1,32 @@
 //! The one HTTP client of the suites, for the health and metrics endpoints they probe (the proxy's, the
-//! example service's): a single `GET` on a fresh connection, read until the server closes it.
+//! example service's): a single request on a fresh connection, read until the server closes it.
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 /// `GET path` at `address`: the status code (0 when the answer is not HTTP) and the body.
 pub async fn get(address: impl ToSocketAddrs, path: &str) -> std::io::Result<(u16, String)> {
+    request(address, "GET", path).await
+}
+
+/// `METHOD path` at `address` without a body: the status code (0 when the answer is not HTTP) and the body.
+pub async fn request(
+    address: impl ToSocketAddrs,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(address).await?;
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{length}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await?;
     let mut response = String::new();

@@ -5,6 +5,7 @@ mod commands;
 mod deploy;
 mod docs;
 mod doctor;
+mod exec;
 mod image;
 mod proxy;
 mod run;

@@ -179,6 +179,11 @@ impl Spawned {
         }
     }
 
+    /// What the process wrote on stdout so far.
+    pub(crate) fn stdout(&self) -> String {
+        text(&std::fs::read(self.dir.path().join("stdout")).unwrap_or_default())
+    }
+
     /// Sends `signal` (`TERM`, `INT`) to the process.
     pub(crate) fn signal(&self, signal: &str) {
         let sent = Command::new("kill")

@@ -912,96 +912,6 @@ async fn clients_beyond_max_clients_get_too_many_connections(
 
 #[rstest]
 #[tokio::test]
-async fn sigterm_drains_open_sessions_then_closes_them_at_the_deadline(
-    #[future(awt)] fresh_db: TestDatabase,
-) {
-    // Proves: on SIGTERM the proxy stops accepting (new connections fail, /healthz answers 503, /livez
-    // still 200) while an open session keeps working, and stops by itself with exit 0 once it ends, without
-    // closing anything; a session still open at the drain deadline is closed and the proxy exits 0.
-    let db = fresh_db;
-    let wi = WorkloadIdentity::start(&db).await;
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--healthz",
-        "127.0.0.1:0",
-        "--drain-timeout-secs",
-        "120",
-    ];
-    let mut running = Running::start(proxy(&db, &wi, &args), 1, true).await;
-    let (host, port) = running.tcp();
-    let mut open = connect(&host, port, &wi.identity, db.name())
-        .await
-        .expect("connect");
-    running.process.signal("TERM");
-    running
-        .process
-        .wait_for_log(
-            "draining: not accepting new connections; open sessions may finish",
-            1,
-            START_LIMIT,
-        )
-        .await;
-    let (status, body) = healthz(running.healthz.as_deref().expect("healthz")).await;
-    assert!(
-        status == 503 && body.contains("draining"),
-        "{status}: {body}"
-    );
-    let (status, body) = livez(running.healthz.as_deref().expect("healthz")).await;
-    assert!(
-        status == 200 && body.contains("draining"),
-        "{status}: {body}"
-    );
-    assert!(
-        connect(&host, port, &wi.identity, db.name()).await.is_err(),
-        "a new client was accepted while draining"
-    );
-    let still: String = sqlx::query_scalar("SELECT 'still open'")
-        .fetch_one(&mut open)
-        .await
-        .expect("open session");
-    assert_eq!(still, "still open");
-    assert!(!running.process.has_exited());
-    open.close().await.expect("close");
-    // It stops by itself (no second signal, which would take the "second signal" path).
-    running
-        .process
-        .wait_for_log("stopped", 1, START_LIMIT)
-        .await;
-    assert!(
-        running
-            .process
-            .log_lines("closing the open sessions")
-            .is_empty(),
-        "the drain closed sessions although the last one had ended"
-    );
-    running.stop().await;
-
-    let args = ["--listen", "127.0.0.1:0", "--drain-timeout-secs", "1"];
-    let mut running = Running::start(proxy(&db, &wi, &args), 1, false).await;
-    let (host, port) = running.tcp();
-    let mut open = connect(&host, port, &wi.identity, db.name())
-        .await
-        .expect("connect");
-    running.process.signal("TERM");
-    running
-        .process
-        .wait_for_log("stopped", 1, START_LIMIT)
-        .await;
-    let output = running.stop().await;
-    assert!(
-        text(&output.stderr).contains("the drain deadline was reached"),
-        "{}",
-        text(&output.stderr)
-    );
-    let after = sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&mut open)
-        .await;
-    assert!(after.is_err(), "a session outlived the drain deadline");
-}
-
-#[rstest]
-#[tokio::test]
 async fn a_refused_login_reaches_the_client_with_the_diagnosis(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
@@ -1184,5 +1094,6 @@ async fn wait_for_health(address: &str, status: u16, limit: Duration) -> String 
 }
 
 mod client_tls;
+mod lifecycle;
 mod metrics;
 mod security;

@@ -33,16 +33,12 @@ pub(super) async fn start(
     };
     let listener = TcpListener::bind(address).await.map_err(listen_error)?;
     let bound = listener.local_addr().map_err(listen_error)?;
-    let quit = if state.quit_endpoint {
-        ", POST /quitquitquit (from loopback)"
-    } else {
-        ""
-    };
-    tracing::info!(
-        address = %bound,
-        "serving GET /healthz, /livez, /startup{}{quit}",
-        if state.metrics.is_some() { ", /metrics" } else { "" }
-    );
+    tracing::info!(address = %bound, "serving GET /healthz");
+    tracing::info!(address = %bound, "serving GET /livez");
+    tracing::info!(address = %bound, "serving GET /startup");
+    if state.quit_endpoint {
+        tracing::info!(address = %bound, "serving POST /quitquitquit to loopback clients");
+    }
     Ok((bound, tokio::spawn(serve_healthz(listener, proxy, state))))
 }
 
