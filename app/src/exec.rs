@@ -74,7 +74,7 @@ pub async fn execute(sources: &ConfigSources, args: ExecArgs) -> anyhow::Result<
     let status = run(&args.command, &variables).await;
     let _ = stop.send(());
     let _ = serving.await;
-    drop(endpoint);
+    endpoint.remove();
     status
 }
 
@@ -180,6 +180,17 @@ impl PrivateEndpoint {
     #[cfg(windows)]
     fn listen(&self) -> Listen {
         Listen::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Removes the socket directory (the proxy has removed its socket already); a failure is a warning.
+    fn remove(self) {
+        #[cfg(unix)]
+        {
+            let path = self.directory.path().to_path_buf();
+            if let Err(error) = self.directory.close() {
+                tracing::warn!(directory = %path.display(), %error, "could not remove the socket directory");
+            }
+        }
     }
 
     /// The command's libpq variables and `DATABASE_URL` for the proxy bound at `address` (the socket's path,

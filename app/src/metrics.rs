@@ -25,8 +25,15 @@ pub fn install_prometheus() -> anyhow::Result<MetricsRender> {
     }))
 }
 
+/// Elsewhere than on Linux there is no `/proc/self` to read them from.
+#[cfg(not(target_os = "linux"))]
+fn process_metrics() -> String {
+    String::new()
+}
+
 /// Resident memory, open file descriptors and CPU time from `/proc/self` (Linux; nothing elsewhere), in
 /// the text format with the names Prometheus' own client libraries use.
+#[cfg(target_os = "linux")]
 fn process_metrics() -> String {
     let mut text = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
@@ -68,6 +75,7 @@ fn process_metrics() -> String {
 
 /// User plus system time of this process in clock ticks (fields 14 and 15 of `/proc/self/stat`, counted
 /// after the command name, which may hold spaces and parentheses).
+#[cfg(target_os = "linux")]
 fn cpu_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let after_name = &stat[stat.rfind(')')? + 2..];

@@ -11,3 +11,4 @@ mod proxy;
 mod run;
 mod sources;
 mod support;
+mod windows;

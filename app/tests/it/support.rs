@@ -22,7 +22,23 @@ pub(crate) struct Pgwi {
 
 impl Pgwi {
     pub(crate) fn new(args: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_pgwi"));
+        Self::program(Command::new(env!("CARGO_BIN_EXE_pgwi")), args)
+    }
+
+    /// `pgwi.exe` (the Windows build) run by Wine in `prefix`, with the same environment as [`Self::new`].
+    pub(crate) fn under_wine(
+        exe: &std::path::Path,
+        prefix: &std::path::Path,
+        args: &[&str],
+    ) -> Self {
+        let mut wine = Command::new("wine");
+        wine.arg(exe);
+        Self::program(wine, args)
+            .env("WINEPREFIX", prefix.display().to_string())
+            .env("WINEDEBUG", "-all")
+    }
+
+    fn program(mut command: Command, args: &[&str]) -> Self {
         command
             .args(args)
             .env_clear()

@@ -577,6 +577,7 @@ async fn accept(
             }
             Ok((Box::new(stream), client, Some(peer.ip())))
         }
+        #[cfg(unix)]
         BoundSocket::Unix(socket, file) => {
             let (stream, _) = socket.accept().await?;
             let client = Client::local(format!("unix:{}", file.0.display()));
@@ -589,6 +590,7 @@ async fn accept(
 /// health endpoint and forwarded cancels a few more. The usual soft limit, 1024, would cap the default 1000
 /// clients near 500, so the soft limit is raised toward the hard one, as Go's runtime and PostgreSQL's own
 /// servers do; a hard limit too low for `max_clients` is one warning saying how to fix it.
+#[cfg(unix)]
 fn raise_open_files_limit(max_clients: usize, listeners: usize) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let pending = (listeners * PENDING_PER_LISTENER) as u64;
@@ -623,6 +625,10 @@ fn raise_open_files_limit(max_clients: usize, listeners: usize) {
         );
     }
 }
+
+/// Windows has no such per-process limit on sockets.
+#[cfg(not(unix))]
+fn raise_open_files_limit(_max_clients: usize, _listeners: usize) {}
 
 async fn wait_idle(state: &ServerState) {
     loop {

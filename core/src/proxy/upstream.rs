@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
+#[cfg(unix)]
+use tokio::net::UnixStream;
 use tokio_rustls::client::TlsStream;
 
 use super::tls;
@@ -27,6 +29,7 @@ pub(crate) struct Target {
 pub(crate) enum Upstream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    #[cfg(unix)]
     Unix(UnixStream),
 }
 
@@ -55,11 +58,7 @@ impl Target {
     pub(crate) async fn open(&self) -> Result<Upstream, ConnectError> {
         let unreachable = |error: io::Error| self.unreachable(0, &error);
         if self.host.starts_with('/') {
-            let path = format!("{}/.s.PGSQL.{}", self.host, self.port);
-            return UnixStream::connect(path)
-                .await
-                .map(Upstream::Unix)
-                .map_err(unreachable);
+            return self.open_unix().await.map_err(unreachable);
         }
         let mut tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -91,6 +90,24 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The server's socket in the directory `host`.
+    #[cfg(unix)]
+    async fn open_unix(&self) -> io::Result<Upstream> {
+        let path = format!("{}/.s.PGSQL.{}", self.host, self.port);
+        UnixStream::connect(path).await.map(Upstream::Unix)
+    }
+
+    /// Windows has no Unix socket directories to connect to.
+    #[cfg(not(unix))]
+    async fn open_unix(&self) -> io::Result<Upstream> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a socket directory as host works on Unix only: give the server's host name",
+        ))
+    }
+}
+
 impl AsyncRead for Upstream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -100,6 +117,7 @@ impl AsyncRead for Upstream {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(unix)]
             Upstream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -114,6 +132,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(unix)]
             Upstream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -122,6 +141,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(unix)]
             Upstream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -130,6 +150,7 @@ impl AsyncWrite for Upstream {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(unix)]
             Upstream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }

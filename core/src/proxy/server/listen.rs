@@ -1,12 +1,15 @@
 //! Where the proxy listens: TCP addresses and Unix socket directories, bound with the care a socket that
 //! hands out sessions as the identity needs (a umask while binding, a mode set before the first accept, a
-//! stale socket of a crashed proxy replaced, a directory every user may write to refused).
+//! stale socket of a crashed proxy replaced, a directory every user may write to refused). Unix sockets are
+//! Unix-only: on Windows a socket directory is refused with the fix (a loopback address).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
+#[cfg(unix)]
+use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 
 use super::{PENDING_PER_LISTENER, ProxyServerError};
@@ -47,8 +50,10 @@ pub(super) fn socket_path(dir: &Path, port: u16) -> PathBuf {
 }
 
 /// Removes a Unix socket file when the listener ends.
+#[cfg(unix)]
 pub(super) struct SocketFile(pub(super) PathBuf);
 
+#[cfg(unix)]
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -68,6 +73,7 @@ pub(super) struct Listener {
 
 pub(super) enum BoundSocket {
     Tcp(TcpListener),
+    #[cfg(unix)]
     Unix(UnixListener, SocketFile),
 }
 
@@ -84,7 +90,7 @@ fn listen_error(
 /// Binds `listen` (a socket file gets `mode`); the listener and the address it is bound to.
 pub(super) async fn bind(
     listen: &Listen,
-    mode: u32,
+    #[cfg_attr(not(unix), allow(unused_variables))] mode: u32,
 ) -> Result<(Listener, String), ProxyServerError> {
     let (socket, actual) = match listen {
         Listen::Tcp(addr) => {
@@ -94,6 +100,14 @@ pub(super) async fn bind(
             let actual = listener.local_addr().map_err(|e| listen_error(addr, e))?;
             (BoundSocket::Tcp(listener), actual.to_string())
         }
+        #[cfg(not(unix))]
+        Listen::Unix { dir, port } => {
+            return Err(listen_error(
+                socket_path(dir, *port).display(),
+                NO_UNIX_SOCKETS,
+            ));
+        }
+        #[cfg(unix)]
         Listen::Unix { dir, port } => {
             check_socket_directory(dir).map_err(ProxyServerError::SocketDirectory)?;
             let path = socket_path(dir, *port);
@@ -119,6 +133,7 @@ pub(super) async fn bind(
 /// which keeps them from touching others' files) is refused, and so is one owned by another user (its
 /// owner may do anything in it, sticky or not; through a symbolic link, the target counts). A group that
 /// may write is warned about. A directory that does not exist is left to the bind's error.
+#[cfg(unix)]
 pub fn check_socket_directory(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let Ok(meta) = std::fs::metadata(dir) else {
@@ -151,7 +166,21 @@ pub fn check_socket_directory(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a socket directory cannot be served on this system, and the fix.
+#[cfg(not(unix))]
+const NO_UNIX_SOCKETS: &str = "Unix socket directories are not served on Windows: listen on a loopback address (127.0.0.1:5432)";
+
+/// On Windows no socket directory can be served: the reason and the fix.
+#[cfg(not(unix))]
+pub fn check_socket_directory(dir: &Path) -> Result<(), String> {
+    Err(format!(
+        "{} is a socket directory; {NO_UNIX_SOCKETS}",
+        dir.display()
+    ))
+}
+
 /// Removes the socket a proxy that did not exit cleanly left behind; refuses anything else at `path`.
+#[cfg(unix)]
 async fn remove_stale_socket(path: &Path) -> Result<(), ProxyServerError> {
     use std::os::unix::fs::FileTypeExt as _;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
@@ -177,6 +206,7 @@ async fn remove_stale_socket(path: &Path) -> Result<(), ProxyServerError> {
 /// Binds the socket under a umask that gives it exactly `mode` (who may connect gets a session as the
 /// identity: only whom the mode names). Nobody can connect with wider permissions first, and no `chmod` by
 /// path follows that a symbolic link swapped in could redirect.
+#[cfg(unix)]
 fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), ProxyServerError> {
     use rustix::fs::Mode;
     let address = path.display();
