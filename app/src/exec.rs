@@ -57,6 +57,8 @@ pub async fn execute(sources: &ConfigSources, args: ExecArgs) -> anyhow::Result<
     let user = proxy
         .user()
         .context("the token names no database user; set database.user")?;
+    // Before the directory exists: a signal from now on is held for the command, not the end of pgwi.
+    let forwarder = Forwarder::install()?;
     let endpoint = PrivateEndpoint::new()?;
     let server = ProxyServer::new(proxy.clone())
         .listen(endpoint.listen())
@@ -71,7 +73,7 @@ pub async fn execute(sources: &ConfigSources, args: ExecArgs) -> anyhow::Result<
         },
         std::future::pending(),
     ));
-    let status = run(&args.command, &variables).await;
+    let status = run(&args.command, &variables, forwarder).await;
     let _ = stop.send(());
     let _ = serving.await;
     endpoint.remove();
@@ -80,14 +82,18 @@ pub async fn execute(sources: &ConfigSources, args: ExecArgs) -> anyhow::Result<
 
 /// Runs the command with `variables`, passing signals on; its exit status (a shell's for one that cannot
 /// be started, after one error line).
-async fn run(command: &[OsString], variables: &[(&str, String)]) -> anyhow::Result<ExitCode> {
+async fn run(
+    command: &[OsString],
+    variables: &[(&str, String)],
+    mut forwarder: Forwarder,
+) -> anyhow::Result<ExitCode> {
     let (program, arguments) = command.split_first().context("no command given")?;
-    let mut forwarder = Forwarder::install()?;
     let mut child = match tokio::process::Command::new(program)
         .args(arguments)
         .envs(variables.iter().map(|(name, value)| (name, value)))
-        // It would take precedence over PGHOST in libpq.
+        // Each would win over PGHOST/PGPORT in libpq (a service file's values come first).
         .env_remove("PGHOSTADDR")
+        .env_remove("PGSERVICE")
         .spawn()
     {
         Ok(child) => child,

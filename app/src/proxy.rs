@@ -396,18 +396,20 @@ fn listeners(
             ));
         }
         if let Listen::Unix { dir, .. } = &address {
-            check_socket_directory(dir).map_err(|problem| {
-                rejected(
-                    problem,
-                    "remove that permission (chmod o-w DIR) or listen in a directory only this user (and \
-                     its group) can write to",
-                )
-            })?;
+            check_socket_directory(dir)
+                .map_err(|problem| rejected(problem, SOCKET_DIRECTORY_FIX))?;
         }
         parsed.push(address);
     }
     Ok(parsed)
 }
+
+/// The fix for a socket directory that cannot be served.
+#[cfg(unix)]
+const SOCKET_DIRECTORY_FIX: &str = "remove that permission (chmod o-w DIR) or listen in a directory only \
+                                    this user (and its group) can write to";
+#[cfg(not(unix))]
+const SOCKET_DIRECTORY_FIX: &str = "listen on 127.0.0.1:PORT instead";
 
 /// The SCRAM verifier of the local password remote clients must prove.
 fn remote_secret(

@@ -50,20 +50,23 @@ mod unix {
         }
 
         /// Waits for the next signal and sends it to `child` (a process id), unless it is a terminal's
-        /// Ctrl-C that reached the child already: a terminal signals its whole foreground process group,
-        /// the child included.
+        /// Ctrl-C or Ctrl-\ that reached the child already: a terminal signals its whole foreground
+        /// process group, the child included.
         pub async fn forward_next(&mut self, child: u32) {
             let (number, name) = std::future::poll_fn(|cx| {
                 for (stream, number, name) in &mut self.streams {
-                    if stream.poll_recv(cx).is_ready() {
+                    if let std::task::Poll::Ready(Some(())) = stream.poll_recv(cx) {
                         return std::task::Poll::Ready((*number, *name));
                     }
                 }
                 std::task::Poll::Pending
             })
             .await;
-            if number == Signal::INT && in_terminal_foreground() {
-                tracing::debug!("SIGINT came from the terminal, which sent it to the command too");
+            if (number == Signal::INT || number == Signal::QUIT) && in_terminal_foreground() {
+                tracing::debug!(
+                    signal = name,
+                    "the terminal sent the signal to the command too"
+                );
                 return;
             }
             let Some(pid) = i32::try_from(child).ok().and_then(Pid::from_raw) else {
@@ -78,10 +81,13 @@ mod unix {
         }
     }
 
-    /// Whether pgwi's process group is its terminal's foreground group (a Ctrl-C there reaches the child).
+    /// Whether pgwi's process group is the foreground group of its controlling terminal (a Ctrl-C there
+    /// reaches the child), whatever stdin is (`cat x.sql | pgwi exec -- psql`).
     fn in_terminal_foreground() -> bool {
-        rustix::termios::tcgetpgrp(std::io::stdin())
-            .is_ok_and(|foreground| foreground == rustix::process::getpgrp())
+        std::fs::File::open("/dev/tty").is_ok_and(|tty| {
+            rustix::termios::tcgetpgrp(&tty)
+                .is_ok_and(|foreground| foreground == rustix::process::getpgrp())
+        })
     }
 }
 

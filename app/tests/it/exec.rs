@@ -2,6 +2,7 @@
 //! its variables, its exit status, signals passed on, the socket directory removed, and commands that cannot
 //! be started.
 
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -11,11 +12,28 @@ use rstest::rstest;
 
 use crate::support::{Pgwi, WorkloadIdentity, assert_success, error_line, text};
 
-/// `pgwi exec -- ARGS` as the workload identity on `db`.
-fn exec(db: &TestDatabase, wi: &WorkloadIdentity, command: &[&str]) -> Pgwi {
+/// `pgwi exec -- ARGS` as the workload identity on `db`, its temporary files in `tmp`.
+fn exec(db: &TestDatabase, wi: &WorkloadIdentity, tmp: &Path, command: &[&str]) -> Pgwi {
     let mut args = vec!["exec", "--"];
     args.extend(command);
-    Pgwi::new(&args).database(db, &wi.identity).envs(wi.env())
+    Pgwi::new(&args)
+        .database(db, &wi.identity)
+        .envs(wi.env())
+        .env("TMPDIR", tmp.display().to_string())
+}
+
+/// A fresh TMPDIR for pgwi, to see what it leaves behind.
+fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("TMPDIR")
+}
+
+/// Fails if pgwi left anything (a socket directory) in `tmp`.
+fn assert_left_nothing(tmp: &Path) {
+    let left: Vec<_> = std::fs::read_dir(tmp)
+        .expect("TMPDIR")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    assert!(left.is_empty(), "pgwi exec left {left:?} behind");
 }
 
 /// The command's stdout, one value per line.
@@ -34,6 +52,7 @@ async fn psql_and_a_database_url_reach_the_server_through_a_private_socket_that_
     // directory is gone once pgwi has exited 0.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
+    let tmp = tmpdir();
     let script = r#"
         echo "$PGHOST"; echo "$PGPORT"; echo "$PGUSER"; echo "$PGDATABASE"; echo "$PGSSLMODE"
         stat -c %a "$PGHOST"
@@ -42,7 +61,7 @@ async fn psql_and_a_database_url_reach_the_server_through_a_private_socket_that_
         env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGSSLMODE \
             psql -X -A -t "$DATABASE_URL" -c 'SELECT current_database()' || exit 11
     "#;
-    let output = exec(&db, &wi, &["sh", "-c", script])
+    let output = exec(&db, &wi, tmp.path(), &["sh", "-c", script])
         .env("DBUSER", "auto")
         .output()
         .await;
@@ -86,17 +105,24 @@ async fn pg_dump_output_goes_to_stdout_untouched(#[future(awt)] fresh_db: TestDa
     // `pgwi exec -- pg_dump app > app.sql` gives a usable file.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
+    let tmp = tmpdir();
     let create = exec(
         &db,
         &wi,
+        tmp.path(),
         &["psql", "-X", "-q", "-c", "CREATE TABLE dumped (n int)"],
     )
     .output()
     .await;
     assert_success(&create);
-    let output = exec(&db, &wi, &["pg_dump", "--schema-only", "--no-owner"])
-        .output()
-        .await;
+    let output = exec(
+        &db,
+        &wi,
+        tmp.path(),
+        &["pg_dump", "--schema-only", "--no-owner"],
+    )
+    .output()
+    .await;
     assert_success(&output);
     let dump = text(&output.stdout);
     assert!(
@@ -105,6 +131,7 @@ async fn pg_dump_output_goes_to_stdout_untouched(#[future(awt)] fresh_db: TestDa
     );
     assert!(dump.contains("CREATE TABLE public.dumped"), "{dump}");
     assert!(!dump.contains("\"level\""), "a log line reached stdout");
+    assert_left_nothing(tmp.path());
 }
 
 #[rstest]
@@ -113,18 +140,25 @@ async fn the_exit_status_is_the_commands_and_128_plus_n_for_a_signal(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Proves: pgwi exec exits with its command's status (7 stays 7) and with 128+N when signal N ended
-    // the command (SIGTERM: 143), and removes its socket directory either way.
+    // the command (SIGTERM: 143), and leaves nothing in its TMPDIR either way.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
-    let output = exec(&db, &wi, &["sh", "-c", "echo \"$PGHOST\"; exit 7"])
-        .output()
-        .await;
+    let tmp = tmpdir();
+    let output = exec(
+        &db,
+        &wi,
+        tmp.path(),
+        &["sh", "-c", "echo \"$PGHOST\"; exit 7"],
+    )
+    .output()
+    .await;
     assert_eq!(output.status.code(), Some(7), "{}", text(&output.stderr));
     assert!(!std::path::Path::new(text(&output.stdout).trim()).exists());
-    let output = exec(&db, &wi, &["sh", "-c", "kill -TERM $$"])
+    let output = exec(&db, &wi, tmp.path(), &["sh", "-c", "kill -TERM $$"])
         .output()
         .await;
     assert_eq!(output.status.code(), Some(143), "{}", text(&output.stderr));
+    assert_left_nothing(tmp.path());
 }
 
 #[rstest]
@@ -133,11 +167,13 @@ async fn a_sigterm_to_pgwi_reaches_the_command_whose_status_pgwi_returns(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Proves: a SIGTERM sent to pgwi (as Kubernetes sends to a Job's container) is passed on to the command,
-    // which handles it (its trap runs and exits 3), and pgwi exits with that status after it.
+    // which handles it (its trap runs and exits 3), and pgwi exits with that status after it, leaving
+    // nothing in its TMPDIR.
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
+    let tmp = tmpdir();
     let script = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done";
-    let mut running = exec(&db, &wi, &["sh", "-c", script]).spawn();
+    let mut running = exec(&db, &wi, tmp.path(), &["sh", "-c", script]).spawn();
     running
         .wait_for_log("command started", 1, Duration::from_secs(60))
         .await;
@@ -157,6 +193,7 @@ async fn a_sigterm_to_pgwi_reaches_the_command_whose_status_pgwi_returns(
         .expect("wait");
     assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("got-term"));
+    assert_left_nothing(tmp.path());
 }
 
 #[rstest]
@@ -165,13 +202,16 @@ async fn a_command_that_cannot_start_is_one_error_with_a_shells_status(
     #[future(awt)] fresh_db: TestDatabase,
 ) {
     // Proves: a command not found exits 127 and one that is not executable 126, each with one error line
-    // naming the command and the fix; a missing command on the command line is clap's usage error (2).
+    // naming the command and the fix and nothing left in TMPDIR; a missing command on the command line is
+    // clap's usage error (2).
     let db = fresh_db;
     let wi = WorkloadIdentity::start(&db).await;
-    let output = exec(&db, &wi, &["pgwi-no-such-command", "--flag"])
+    let tmp = tmpdir();
+    let output = exec(&db, &wi, tmp.path(), &["pgwi-no-such-command", "--flag"])
         .output()
         .await;
     assert_eq!(output.status.code(), Some(127), "{}", text(&output.stderr));
+    assert_left_nothing(tmp.path());
     let line = error_line(&output);
     assert!(
         line.contains("pgwi-no-such-command") && line.contains("PATH"),
@@ -180,11 +220,12 @@ async fn a_command_that_cannot_start_is_one_error_with_a_shells_status(
     let dir = tempfile::tempdir().expect("dir");
     let script = dir.path().join("not-executable.sh");
     std::fs::write(&script, "#!/bin/sh\nexit 0\n").expect("write");
-    let output = exec(&db, &wi, &[script.to_str().expect("utf-8")])
+    let output = exec(&db, &wi, tmp.path(), &[script.to_str().expect("utf-8")])
         .output()
         .await;
     assert_eq!(output.status.code(), Some(126), "{}", text(&output.stderr));
     assert!(error_line(&output).contains("chmod +x"));
+    assert_left_nothing(tmp.path());
     let output = Pgwi::new(&["exec"]).output().await;
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
 }

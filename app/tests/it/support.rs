@@ -183,6 +183,13 @@ impl Spawned {
                 return lines;
             }
             let exited = self.child.try_wait().expect("pgwi's status");
+            // It may have logged the line and exited since the lines were read.
+            if exited.is_some() {
+                let lines = self.log_lines(message);
+                if lines.len() >= count {
+                    return lines;
+                }
+            }
             if exited.is_some() || std::time::Instant::now() > until {
                 let stderr = std::fs::read(self.dir.path().join("stderr")).unwrap_or_default();
                 assert_no_secret_in(&stderr);

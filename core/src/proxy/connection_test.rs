@@ -60,13 +60,11 @@ impl Proxy {
     }
 }
 
-/// The error a client would have read: the `ErrorResponse`'s message, detail and hint with its SQLSTATE,
-/// else the session's error.
+/// The error a client would have read: the last `ErrorResponse`'s message, detail and hint with its
+/// SQLSTATE (after `AuthenticationOk`, a server refusing the database sends it last), else the session's
+/// error.
 fn describe(sent: &[u8], error: &SessionError) -> String {
-    let fields = match sent.split_first() {
-        Some((b'E', rest)) if rest.len() >= 4 => protocol::parse_fields(&rest[4..]),
-        _ => Vec::new(),
-    };
+    let fields = last_error_fields(sent).unwrap_or_default();
     let field = |code: u8| {
         fields
             .iter()
@@ -87,4 +85,20 @@ fn describe(sent: &[u8], error: &SessionError) -> String {
         Some(sqlstate) => format!("{text} (SQLSTATE {sqlstate})"),
         None => text,
     }
+}
+
+/// The fields of the last `ErrorResponse` among the messages in `sent`.
+fn last_error_fields(mut sent: &[u8]) -> Option<Vec<(u8, String)>> {
+    let mut last = None;
+    while sent.len() >= 5 {
+        let length = u32::from_be_bytes([sent[1], sent[2], sent[3], sent[4]]) as usize;
+        let Some(body) = sent.get(5..1 + length.max(4)) else {
+            break;
+        };
+        if sent[0] == b'E' {
+            last = Some(protocol::parse_fields(body));
+        }
+        sent = &sent[1 + length.max(4)..];
+    }
+    last
 }

@@ -24,6 +24,8 @@ use crate::protocol;
 
 /// Bytes buffered per direction: one TLS record's worth of plaintext, so a full read becomes one record.
 const BUFFER_SIZE: usize = 16 * 1024;
+/// How long the last bytes of an ending session may take to reach each side.
+const FAREWELL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The SQLSTATE and words PostgreSQL uses when it ends a session on an administrator's request.
 pub(crate) const ADMIN_SHUTDOWN: &str = "57P01";
@@ -92,19 +94,31 @@ where
 {
     let mut end = std::pin::pin!(end);
     // The login's last message was the server's ReadyForQuery 'I'.
-    let mut relay = Relay {
-        transaction: Some(b'I'),
-        ..Relay::default()
-    };
+    let mut relay = Relay::default();
+    relay.conversation.transaction = Some(b'I');
     let reason = std::future::poll_fn(|cx| relay.poll(cx, client, upstream, end.as_mut())).await?;
     let Some(reason) = reason else {
+        // A side closed: the server gets what was forwarded and the end of the stream (a TLS
+        // close_notify), within a deadline; the client's connection is closed by the session.
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+            upstream.flush().await?;
+            upstream.shutdown().await
+        })
+        .await;
         return Ok(RelayEnd::Closed);
     };
-    // Both directions are at a message boundary with nothing left to forward.
-    let _ = client.write_all(&reason.error_response()).await;
-    let _ = client.flush().await;
-    let _ = upstream.write_all(&protocol::terminate()).await;
-    let _ = upstream.flush().await;
+    // Both directions are at a message boundary with nothing left to forward. The server first, so a
+    // client that no longer reads cannot keep its backend.
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+        upstream.write_all(&protocol::terminate()).await?;
+        upstream.shutdown().await
+    })
+    .await;
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+        client.write_all(&reason.error_response()).await?;
+        client.flush().await
+    })
+    .await;
     Ok(RelayEnd::Ended(reason))
 }
 
@@ -113,14 +127,83 @@ where
 struct Relay {
     from_client: Direction,
     from_server: Direction,
+    conversation: Conversation,
+    /// Set once the session is to end at its next idle point.
+    ending: Option<EndReason>,
+}
+
+/// What the messages that passed say about the session: what the client still awaits, and whether a
+/// transaction is open.
+#[derive(Default)]
+struct Conversation {
     /// `Query`, `Sync` and `FunctionCall` messages sent whose `ReadyForQuery` has not come back.
     awaiting_ready: u64,
     /// Extended-protocol messages sent since the last `Sync` (a pipeline the client has not closed).
     open_pipeline: bool,
+    /// `Sync`s sent since the last `Query`, `Execute`, `CopyDone` or `CopyFail`: if the command before them
+    /// starts a COPY FROM STDIN, the server swallows them (it ignores `Sync` during COPY-in).
+    syncs_since_command: u64,
+    /// Between the server's `CopyInResponse` (or `CopyBothResponse`) and the client's `CopyDone` or
+    /// `CopyFail`: the client's `Sync` and `Flush` are ignored by the server then.
+    copy_in: bool,
     /// The transaction status of the last `ReadyForQuery` (`I` idle, `T` in a transaction, `E` failed one).
     transaction: Option<u8>,
-    /// Set once the session is to end at its next idle point.
-    ending: Option<EndReason>,
+}
+
+impl Conversation {
+    /// A message the client sent begins (counted before any of it is forwarded).
+    fn client_sent(&mut self, tag: u8) {
+        match tag {
+            // Each is answered by exactly one ReadyForQuery.
+            b'Q' | b'F' => {
+                self.awaiting_ready += 1;
+                self.syncs_since_command = 0;
+            }
+            b'S' | b'H' if self.copy_in => {}
+            b'S' => {
+                self.awaiting_ready += 1;
+                self.syncs_since_command += 1;
+                self.open_pipeline = false;
+            }
+            b'E' => {
+                self.open_pipeline = true;
+                self.syncs_since_command = 0;
+            }
+            // Parse, Bind, Describe, Close, Flush: answered at the next Sync.
+            b'P' | b'B' | b'D' | b'C' | b'H' => self.open_pipeline = true,
+            b'c' | b'f' => {
+                self.copy_in = false;
+                self.syncs_since_command = 0;
+            }
+            _ => {}
+        }
+    }
+
+    /// What the server sent.
+    fn server_sent(&mut self, event: Event) {
+        match event {
+            Event::Ready(status) => {
+                self.awaiting_ready = self.awaiting_ready.saturating_sub(1);
+                self.transaction = Some(status);
+            }
+            // COPY FROM STDIN (or replication's COPY both ways) began: the Syncs sent after the command
+            // that started it are swallowed, and so are those sent until its end.
+            Event::Start(b'G' | b'W') => {
+                self.copy_in = true;
+                self.awaiting_ready = self.awaiting_ready.saturating_sub(self.syncs_since_command);
+                self.syncs_since_command = 0;
+            }
+            Event::Start(_) => {}
+        }
+    }
+
+    /// Whether nothing is in flight and no transaction is open.
+    fn is_idle(&self) -> bool {
+        self.awaiting_ready == 0
+            && !self.open_pipeline
+            && !self.copy_in
+            && self.transaction == Some(b'I')
+    }
 }
 
 impl Relay {
@@ -147,8 +230,20 @@ impl Relay {
             {
                 return Poll::Ready(Ok(Some(reason)));
             }
-            let client_side = self.poll_from_client(cx, client, upstream)?;
-            let server_side = self.poll_from_server(cx, upstream, client)?;
+            let Relay {
+                from_client,
+                from_server,
+                conversation,
+                ..
+            } = self;
+            let client_side = from_client.poll_move(cx, client, upstream, |event| {
+                if let Event::Start(tag) = event {
+                    conversation.client_sent(tag);
+                }
+            })?;
+            let server_side = from_server.poll_move(cx, upstream, client, |event| {
+                conversation.server_sent(event)
+            })?;
             match (client_side, server_side) {
                 // Either side's end of stream ends the session (PostgreSQL closes after `Terminate`).
                 (Poll::Ready(Flow::Closed), _) | (_, Poll::Ready(Flow::Closed)) => {
@@ -163,68 +258,7 @@ impl Relay {
 
     /// Whether the session is at an idle point: nothing in flight either way, outside a transaction.
     fn is_idle(&self) -> bool {
-        self.awaiting_ready == 0
-            && !self.open_pipeline
-            && self.transaction == Some(b'I')
-            && self.from_client.is_empty()
-            && self.from_server.is_empty()
-    }
-
-    fn poll_from_client<C, U>(
-        &mut self,
-        cx: &mut Context<'_>,
-        client: &mut C,
-        upstream: &mut U,
-    ) -> io::Result<Poll<Flow>>
-    where
-        C: AsyncRead + Unpin,
-        U: AsyncWrite + Unpin,
-    {
-        let Relay {
-            from_client,
-            awaiting_ready,
-            open_pipeline,
-            ..
-        } = self;
-        from_client.poll_move(cx, client, upstream, |event| {
-            if let Event::Start(tag) = event {
-                match tag {
-                    // Each is answered by exactly one ReadyForQuery.
-                    b'Q' | b'F' => *awaiting_ready += 1,
-                    b'S' => {
-                        *awaiting_ready += 1;
-                        *open_pipeline = false;
-                    }
-                    // Parse, Bind, Execute, Describe, Close, Flush: answered at the next Sync.
-                    b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => *open_pipeline = true,
-                    _ => {}
-                }
-            }
-        })
-    }
-
-    fn poll_from_server<U, C>(
-        &mut self,
-        cx: &mut Context<'_>,
-        upstream: &mut U,
-        client: &mut C,
-    ) -> io::Result<Poll<Flow>>
-    where
-        U: AsyncRead + Unpin,
-        C: AsyncWrite + Unpin,
-    {
-        let Relay {
-            from_server,
-            awaiting_ready,
-            transaction,
-            ..
-        } = self;
-        from_server.poll_move(cx, upstream, client, |event| {
-            if let Event::Ready(status) = event {
-                *awaiting_ready = awaiting_ready.saturating_sub(1);
-                *transaction = Some(status);
-            }
-        })
+        self.conversation.is_idle() && self.from_client.is_empty() && self.from_server.is_empty()
     }
 }
 
@@ -461,6 +495,15 @@ mod tests {
         (client, server, task)
     }
 
+    /// How the relay's task ended; a relay still running after 10 s fails the test instead of hanging it.
+    async fn ended(task: tokio::task::JoinHandle<io::Result<RelayEnd>>) -> RelayEnd {
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the relay did not end")
+            .expect("task")
+            .expect("relay")
+    }
+
     /// Reads exactly `len` bytes.
     async fn read_exactly<R: AsyncRead + Unpin>(stream: &mut R, len: usize) -> Vec<u8> {
         use tokio::io::AsyncReadExt as _;
@@ -482,7 +525,7 @@ mod tests {
         // Proves: a session idle when asked to end is ended at once: the client gets PostgreSQL's FATAL
         // 57P01 with the drain's hint, the server a Terminate, and the relay reports why.
         let (mut client, mut server, task) = relayed(async { EndReason::Drain });
-        let ended = task.await.expect("task").expect("relay");
+        let ended = ended(task).await;
         assert_eq!(ended, RelayEnd::Ended(EndReason::Drain));
         let to_client = read_rest(&mut client).await;
         assert_eq!(to_client, EndReason::Drain.error_response());
@@ -523,7 +566,7 @@ mod tests {
         );
         let committed = [message(b'C', b"COMMIT\0"), message(b'Z', b"I")].concat();
         server.write_all(&committed).await.expect("write");
-        let ended = task.await.expect("task").expect("relay");
+        let ended = ended(task).await;
         assert_eq!(ended, RelayEnd::Ended(EndReason::Drain));
         let mut expected = committed.clone();
         expected.extend(EndReason::Drain.error_response());
@@ -554,10 +597,59 @@ mod tests {
         assert_eq!(read_exactly(&mut server, sync.len()).await, sync);
         let answer = [message(b'1', b""), message(b'Z', b"I")].concat();
         server.write_all(&answer).await.expect("write");
-        let ended = task.await.expect("task").expect("relay");
+        let ended = ended(task).await;
         assert_eq!(ended, RelayEnd::Ended(EndReason::TokenExpired));
         let mut expected = answer.clone();
         expected.extend(EndReason::TokenExpired.error_response());
+        assert_eq!(read_rest(&mut client).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_copy_in_through_the_extended_protocol_ends_idle_after_its_one_ready_for_query() {
+        // Proves: libpq's COPY FROM STDIN through PQexecParams (Parse, Bind, Execute, Sync, the data,
+        // CopyDone, Sync) counts one ReadyForQuery, not two: the server ignores the Sync sent during
+        // COPY-in, so the session reaches its idle point after the one it answers, and not before it.
+        let (asked, ask) = tokio::sync::oneshot::channel::<()>();
+        let (mut client, mut server, task) = relayed(async move {
+            let _ = ask.await;
+            EndReason::Drain
+        });
+        let start = [
+            message(b'P', b"\0COPY t FROM STDIN\0\0\0"),
+            message(b'B', b"\0\0\0\0\0\0\0\0"),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'S', b""),
+        ]
+        .concat();
+        client.write_all(&start).await.expect("write");
+        assert_eq!(read_exactly(&mut server, start.len()).await, start);
+        let copying = [
+            message(b'1', b""),
+            message(b'2', b""),
+            message(b'G', b"\0\0\0"),
+        ]
+        .concat();
+        server.write_all(&copying).await.expect("write");
+        assert_eq!(read_exactly(&mut client, copying.len()).await, copying);
+        asked.send(()).expect("ask");
+        let data = [
+            message(b'd', b"1\n"),
+            message(b'c', b""),
+            message(b'S', b""),
+        ]
+        .concat();
+        client.write_all(&data).await.expect("write");
+        assert_eq!(
+            read_exactly(&mut server, data.len()).await,
+            data,
+            "the session was ended during its COPY"
+        );
+        let done = [message(b'C', b"COPY 1\0"), message(b'Z', b"I")].concat();
+        server.write_all(&done).await.expect("write");
+        let ended = ended(task).await;
+        assert_eq!(ended, RelayEnd::Ended(EndReason::Drain));
+        let mut expected = done.clone();
+        expected.extend(EndReason::Drain.error_response());
         assert_eq!(read_rest(&mut client).await, expected);
     }
 
@@ -572,6 +664,6 @@ mod tests {
         server.write_all(&garbage).await.expect("write");
         assert_eq!(read_exactly(&mut client, garbage.len()).await, garbage);
         drop(client);
-        assert_eq!(task.await.expect("task").expect("relay"), RelayEnd::Closed);
+        assert_eq!(ended(task).await, RelayEnd::Closed);
     }
 }

@@ -107,7 +107,8 @@ async fn answer_health_request(
             (status, text, body)
         }
         _ if is("POST", "/quitquitquit") && state.quit_endpoint => {
-            let (status, body) = quit(peer, state);
+            let local = stream.local_addr().ok();
+            let (status, body) = quit(peer, local, from_browser(&request), state);
             (status, text, body)
         }
         // Prometheus' text exposition format, version 0.0.4.
@@ -137,11 +138,28 @@ fn started(state: &ServerState) -> (&'static str, String) {
     }
 }
 
-/// `POST /quitquitquit`: the graceful stop, for a loopback client (a container of the same pod, e.g. a
-/// Job's main container when it is done); anyone else who reaches the health address gets 403.
-fn quit(peer: SocketAddr, state: &ServerState) -> (&'static str, String) {
-    if !peer.ip().is_loopback() {
-        tracing::warn!(client = %peer, "POST /quitquitquit refused: not from a loopback address");
+/// Whether the request carries an `Origin` header: a browser's (curl and the like send none), which a web
+/// page may make it send to a loopback address without asking.
+fn from_browser(request: &[u8]) -> bool {
+    String::from_utf8_lossy(request)
+        .lines()
+        .skip(1)
+        .any(|line| line.to_ascii_lowercase().starts_with("origin:"))
+}
+
+/// `POST /quitquitquit`: the graceful stop, for a client of this host's loopback reaching the loopback
+/// address (a container of the same pod, e.g. a Job's main container when it is done). Anyone else gets
+/// 403: a client from another address, one that reached the pod's own address (as a mesh proxy's
+/// forwarded traffic does), and a browser (a web page can post to loopback without being asked).
+fn quit(
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    from_browser: bool,
+    state: &ServerState,
+) -> (&'static str, String) {
+    let loopback = |address: SocketAddr| address.ip().to_canonical().is_loopback();
+    if !loopback(peer) || !local.is_some_and(loopback) || from_browser {
+        tracing::warn!(client = %peer, from_browser, "POST /quitquitquit refused: not from a loopback client");
         return (
             "403 Forbidden",
             "forbidden: POST /quitquitquit is answered for loopback clients only\n".to_owned(),
