@@ -9,6 +9,7 @@
 //! [`postgres`] and the README's "Testing" section.
 
 pub mod az;
+pub mod cargo;
 pub mod certificate;
 pub mod entra;
 pub mod fixtures;

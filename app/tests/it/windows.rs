@@ -71,28 +71,13 @@ fn windows_build() -> &'static WindowsBuild {
 
 /// `cargo build` of the `pgwi` binary for Windows; the executable cargo reports.
 fn cargo_build_windows() -> PathBuf {
-    let output = Command::new(env!("CARGO"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "build", "--quiet", "-p", "pgwi", "--bin", "pgwi", "--target", TARGET,
-        ])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cargo build");
-    assert!(
-        output.status.success(),
-        "building pgwi for {TARGET} failed: add the target (rustup target add {TARGET}) and Debian's \
-         gcc-mingw-w64-x86-64"
-    );
-    text(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| {
-            message["reason"] == "compiler-artifact" && message["target"]["name"] == "pgwi"
-        })
-        .find_map(|artifact| artifact["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no pgwi.exe")
+    pgwi_testsupport::cargo::build_executable(
+        env!("CARGO"),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["--quiet", "-p", "pgwi", "--bin", "pgwi", "--target", TARGET],
+        "pgwi",
+        &format!("add the target (rustup target add {TARGET}) and Debian's gcc-mingw-w64-x86-64"),
+    )
 }
 
 /// `pgwi.exe ARGS` under Wine.
@@ -143,24 +128,17 @@ async fn a_proxy_session_and_exec_work_from_the_windows_build(
         .await;
     let address = listening[0]["fields"]["address"].as_str().expect("address");
     let (_, port) = address.rsplit_once(':').expect("host:port");
-    let psql = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            port,
-            "-U",
-            &role.name,
-        ])
-        .args(["-d", db.name(), "-c", "SELECT current_user"])
-        .env("PGSSLMODE", "disable")
-        .output()
-        .expect("psql");
-    assert!(psql.status.success(), "{}", text(&psql.stderr));
-    assert_eq!(text(&psql.stdout).trim(), role.name);
+    let port: u16 = port.parse().expect("port");
+    let psql = crate::proxy::psql(
+        "127.0.0.1",
+        port,
+        &role.name,
+        db.name(),
+        "SELECT current_user",
+        &[],
+    )
+    .await;
+    assert_eq!(crate::proxy::assert_ok("psql", &psql), role.name);
     drop(running);
 
     let socket = with_role(wine(&["proxy", "--listen", "/run/pgwi"]))

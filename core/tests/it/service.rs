@@ -17,25 +17,13 @@ use rstest::rstest;
 /// from an earlier build would test old code. The path is the one cargo reports, whatever the target
 /// directory.
 pub(crate) fn example_binary(name: &str) -> PathBuf {
-    let output = Command::new(env!("CARGO"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "-p", "pgwi-core", "--example", name])
-        .arg("--message-format=json-render-diagnostics")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cargo build --example");
-    assert!(
-        output.status.success(),
-        "building the {name} example failed"
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| {
-            message["reason"] == "compiler-artifact" && message["target"]["name"] == name
-        })
-        .find_map(|artifact| artifact["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo reported no executable for the {name} example"))
+    pgwi_testsupport::cargo::build_executable(
+        env!("CARGO"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["--quiet", "-p", "pgwi-core", "--example", name],
+        name,
+        "see the compiler's errors above",
+    )
 }
 
 /// Kills the service when the test ends, however it ends.

@@ -168,7 +168,7 @@ async fn loopback_proxy(db: &TestDatabase) -> (WorkloadIdentity, Running, String
 }
 
 /// psql through `host`/`port` as `user`, one statement, unaligned tuples only.
-async fn psql(
+pub(crate) async fn psql(
     host: &str,
     port: u16,
     user: &str,
@@ -206,7 +206,7 @@ async fn psql(
         .expect("join")
 }
 
-fn assert_ok(what: &str, output: &Output) -> String {
+pub(crate) fn assert_ok(what: &str, output: &Output) -> String {
     assert!(
         output.status.success(),
         "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
