@@ -42,11 +42,11 @@ fi
 docker version --format 'engine {{.Server.Version}}'
 
 step "PostgreSQL images (the test bench's, and the bench's with max_connections = 300)"
-bash testsupport/images/postgres/build.sh pgwi-test-postgres:15-pam
-DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE=pgwi-test-postgres:15-pam \
-  -t pgwi-bench-postgres:15-pam testsupport/images/postgres-bench >/dev/null
-echo "pgwi-bench-postgres:15-pam built"
-export PGWI_TEST_POSTGRES=container PGWI_TEST_POSTGRES_IMAGE=pgwi-bench-postgres:15-pam
+bash testsupport/images/postgres/build.sh pgwi-test-postgres:15-pam2
+DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE=pgwi-test-postgres:15-pam2 \
+  -t pgwi-bench-postgres:15-pam2 testsupport/images/postgres-bench >/dev/null
+echo "pgwi-bench-postgres:15-pam2 built"
+export PGWI_TEST_POSTGRES=container PGWI_TEST_POSTGRES_IMAGE=pgwi-bench-postgres:15-pam2
 export PGWI_BENCH_RESULTS="$results"
 # Each bench removes its own server's container when it exits (pgwi-testsupport); nothing else is touched.
 
