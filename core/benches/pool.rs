@@ -552,6 +552,12 @@ impl Bench {
             "met": null,
             "n": n,
             "token_requests_max": max_requests,
+            // Numbers for app/benches/plot.py's growth picture.
+            "ms_per_connection": {
+                "pgwi": wall_per_conn(token), "scram": wall_per_conn(scram), "same_check": wall_per_conn(same),
+            },
+            "p50_ms": { "pgwi": p(token, 0.5), "scram": p(scram, 0.5), "same_check": p(same, 0.5) },
+            "p99_ms": { "pgwi": p(token, 0.99), "scram": p(scram, 0.99), "same_check": p(same, 0.99) },
         }));
         for row in rows {
             self.results.row(row);
@@ -604,6 +610,8 @@ impl Bench {
             "met": null,
             "workers": workers,
             "ratio_same_check": token.qps() / same.qps(),
+            // Numbers for app/benches/plot.py's growth picture.
+            "queries_per_s": { "pgwi": token.qps(), "scram": scram.qps(), "same_check": same.qps() },
         }));
         for row in rows {
             self.results.row(row);
