@@ -14,8 +14,8 @@
 //!
 //! Each figure is read as a ratio to a baseline measured in the same run, interleaved with it:
 //! - `static (scram)`: a static password on a SCRAM role — the brief's baseline. The server judges a token
-//!   role differently (PAM running the bench's Perl checker per login), so this ratio includes the test
-//!   server's token check, not only pgwi's.
+//!   role differently (PAM starting the bench's token checker, `pgwi-token-check`, per login), so this ratio
+//!   includes the test server's token check, not only pgwi's.
 //! - `static (same token check)`: the token role, given one long-lived token as a static password. The
 //!   server does exactly the same work as for workload identity, so this ratio is pgwi's own overhead.
 //!
