@@ -100,10 +100,11 @@ def job_wall(rows, out):
         series.append((short, r["walls_ms"]["baseline"]))
     fig, ax = plt.subplots(figsize=(9, 4.8))
     labels = [name for name, _ in series]
-    ax.boxplot([walls for _, walls in series], vert=False, widths=0.5, showfliers=False)
-    for i, (_, walls) in enumerate(series, start=1):
+    # The benches' median (the lower middle value), not numpy's mean of the two middle values.
+    medians = [sorted(walls)[(len(walls) - 1) // 2] for _, walls in series]
+    ax.boxplot([walls for _, walls in series], vert=False, widths=0.5, showfliers=False, usermedians=medians)
+    for i, ((_, walls), median) in enumerate(zip(series, medians), start=1):
         ax.scatter(walls, [i] * len(walls), s=12, alpha=0.6, color="tab:blue", zorder=3)
-        median = sorted(walls)[(len(walls) - 1) // 2]
         ax.annotate(f"median {median:.1f} ms", (median, i + 0.3), ha="center", fontsize="small")
     ax.set_yticks(range(1, len(labels) + 1), labels)
     ax.set_xlabel(f"wall time per run, ms (TCP + TLS, {len(series[0][1])} paired runs)")
