@@ -459,7 +459,8 @@ fn report_against(pgwi: &[Sample], baseline: &[Sample], name: &str, wall_target:
         if is_wall {
             // Every run's wall time, for app/benches/plot.py's picture of the job.
             let walls = |s: &[Sample]| s.iter().map(f).collect::<Vec<f64>>();
-            row["walls_ms"] = json!({ "pgwi": walls(pgwi), "baseline": walls(baseline), "baseline_name": name });
+            row["walls_ms"] =
+                json!({ "pgwi": walls(pgwi), "baseline": walls(baseline), "baseline_name": name });
         }
         emit(row);
     }
