@@ -3,15 +3,12 @@
 -- `psql -f` in the job bench (app/benches/job.rs): the baseline runs the same statements, over the same TLS
 -- and authentication, on the same database. Update it when the job's SQL changes.
 
--- Connected: pgwi reads the server version on its first connection.
-SHOW server_version;
-
 -- Migrations: one transaction under a transaction-scoped advisory lock; sea-orm-migration makes sure its
--- table exists (three times, as it does) and reads which migrations are applied.
+-- table exists (three times, as it does) and reads which migrations are applied. The lock and the reset
+-- go as one query (`\;`), as pgwi sends them.
 BEGIN;
 SET LOCAL statement_timeout = 0;
-SELECT pg_advisory_xact_lock(1885828969);
-SET LOCAL statement_timeout TO DEFAULT;
+SELECT pg_advisory_xact_lock(1885828969) \; SET LOCAL statement_timeout TO DEFAULT;
 CREATE TABLE IF NOT EXISTS "seaql_migrations" ( "version" varchar NOT NULL PRIMARY KEY, "applied_at" bigint NOT NULL );
 CREATE TABLE IF NOT EXISTS "seaql_migrations" ( "version" varchar NOT NULL PRIMARY KEY, "applied_at" bigint NOT NULL );
 CREATE TABLE IF NOT EXISTS "seaql_migrations" ( "version" varchar NOT NULL PRIMARY KEY, "applied_at" bigint NOT NULL );

@@ -3,7 +3,9 @@
 # is missing (psql, Debian's python3-psycopg2, the test image's tools), starts Docker, builds the test bench's
 # PostgreSQL image and the bench's variant of it (max_connections = 300), builds the release `pgwi`, runs the
 # job bench (a, e), the pool bench (b, c, f), the criterion cache bench (d), the proxy bench (g), measures the
-# footprint (e) and prints one table (app/benches/report.py), also written to $CARGO_TARGET_DIR/bench/table.md (default target/).
+# footprint (e) and prints one table (app/benches/report.py), also written to $CARGO_TARGET_DIR/bench/table.md (default target/),
+# and draws the growth and job pictures next to it (app/benches/plot.py: growth-connections.png, growth-workers.png,
+# job-wall.png).
 # Environment: PGWI_BENCH_RUNS (paired job runs, default 15), PGWI_BENCH_ROTATION_SECS (figure c, default
 # 60), PGWI_BENCH_GROWTH_SECS (each other worker count of figure f, default 15), PGWI_BENCH_PROXY_ROUNDS (figure
 # g, default 5). BENCHMARKS.md explains.
@@ -25,6 +27,7 @@ command -v pgbench >/dev/null || missing+=(postgresql)        # figure g (Debian
 /usr/bin/python3 -c 'import psycopg2' 2>/dev/null || missing+=(python3-psycopg2)   # the original demo's job
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)    # builds the test image's root filesystem
+/usr/bin/python3 -c 'import matplotlib' 2>/dev/null || missing+=(python3-matplotlib)   # the pictures (plot.py)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -q
@@ -42,11 +45,11 @@ fi
 docker version --format 'engine {{.Server.Version}}'
 
 step "PostgreSQL images (the test bench's, and the bench's with max_connections = 300)"
-bash testsupport/images/postgres/build.sh pgwi-test-postgres:15-pam
-DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE=pgwi-test-postgres:15-pam \
-  -t pgwi-bench-postgres:15-pam testsupport/images/postgres-bench >/dev/null
-echo "pgwi-bench-postgres:15-pam built"
-export PGWI_TEST_POSTGRES=container PGWI_TEST_POSTGRES_IMAGE=pgwi-bench-postgres:15-pam
+bash testsupport/images/postgres/build.sh pgwi-test-postgres:15-pam2
+DOCKER_BUILDKIT=0 docker build --quiet --build-arg BASE=pgwi-test-postgres:15-pam2 \
+  -t pgwi-bench-postgres:15-pam2 testsupport/images/postgres-bench >/dev/null
+echo "pgwi-bench-postgres:15-pam2 built"
+export PGWI_TEST_POSTGRES=container PGWI_TEST_POSTGRES_IMAGE=pgwi-bench-postgres:15-pam2
 export PGWI_BENCH_RESULTS="$results"
 # Each bench removes its own server's container when it exits (pgwi-testsupport); nothing else is touched.
 
@@ -100,5 +103,8 @@ row e "runtime image pgwi:bench (deploy/Dockerfile runtime-prebuilt) vs its base
 
 step "the table"
 python3 app/benches/report.py "$results" "$out/criterion" "$out/table.md"
+
+step "the pictures"
+/usr/bin/python3 app/benches/plot.py "$results" "$out"
 echo
-echo "task bench took $(( $(date +%s) - started ))s; table in $out/table.md"
+echo "task bench took $(( $(date +%s) - started ))s; table in $out/table.md, pictures in $out/*.png"

@@ -1,7 +1,7 @@
 //! The schema's migrations (sea-orm-migration), applied in one transaction under a transaction-scoped
 //! PostgreSQL advisory lock so that two jobs starting at the same moment do not race.
 
-use sea_orm::{DatabaseConnection, DbBackend, Statement, TransactionTrait as _};
+use sea_orm::{DatabaseConnection, TransactionTrait as _};
 use sea_orm_migration::prelude::*;
 
 /// All migrations, oldest first.
@@ -106,14 +106,13 @@ pub async fn migrate_under_lock(db: &DatabaseConnection, change: Change) -> Resu
     let txn = db.begin().await?;
     txn.execute_unprepared("SET LOCAL statement_timeout = 0")
         .await?;
-    txn.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT pg_advisory_xact_lock($1)",
-        [MIGRATION_LOCK.into()],
+    // The lock and the reset in one simple query: one round trip instead of three (a prepared statement
+    // costs two). The `SET LOCAL` above stays a message of its own, so no server version times the lock
+    // with the old value (before PostgreSQL 13 a timeout covered a whole multi-statement message).
+    txn.execute_unprepared(&format!(
+        "SELECT pg_advisory_xact_lock({MIGRATION_LOCK}); SET LOCAL statement_timeout TO DEFAULT"
     ))
     .await?;
-    txn.execute_unprepared("SET LOCAL statement_timeout TO DEFAULT")
-        .await?;
     let changed = match change {
         Change::Up => {
             let pending = Migrator::get_pending_migrations(&txn).await?.len();

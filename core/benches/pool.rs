@@ -14,8 +14,8 @@
 //!
 //! Each figure is read as a ratio to a baseline measured in the same run, interleaved with it:
 //! - `static (scram)`: a static password on a SCRAM role — the brief's baseline. The server judges a token
-//!   role differently (PAM running the bench's Perl checker per login), so this ratio includes the test
-//!   server's token check, not only pgwi's.
+//!   role differently (PAM starting the bench's token checker, `pgwi-token-check`, per login), so this ratio
+//!   includes the test server's token check, not only pgwi's.
 //! - `static (same token check)`: the token role, given one long-lived token as a static password. The
 //!   server does exactly the same work as for workload identity, so this ratio is pgwi's own overhead.
 //!
@@ -552,6 +552,12 @@ impl Bench {
             "met": null,
             "n": n,
             "token_requests_max": max_requests,
+            // Numbers for app/benches/plot.py's growth picture.
+            "ms_per_connection": {
+                "pgwi": wall_per_conn(token), "scram": wall_per_conn(scram), "same_check": wall_per_conn(same),
+            },
+            "p50_ms": { "pgwi": p(token, 0.5), "scram": p(scram, 0.5), "same_check": p(same, 0.5) },
+            "p99_ms": { "pgwi": p(token, 0.99), "scram": p(scram, 0.99), "same_check": p(same, 0.99) },
         }));
         for row in rows {
             self.results.row(row);
@@ -604,6 +610,8 @@ impl Bench {
             "met": null,
             "workers": workers,
             "ratio_same_check": token.qps() / same.qps(),
+            // Numbers for app/benches/plot.py's growth picture.
+            "queries_per_s": { "pgwi": token.qps(), "scram": scram.qps(), "same_check": same.qps() },
         }));
         for row in rows {
             self.results.row(row);

@@ -209,11 +209,12 @@ impl<'a> Connector<'a> {
                 .max_lifetime(lifetime)
                 .idle_timeout(lifetime.min(Duration::from_secs(600)))
                 .connect_lazy_with(base.clone().password(first.token.secret().expose()));
-            let mut first_connection =
+            let first_connection =
                 pool::establish(&pool, db, &target, &first.token, tls.effective_sslmode()).await?;
-            let (version,): (String,) = sqlx::query_as("SHOW server_version")
-                .fetch_one(&mut *first_connection)
-                .await?;
+            // The version the server reported at start-up (ParameterStatus): no round trip of its own.
+            let version = first_connection
+                .server_version_num()
+                .map_or_else(|| "unknown".to_owned(), |n| format!("{}.{}", n / 10000, n % 10000));
             drop(first_connection);
             tracing::info!(user = %target.user, server_version = %version, token_expires_at = ?first.token.expires_at(), max_lifetime_secs = lifetime.as_secs(), "connected");
             let keeper = Arc::new(TokenKeeper::new(plan.credential, plan.skew, first.token));

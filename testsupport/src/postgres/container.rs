@@ -4,11 +4,14 @@
 //! both run `/docker-entrypoint-initdb.d/*.sh` at first start: our script moves the certificate into the data
 //! directory (the key must be owned by the server's user) and turns TLS on before the final server starts.
 //!
-//! Token roles: the run's checker and the PAM service `/etc/pam.d/pgwi-test-token` are copied in; the init
-//! script installs the checker under `/var/lib/postgresql/pgwi-token/` (owned by the server's user, who runs it
-//! and writes its log there). When the image cannot check tokens (PostgreSQL without PAM, no `pam_exec.so`, no
-//! Perl: e.g. an Alpine image), it drops the token line from `pg_hba.conf` and records why, and token roles are
-//! refused with that reason. [`super::TestPostgres::token_checks`] reads the log with `docker exec … cat`.
+//! Token roles: the run's checker configuration (and its Perl checker) and two PAM services are copied in:
+//! `/etc/pam.d/pgwi-test-token` runs the image's compiled checker (`/usr/local/bin/pgwi-token-check`, which
+//! the local image has), `pgwi-test-token-perl` the Perl one. The init script installs the run's files under
+//! `/var/lib/postgresql/pgwi-token/` (owned by the server's user, who runs the checker and writes its log
+//! there) and points `pg_hba.conf` at the compiled checker, or at the Perl one in an image without it. When
+//! the image cannot check tokens at all (PostgreSQL without PAM, no `pam_exec.so`, neither checker: e.g. an
+//! Alpine image), it drops the token line from `pg_hba.conf` and records why, and token roles are refused
+//! with that reason. [`super::TestPostgres::token_checks`] reads the log with `docker exec … cat`.
 
 use std::time::Duration;
 
@@ -22,10 +25,14 @@ use super::tokens::{self, TokenChecking};
 use super::{ADMIN_USER, DEFAULT_IMAGE, Started, lifetime::Keepalive, local_admin_options, pg_hba};
 use crate::{TestCertificates, TestSupportError, random_alphanumeric};
 
-/// The PAM service token roles use inside the container.
+/// The PAM service token roles use inside the container (the compiled checker); the init script switches
+/// `pg_hba.conf` to [`PERL_PAM_SERVICE`] in an image without it.
 const PAM_SERVICE: &str = "pgwi-test-token";
-/// The installed checker, its log, and the note saying why token roles cannot log in (when they cannot).
+const PERL_PAM_SERVICE: &str = "pgwi-test-token-perl";
+/// The installed Perl checker, the compiled checker's configuration, the log, and the note saying why token
+/// roles cannot log in (when they cannot).
 const CHECKER: &str = "/var/lib/postgresql/pgwi-token/check";
+const CHECKER_CONFIG: &str = "/var/lib/postgresql/pgwi-token/config";
 const CHECK_LOG: &str = "/var/lib/postgresql/pgwi-token/checks.log";
 const UNAVAILABLE: &str = "/var/lib/postgresql/pgwi-token/unavailable";
 
@@ -48,7 +55,10 @@ chmod 700 "$tokens"
 : > "$tokens/checks.log"
 chmod 600 "$tokens/checks.log"
 cp /pgwi-tls/token-check "$tokens/check"
-chmod 600 "$tokens/check"
+cp /pgwi-tls/token-config "$tokens/config"
+chmod 600 "$tokens/check" "$tokens/config"
+compiled=/usr/local/bin/pgwi-token-check
+service=pgwi-test-token
 why=""
 server="$(command -v postgres || true)"
 pam_exec=""
@@ -59,17 +69,23 @@ if [ -z "$server" ] || ! grep -q libpam.so "$server"; then
   why="its PostgreSQL is built without PAM"
 elif [ -z "$pam_exec" ]; then
   why="it has no pam_exec.so (libpam-modules)"
-elif ! /usr/bin/perl -c "$tokens/check" >/dev/null 2>&1; then
-  why="/usr/bin/perl with Digest::SHA, JSON::PP and MIME::Base64 cannot run the token checker"
-elif [ ! -r /etc/pam.d/pgwi-test-token ]; then
-  why="/etc/pam.d/pgwi-test-token was not copied in"
+elif [ -x "$compiled" ] && "$compiled" --check "$tokens/config" >/dev/null 2>&1; then
+  echo "token roles: judged by $compiled"
+elif /usr/bin/perl -c "$tokens/check" >/dev/null 2>&1; then
+  service=pgwi-test-token-perl
+  echo "token roles: judged by the Perl checker (this image has no $compiled)"
+else
+  why="it has neither $compiled nor /usr/bin/perl with Digest::SHA, JSON::PP and MIME::Base64"
+fi
+if [ -z "$why" ] && [ ! -r "/etc/pam.d/$service" ]; then
+  why="/etc/pam.d/$service was not copied in"
 fi
 if [ -n "$why" ]; then
   printf '%s
 ' "$why" > "$tokens/unavailable"
   grep -v '+pgwi_token' /pgwi-tls/pg_hba.conf > "$PGDATA/pg_hba.conf"
 else
-  cp /pgwi-tls/pg_hba.conf "$PGDATA/pg_hba.conf"
+  sed "s/pamservice=pgwi-test-token\$/pamservice=$service/" /pgwi-tls/pg_hba.conf > "$PGDATA/pg_hba.conf"
 fi
 "#;
 
@@ -95,6 +111,7 @@ fn request(
     image: &str,
     password: &str,
     checker: String,
+    checker_config: String,
 ) -> ContainerRequest<Postgres> {
     let (repo, tag) = split_image(image);
     let file = |path: &str, mode: u32| CopyTargetOptions::new(path).with_mode(mode);
@@ -124,7 +141,16 @@ fn request(
         // Readable by the init script (it runs as the server's user); it installs a private copy.
         .with_copy_to(file("/pgwi-tls/token-check", 0o644), checker.into_bytes())
         .with_copy_to(
+            file("/pgwi-tls/token-config", 0o644),
+            checker_config.into_bytes(),
+        )
+        .with_copy_to(
             file(&format!("/etc/pam.d/{PAM_SERVICE}"), 0o644),
+            tokens::compiled_pam_service_file(tokens::COMPILED_CHECKER_IN_IMAGE, CHECKER_CONFIG)
+                .into_bytes(),
+        )
+        .with_copy_to(
+            file(&format!("/etc/pam.d/{PERL_PAM_SERVICE}"), 0o644),
             tokens::pam_service_file(CHECKER).into_bytes(),
         )
         // The image's own `-c fsync=off`, plus room for the proxy's 200 concurrent clients next to the suite.
@@ -157,7 +183,8 @@ pub(crate) async fn start(
     let password = random_alphanumeric(24);
     crate::secrets::register(&password);
     let checker = tokens::checker_script(token_key, CHECK_LOG)?;
-    let container = request(certs, &image, &password, checker)
+    let checker_config = tokens::checker_config(token_key, CHECK_LOG)?;
+    let container = request(certs, &image, &password, checker, checker_config)
         .with_mount(testcontainers::core::Mount::bind_mount(
             socket_dir.display().to_string(),
             "/var/run/postgresql",
@@ -190,8 +217,8 @@ async fn token_checking(container: &ContainerAsync<Postgres>, image: &str) -> To
     let unavailable = |why: &str| {
         TokenChecking::Unavailable(format!(
             "the container image {image} cannot check tokens: {why}; build the local image \
-             (`bash testsupport/images/postgres/build.sh pgwi-test-postgres:15-pam`) and set \
-             PGWI_TEST_POSTGRES_IMAGE=pgwi-test-postgres:15-pam"
+             (`bash testsupport/images/postgres/build.sh pgwi-test-postgres:15-pam2`) and set \
+             PGWI_TEST_POSTGRES_IMAGE=pgwi-test-postgres:15-pam2"
         ))
     };
     let note = format!("cat {UNAVAILABLE} 2>/dev/null; true");

@@ -17,8 +17,9 @@
 //! whatever roles they are granted, as on Azure.
 //!
 //! Token checking needs a server the bench can give a PAM service: the container backend with an image built
-//! with PAM, Perl and `pam_exec` (the local image is; see `testsupport/images/postgres/build.sh`), or the
-//! native backend running as root (it writes `/etc/pam.d/pgwi-test-token-<unique>` and removes it at exit).
+//! with PAM, `pam_exec` and a checker (the local image is, with the compiled checker; see
+//! `testsupport/images/postgres/build.sh`), or the native backend running as root (it writes
+//! `/etc/pam.d/pgwi-test-token-<unique>` and removes it at exit).
 //! Elsewhere token roles are refused with [`crate::TestSupportError::NoTokenChecks`] saying why.
 //!
 //! Backends, chosen by `PGWI_TEST_POSTGRES`:

@@ -7,8 +7,10 @@
 //!
 //! Token roles: as root, the run's token checker goes into the run's directory (owned by `postgres`, which
 //! runs it through `pam_exec`) and its PAM service into `/etc/pam.d/pgwi-test-token-<pid>-<random>`, removed
-//! at exit. Not as root, or without a PAM-enabled PostgreSQL, `pam_exec.so` or Perl, the server runs without
-//! token roles and says why.
+//! at exit. The checker is the compiled one (built with cargo, or `PGWI_TOKEN_CHECKER`), copied there with its
+//! configuration; where it cannot be built or run, the Perl one (with a warning saying why). Not as root, or
+//! without a PAM-enabled PostgreSQL, `pam_exec.so` or either checker, the server runs without token roles and
+//! says why.
 
 use std::path::{Path, PathBuf};
 
@@ -122,7 +124,7 @@ fn try_set_up_tokens(
 ) -> Result<NativeTokens, String> {
     check_token_prerequisites(bin, root)?;
     let checker = write_checker(&workdir.join("tokens"), key)?;
-    let pam = install_pam_service(&checker.script)?;
+    let pam = install_pam_service(&checker.pam_service)?;
     Ok(NativeTokens {
         service: Some(pam.name),
         checking: TokenChecking::File(checker.log),
@@ -156,9 +158,9 @@ fn check_token_prerequisites(bin: &Path, root: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The token checker PAM runs, and the log it writes its verdicts to.
+/// The PAM service file that runs the token checker, and the log the checker writes its verdicts to.
 struct Checker {
-    script: PathBuf,
+    pam_service: String,
     log: PathBuf,
 }
 
@@ -170,8 +172,8 @@ fn write_with_mode(path: &Path, contents: &str, mode: u32, what: &str) -> Result
         .map_err(|e| format!("protecting {}: {e}", path.display()))
 }
 
-/// The checker script and its log in `dir`, readable by the server's user only: the script holds the
-/// signing key.
+/// The checker and its log in `dir`, readable by the server's user only (the checker's configuration or
+/// script holds the signing key): the compiled checker if it can be built and run here, else the Perl one.
 fn write_checker(dir: &Path, key: &[u8]) -> Result<Checker, String> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -181,18 +183,64 @@ fn write_checker(dir: &Path, key: &[u8]) -> Result<Checker, String> {
     std::fs::write(&log, "").map_err(|e| format!("creating {}: {e}", log.display()))?;
     std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("protecting {}: {e}", log.display()))?;
+    let (pam_service, files) = match write_compiled_checker(dir, key, &log) {
+        Ok(written) => written,
+        Err(why) => {
+            tracing::warn!(
+                "token roles are judged by the Perl checker (tens of milliseconds of CPU per login): the \
+                 compiled one is not usable here: {why}"
+            );
+            write_perl_checker(dir, key, &log)?
+        }
+    };
+    for path in [dir, &log]
+        .into_iter()
+        .chain(files.iter().map(PathBuf::as_path))
+    {
+        give_to_postgres(path).map_err(|e| e.to_string())?;
+    }
+    Ok(Checker { pam_service, log })
+}
+
+/// The compiled checker copied into `dir` (its build may sit where the server's user cannot reach) with its
+/// configuration, tried once here; the PAM service file and the files written.
+fn write_compiled_checker(
+    dir: &Path,
+    key: &[u8],
+    log: &Path,
+) -> Result<(String, Vec<PathBuf>), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let built = tokens::compiled_checker()?;
+    let binary = dir.join("pgwi-token-check");
+    std::fs::copy(&built, &binary)
+        .map_err(|e| format!("copying {} to {}: {e}", built.display(), binary.display()))?;
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("protecting {}: {e}", binary.display()))?;
+    let config = dir.join("config");
+    let settings =
+        tokens::checker_config(key, &log.display().to_string()).map_err(|e| e.to_string())?;
+    write_with_mode(&config, &settings, 0o600, "writing")?;
+    tokens::compiled_can_run(&binary, &config)?;
+    let pam = tokens::compiled_pam_service_file(
+        &binary.display().to_string(),
+        &config.display().to_string(),
+    );
+    Ok((pam, vec![binary, config]))
+}
+
+/// The Perl checker script in `dir`; the PAM service file and the file written.
+fn write_perl_checker(
+    dir: &Path,
+    key: &[u8],
+    log: &Path,
+) -> Result<(String, Vec<PathBuf>), String> {
     let script_path = dir.join("check");
     let script =
         tokens::checker_script(key, &log.display().to_string()).map_err(|e| e.to_string())?;
     write_with_mode(&script_path, &script, 0o600, "writing")?;
     tokens::perl_can_run(&script_path)?;
-    for path in [dir, &log, &script_path] {
-        give_to_postgres(path).map_err(|e| e.to_string())?;
-    }
-    Ok(Checker {
-        script: script_path,
-        log,
-    })
+    let pam = tokens::pam_service_file(&script_path.display().to_string());
+    Ok((pam, vec![script_path]))
 }
 
 /// A PAM service installed in [`PAM_DIR`].
@@ -201,20 +249,15 @@ struct PamService {
     file: PathBuf,
 }
 
-/// A PAM service of its own for this process, running `checker`.
-fn install_pam_service(checker: &Path) -> Result<PamService, String> {
+/// A PAM service of its own for this process, with `contents` (which run the checker).
+fn install_pam_service(contents: &str) -> Result<PamService, String> {
     let service = format!(
         "pgwi-test-token-{}-{}",
         std::process::id(),
         random_alphanumeric(6).to_lowercase()
     );
     let pam_file = Path::new(PAM_DIR).join(&service);
-    write_with_mode(
-        &pam_file,
-        &tokens::pam_service_file(&checker.display().to_string()),
-        0o644,
-        "writing the PAM service",
-    )?;
+    write_with_mode(&pam_file, contents, 0o644, "writing the PAM service")?;
     Ok(PamService {
         name: service,
         file: pam_file,

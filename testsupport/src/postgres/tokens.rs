@@ -2,14 +2,21 @@
 //!
 //! Roles in [`super::TOKEN_GROUP`] authenticate with `pam` (`pg_hba.conf`: `hostssl all +pgwi_token all pam
 //! pamservice=<service>`, ahead of the other lines). The PAM service runs `pam_exec expose_authtok` with a
-//! small Perl checker generated for the run, with the run's HMAC key and the expected audience in it. The
-//! checker runs as the server's OS user, reads the password (the token) on stdin and the role in `PAM_USER`,
-//! and accepts (exit 0) exactly when: the token has three base64url parts, its header says HS256, the
-//! HMAC-SHA256 of `header.payload` under the key is its signature, `aud` is
-//! [`crate::jwt::POSTGRES_AUDIENCE`], the identity its claims name (last segment of `xms_mirid`, else `upn`,
-//! else `preferred_username`) is the role, and `exp` is after now. So any unexpired token for the role is
-//! accepted, and an expired one refused, as on Azure. It appends one line per check to its log (time, role,
-//! `exp`, verdict, reason; never the token), which [`super::TestPostgres::token_checks`] reads back.
+//! checker that holds the run's HMAC key and the expected audience. The checker runs as the server's OS user,
+//! reads the password (the token) on stdin and the role in `PAM_USER`, and accepts (exit 0) exactly when: the
+//! token has three base64url parts, its header says HS256, the HMAC-SHA256 of `header.payload` under the key
+//! is its signature, `aud` is [`crate::jwt::POSTGRES_AUDIENCE`], the identity its claims name (last segment of
+//! `xms_mirid`, else `upn`, else `preferred_username`) is the role, and `exp` is after now. So any unexpired
+//! token for the role is accepted, and an expired one refused, as on Azure. It appends one line per check to
+//! its log (time, role, `exp`, verdict, reason; never the token), which [`super::TestPostgres::token_checks`]
+//! reads back.
+//!
+//! Two checkers follow these rules, reason for reason. The compiled one, `pgwi-token-check`
+//! (`testsupport/token-check`; in the test image at [`COMPILED_CHECKER_IN_IMAGE`], built by the native backend
+//! with cargo), reads the key, audience and log from a configuration file ([`checker_config`]) and costs about
+//! what a scram login costs. The Perl one ([`checker_script`], generated for the run) starts an interpreter per
+//! login (tens of milliseconds of CPU); it is used only where the compiled one is not: an older image, or a
+//! native run without cargo.
 //!
 //! PAM hands the checker at most 511 bytes of the password: tokens must stay compact (see
 //! [`crate::jwt::sign_compact`]).
@@ -119,6 +126,84 @@ pub(crate) fn checker_script(key: &[u8], log: &str) -> Result<String, TestSuppor
         .replace("@KEY_HEX@", &key_hex)
         .replace("@AUDIENCE@", crate::jwt::POSTGRES_AUDIENCE)
         .replace("@LOG@", log))
+}
+
+/// Where the test image (`testsupport/images/postgres/build.sh`) installs the compiled checker.
+pub(crate) const COMPILED_CHECKER_IN_IMAGE: &str = "/usr/local/bin/pgwi-token-check";
+
+/// The compiled checker's configuration file for a run: the key, the expected audience and the log.
+pub(crate) fn checker_config(key: &[u8], log: &str) -> Result<String, TestSupportError> {
+    if log.contains(['\n', '\r']) {
+        return Err(TestSupportError::Config(format!(
+            "the token checker's log path {log:?} must not contain newlines"
+        )));
+    }
+    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(
+        "# pgwi test bench: pgwi-token-check's settings for this run (holds the run's key).\n\
+         key={key_hex}\naudience={}\nlog={log}\n",
+        crate::jwt::POSTGRES_AUDIENCE
+    ))
+}
+
+/// `/etc/pam.d/<service>` for token roles judged by the compiled checker `binary`, reading `config`.
+pub(crate) fn compiled_pam_service_file(binary: &str, config: &str) -> String {
+    format!(
+        "# pgwi test bench: token roles, judged as Azure judges Entra ID tokens (compiled checker).\n\
+         auth     required  pam_exec.so expose_authtok quiet {binary} {config}\n\
+         account  required  pam_permit.so\n"
+    )
+}
+
+/// Builds the compiled checker with cargo (`$CARGO`, else `cargo` on `PATH`; the default profile, so the
+/// test bench's own dependencies are reused) and returns the executable cargo reports, or why it could not.
+/// `PGWI_TOKEN_CHECKER`, when set, names a checker to use instead.
+pub(crate) fn compiled_checker() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("PGWI_TOKEN_CHECKER").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("token-check/Cargo.toml");
+    if !manifest.is_file() {
+        return Err(format!("{} is not here", manifest.display()));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = std::process::Command::new(&cargo)
+        .args(["build", "--quiet", "--bin", "pgwi-token-check"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("running {} build: {e}", cargo.to_string_lossy()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo build -p pgwi-token-check failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "pgwi-token-check")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo reported no executable for pgwi-token-check".to_owned())
+}
+
+/// Runs `checker --check config`: the binary executes here and reads its configuration.
+pub(crate) fn compiled_can_run(checker: &Path, config: &Path) -> Result<(), String> {
+    match std::process::Command::new(checker)
+        .arg("--check")
+        .arg(config)
+        .output()
+    {
+        Ok(output) if output.status.success() => Ok(()),
+        Ok(output) => Err(format!(
+            "{} --check failed: {}",
+            checker.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Err(e) => Err(format!("{} is not runnable: {e}", checker.display())),
+    }
 }
 
 /// The Perl that runs the checker (the checker's `#!` line says the same).
@@ -330,16 +415,17 @@ mod tests {
         assert!(error.contains("line 1"), "{error}");
     }
 
-    /// Runs the checker as pam_exec would: the password and a NUL on stdin, the role in `PAM_USER`.
-    fn run_checker(checker: &Path, user: &str, token: &str) -> bool {
+    /// Runs a checker as pam_exec would: `command` (the checker and its argument), the password and a NUL on
+    /// stdin, the role in `PAM_USER`.
+    fn run_checker(command: &[&Path], user: &str, token: &str) -> bool {
         use std::io::Write as _;
-        let mut child = std::process::Command::new(PERL)
-            .arg(checker)
+        let mut child = std::process::Command::new(command[0])
+            .args(&command[1..])
             .env_clear()
             .env("PAM_USER", user)
             .stdin(std::process::Stdio::piped())
             .spawn()
-            .expect("run perl");
+            .expect("run the checker");
         let mut stdin = child.stdin.take().expect("stdin");
         stdin.write_all(token.as_bytes()).expect("write");
         stdin.write_all(b"\0").expect("write");
@@ -347,21 +433,12 @@ mod tests {
         child.wait().expect("wait").success()
     }
 
-    #[test]
-    fn checker_judges_tokens_like_azure() {
-        // Scenario: run directly (no PAM), the generated checker accepts a valid token for the role and refuses
-        // an expired one, a wrong signature, a wrong audience, another role's token and garbage, logging a
-        // reason for each and never the token.
-        let dir = tempfile::tempdir().expect("dir");
-        let log = dir.path().join("checks.log");
-        let checker = dir.path().join("check");
-        let key = b"0123456789abcdef0123456789abcdef";
-        std::fs::write(
-            &checker,
-            checker_script(key, log.to_str().expect("utf-8")).expect("script"),
-        )
-        .expect("write");
-        perl_can_run(&checker).expect("perl compiles the checker");
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// Runs the checker `command` on a valid token for the role and on an expired one, a wrong signature, a
+    /// wrong audience, another role's token and garbage, and checks each verdict and reason in `log`, which
+    /// never holds the token.
+    fn judges_tokens_like_azure(command: &[&Path], log: &Path) {
         let now = unix_now();
         let token = |aud: &str, user: &str, exp: i64, key: &[u8]| {
             sign_compact(
@@ -369,11 +446,11 @@ mod tests {
                 key,
             )
         };
-        let valid = token(POSTGRES_AUDIENCE, "app", now + 60, key);
+        let valid = token(POSTGRES_AUDIENCE, "app", now + 60, KEY);
         let cases = [
             (valid.clone(), true, "valid until"),
             (
-                token(POSTGRES_AUDIENCE, "app", now - 1, key),
+                token(POSTGRES_AUDIENCE, "app", now - 1, KEY),
                 false,
                 "expired at",
             ),
@@ -383,21 +460,21 @@ mod tests {
                 "bad signature",
             ),
             (
-                token("https://example.org", "app", now + 60, key),
+                token("https://example.org", "app", now + 60, KEY),
                 false,
                 "wrong audience https://example.org",
             ),
             (
-                token(POSTGRES_AUDIENCE, "other", now + 60, key),
+                token(POSTGRES_AUDIENCE, "other", now + 60, KEY),
                 false,
                 "token is for other, not app",
             ),
             ("not-a-token".to_owned(), false, "malformed"),
         ];
         for (token, accepted, _) in &cases {
-            assert_eq!(run_checker(&checker, "app", token), *accepted);
+            assert_eq!(run_checker(command, "app", token), *accepted);
         }
-        let logged = std::fs::read_to_string(&log).expect("log");
+        let logged = std::fs::read_to_string(log).expect("log");
         let checks = parse_log(&logged).expect("parse");
         assert_eq!(checks.len(), cases.len());
         for (check, (token, accepted, reason)) in checks.iter().zip(&cases) {
@@ -407,5 +484,39 @@ mod tests {
             assert!(!logged.contains(token.as_str()));
         }
         assert_eq!(checks[0].expires_at, Some(now + 60));
+    }
+
+    #[test]
+    fn perl_checker_judges_tokens_like_azure() {
+        // Scenario: run directly (no PAM), the generated Perl checker accepts a valid token for the role and
+        // refuses an expired one, a wrong signature, a wrong audience, another role's token and garbage,
+        // logging a reason for each and never the token.
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("checks.log");
+        let checker = dir.path().join("check");
+        std::fs::write(
+            &checker,
+            checker_script(KEY, log.to_str().expect("utf-8")).expect("script"),
+        )
+        .expect("write");
+        perl_can_run(&checker).expect("perl compiles the checker");
+        judges_tokens_like_azure(&[Path::new(PERL), &checker], &log);
+    }
+
+    #[test]
+    fn compiled_checker_judges_tokens_like_azure() {
+        // Scenario: the same tokens, the same verdicts and reasons from the compiled checker (built with
+        // cargo as the native backend builds it) reading its run's configuration file.
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("checks.log");
+        let config = dir.path().join("config");
+        std::fs::write(
+            &config,
+            checker_config(KEY, log.to_str().expect("utf-8")).expect("config"),
+        )
+        .expect("write");
+        let checker = compiled_checker().expect("cargo builds pgwi-token-check");
+        compiled_can_run(&checker, &config).expect("the checker reads its configuration");
+        judges_tokens_like_azure(&[&checker, &config], &log);
     }
 }
