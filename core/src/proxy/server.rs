@@ -383,7 +383,8 @@ impl BoundProxyServer {
         if let Some(reason) = unfinished {
             let open = state.sessions.load(Ordering::SeqCst);
             tracing::warn!(open_sessions = open, reason, "closing the open sessions");
-            let _ = state.close.send(true);
+            // `send_replace` stores the value even while no session subscribes (`send` would drop it).
+            state.close.send_replace(true);
             let _ = tokio::time::timeout(CLOSE_GRACE, wait_idle(&state)).await;
         }
         if let Some((_, health)) = &self.health {
@@ -394,7 +395,9 @@ impl BoundProxyServer {
 
     /// Ends every accept loop (each drops its listener and removes its socket file as it returns).
     async fn stop_accepting(&mut self) {
-        let _ = self.state.stop.send(true);
+        // Stored even before an accept loop has subscribed: with `send`, a loop not yet polled (a command
+        // that failed at once under `pgwi exec`) would subscribe after the value was dropped and never stop.
+        self.state.stop.send_replace(true);
         for accept in std::mem::take(&mut self.loops) {
             let _ = accept.await;
         }

@@ -226,3 +226,30 @@ async fn a_server_flooding_notices_before_ready_for_query_is_cut_off() {
         "{messages:?}"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stop_requested_before_the_listeners_first_run_still_stops_the_server() {
+    // Proves: a server whose stop comes before its accept loops have run once (`pgwi exec` with a command
+    // that fails at once) stops: the loops see the stop whenever they subscribe. On the single-threaded
+    // runtime the loops cannot run before `serve` is called, which is the race made certain; a stop value
+    // that no subscriber held was once dropped and `serve` never returned.
+    let mut config = Config::for_server("127.0.0.1", 9, "app", "app");
+    config.database.sslmode = SslMode::Disable;
+    let proxy = Proxy::start(&config, static_password("the-password"))
+        .await
+        .expect("proxy");
+    let server = pgwi_core::proxy::server::ProxyServer::new(proxy)
+        .listen(pgwi_core::proxy::server::Listen::Tcp(
+            "127.0.0.1:0".parse().expect("address"),
+        ))
+        .drain_timeout(std::time::Duration::from_secs(1))
+        .bind()
+        .await
+        .expect("bind");
+    let stopped = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        server.serve(async {}, std::future::pending()),
+    )
+    .await;
+    assert!(stopped.is_ok(), "serve did not return after its stop");
+}
