@@ -103,12 +103,20 @@ for doc in sorted(glob.glob("docs/*.md")) + ["README.md"]:
         except Exception as err:  # noqa: BLE001 - report every block, then fail
             bad.append(f"{doc}: a {lang} block does not parse: {err}")
             continue
-        if doc.endswith("github-actions.md") and lang == "yaml":
+        # The workflow (a mapping with jobs); the other YAML blocks there are steps to add to it.
+        if doc.endswith("github-actions.md") and lang == "yaml" and isinstance(parsed, dict) and "jobs" in parsed:
             if parsed.get("permissions", {}).get("id-token") != "write":
                 bad.append(f"{doc}: the workflow lacks permissions: id-token: write")
             runs = [s.get("run", "") for j in parsed["jobs"].values() for s in j["steps"]]
             if not any("pgwi migrate up" in r for r in runs):
                 bad.append(f"{doc}: the workflow does not run pgwi migrate up")
+workflows = sum(
+    1
+    for body in re.findall(r"^```yaml\n(.*?)^```", open("docs/github-actions.md", encoding="utf-8").read(), re.S | re.M)
+    if isinstance(yaml.safe_load(body), dict) and "jobs" in yaml.safe_load(body)
+)
+if workflows != 1:
+    bad.append(f"docs/github-actions.md: {workflows} workflows, expected the one")
 if bad:
     sys.exit("\n".join(bad))
 print("docs' examples parse")
