@@ -65,8 +65,33 @@ fn windows_build() -> &'static WindowsBuild {
             "building the bcryptprimitives.dll stand-in"
         );
         let prefix = dir.join("wineprefix");
+        start_wine(&exe, &prefix);
         WindowsBuild { exe, prefix }
     })
+}
+
+/// Makes the Wine prefix and keeps its server up for the tests: Wine's first start creates the prefix, and
+/// a server that exits as one test's process ends (3 s after its last client) can vanish under another
+/// test's starting process ("chdir to /tmp/wine-…/server-…: No such file or directory"). A persistent server
+/// (`-p120`: until 2 minutes after its last client) is started first, then one `--help` fills the prefix.
+fn start_wine(exe: &Path, prefix: &Path) {
+    std::fs::create_dir_all(prefix).expect("the Wine prefix");
+    let _ = Command::new("wineserver")
+        .arg("-p120")
+        .env("WINEPREFIX", prefix)
+        .status();
+    let first = Command::new("wine")
+        .arg(exe)
+        .arg("--help")
+        .env("WINEPREFIX", prefix)
+        .env("WINEDEBUG", "-all")
+        .output()
+        .expect("wine");
+    assert!(
+        first.status.success(),
+        "pgwi.exe --help under Wine failed while making its prefix:\n{}",
+        text(&first.stderr)
+    );
 }
 
 /// `cargo build` of the `pgwi` binary for Windows; the executable cargo reports.
